@@ -1,0 +1,1 @@
+"""Layers: thin torch modules, one concept per file, registered under `caramba.layers`."""

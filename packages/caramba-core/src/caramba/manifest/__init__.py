@@ -1,0 +1,1 @@
+"""Manifest v2: schema, YAML loading with source positions, interpolation, overrides."""

@@ -1,0 +1,1 @@
+"""Models built from manifest nodes: the generic node builder and the language model."""

@@ -1,0 +1,2 @@
+"""Topologies: how layers connect (stacked, residual, nested, ...), registered under
+`caramba.topologies`."""
