@@ -34,7 +34,17 @@ def test_parameter_names_follow_the_tree():
     assert "layers.1.weight" in names
 
 
-@pytest.mark.parametrize("name", sorted(TOPOLOGIES.names()))
+def test_config_dump_keeps_the_children_settings():
+    config = StackedTopology.Config(layers=(lin(4, 6),))
+    assert config.model_dump()["layers"][0] == {"type": "LinearLayer", "d_in": 4, "d_out": 6,
+                                                "bias": False}
+
+
+TOPOLOGY_NAMES = ["StackedTopology", "ResidualTopology", "NestedTopology", "ParallelTopology",
+                  "BranchingTopology", "CyclicTopology", "RecurrentTopology"]
+
+
+@pytest.mark.parametrize("name", TOPOLOGY_NAMES)
 def test_every_topology_needs_a_child_and_describes_its_fields(name):
     config_cls = TOPOLOGIES.get(name).Config
     with pytest.raises(ValidationError):

@@ -5,16 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from pydantic import Field
+from pydantic import Field, SerializeAsAny
 from torch import nn
 
 from caramba.layers.base import BuildChild, ForwardContext, NodeConfig, TopologyConfig
 
 
 class ChildrenConfig(TopologyConfig):
-    """A topology config whose `layers` must name at least one child."""
+    """A topology config whose `layers` must name at least one child.
 
-    layers: tuple[NodeConfig, ...] = Field(
+    SerializeAsAny: children are subclasses of NodeConfig, and pydantic would otherwise dump
+    only the base class's fields (`type`), losing every child's settings.
+    """
+
+    layers: tuple[SerializeAsAny[NodeConfig], ...] = Field(
         ..., min_length=1, description="child layers or topologies, in order"
     )
 
