@@ -31,4 +31,7 @@ def component_class(type_name: str) -> Any:
 def build_node(config: NodeConfig) -> Any:
     """Build the module for `config` and, recursively, its children."""
     cls = component_class(config.type)
-    return cls.from_config(config, lambda child, _index: build_node(child))
+    module = cls.from_config(config, lambda child, _index: build_node(child))
+    # Remember which manifest node built this module, so shape errors can point at it.
+    module.__dict__["_caramba_config"] = config
+    return module

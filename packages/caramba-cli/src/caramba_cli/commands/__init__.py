@@ -1,0 +1,1 @@
+"""One sub-command per module."""

@@ -1,0 +1,1 @@
+"""Lower a resolved manifest to an immutable, hashable Plan."""
