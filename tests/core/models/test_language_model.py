@@ -5,14 +5,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from caramba.errors import InputError
 from caramba.layers.attention import AttentionLayer
 from caramba.layers.base import ForwardContext
 from caramba.layers.embedding import TokenEmbedder
 from caramba.layers.glu import SwiGLULayer
 from caramba.layers.linear import LinearLayer
 from caramba.layers.norm import RMSNormLayer
-from caramba.models.language_model import LanguageModel, sample_next
+from caramba.models.language_model import TiedEmbeddingsError, sample_next
 from caramba.registry import SYSTEMS
 from caramba.topologies.cyclic import CyclicTopology
 from caramba.topologies.nested import NestedTopology
@@ -80,7 +79,7 @@ def test_tied_head_shares_storage_with_the_embedding():
     "head", [LinearLayer.Config(d_in=D, d_out=V + 1), RMSNormLayer.Config(d_model=D)]
 )
 def test_tie_embeddings_needs_a_matching_final_linear(head):
-    with pytest.raises(InputError, match=rf"d_in == d_model \({D}\).*vocab_size \({V}\)"):
+    with pytest.raises(TiedEmbeddingsError, match=rf"d_in == d_model \({D}\).*vocab_size \({V}\)"):
         build(llama_spec(tie=True, head=head))
 
 
@@ -134,3 +133,14 @@ def test_cyclic_body_decodes_incrementally():
     tokens = torch.randint(0, V, (1, 6))
     out = model.generate(tokens[:, :3], 3, temperature=0.0)
     assert torch.equal(model(out[:, :-1])[:, 2:].argmax(-1), out[:, 3:])
+
+
+def test_builds_and_runs_on_the_meta_device_for_shape_checks():
+    with torch.device("meta"):
+        model = build(llama_spec(tie=True))
+    assert model(torch.zeros(1, 8, dtype=torch.long, device="meta")).shape == (1, 8, V)
+
+
+def test_runs_in_bfloat16():
+    model = build(llama_spec()).to(torch.bfloat16)
+    assert model(torch.randint(0, V, (1, 5))).dtype == torch.bfloat16

@@ -16,6 +16,13 @@ from caramba.topologies.nested import NestedTopology
 from caramba.topologies.stacked import StackedTopology
 
 
+class TiedEmbeddingsError(InputError, ValueError):
+    """tie_embeddings set on a model whose topology does not end in a matching LinearLayer.
+
+    Also a ValueError, so the manifest compiler reports it at the model's location.
+    """
+
+
 def output_head(topology: nn.Module) -> nn.Module:
     """The module that produces the topology's output: the last child, through Stacked/Nested."""
     module = topology
@@ -49,7 +56,7 @@ class LanguageModel(nn.Module):
                 if isinstance(head, LinearLayer)
                 else type(head).__name__
             )
-            raise InputError(
+            raise TiedEmbeddingsError(
                 "tie_embeddings needs the topology's last layer to be a LinearLayer with "
                 f"d_in == d_model ({d_model}) and d_out == vocab_size ({vocab}); found {found}.",
                 hint="end the topology with that LinearLayer, or set tie_embeddings: false.",
