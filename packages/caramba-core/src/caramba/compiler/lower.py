@@ -16,11 +16,22 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 4}
 MAX_SHAPE_PASS_TOKENS = 4096
 
 
+def _named_children(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Children with container lists flattened away (`layers.0` instead of `layers` → `0`)."""
+    out = []
+    for name, child in module.named_children():
+        if isinstance(child, (nn.ModuleList, nn.Sequential)):
+            out.extend((f"{name}.{i}", c) for i, c in _named_children(child))
+        else:
+            out.append((name, child))
+    return out
+
+
 def summarize(module: nn.Module, name: str, node_paths: dict[int, tuple]) -> ModuleSummary:
     config = module.__dict__.get("_caramba_config")
     path = node_paths.get(id(config)) if config is not None else None
     children = tuple(summarize(child, child_name, node_paths)
-                     for child_name, child in module.named_children())
+                     for child_name, child in _named_children(module))
     params = sum(p.numel() for p in module.parameters())
     type_name = config.type if config is not None else type(module).__name__
     return ModuleSummary(name, type_name, params, format_path(path) if path else "", children)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializeAsAny
 
 
 class NodeConfig(BaseModel):
@@ -39,7 +39,8 @@ class TopologyConfig(NodeConfig):
     the raw child mappings never reach pydantic as untyped dicts.
     """
 
-    layers: tuple[NodeConfig, ...] = ()
+    # SerializeAsAny: dump each child with its own fields, not just NodeConfig's `type`.
+    layers: tuple[SerializeAsAny[NodeConfig], ...] = ()
 
     # Names of fields (besides `layers`) that a topology understands; used for did-you-mean.
     child_field: ClassVar[str] = "layers"

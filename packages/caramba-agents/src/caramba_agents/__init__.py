@@ -1,0 +1,3 @@
+"""caramba-agents: research agents for caramba manifests' `process` targets. No torch."""
+
+__version__ = "0.1.0"
