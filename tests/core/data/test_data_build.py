@@ -1,3 +1,5 @@
+"""build_token_dataset on the real english corpus (shared via CARAMBA_CACHE) and a tiny one."""
+
 import hashlib
 import json
 
@@ -96,7 +98,10 @@ def test_cached_dataset_lives_under_cache_dir_and_is_reused(english_dir):
 def test_build_writes_all_files_and_leaves_no_partial_folder(tmp_path, tiny_corpus):
     out = build_token_dataset("kjv", tmp_path / "ds", 400, quiet=True)
     assert sorted(p.name for p in out.iterdir()) == [
-        "meta.json", "tokenizer.json", "train.npy", "val.npy"
+        "meta.json",
+        "tokenizer.json",
+        "train.npy",
+        "val.npy",
     ]
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
     assert json.loads((out / "meta.json").read_text())["documents"]["val"] == ["kjv/Ruth"]

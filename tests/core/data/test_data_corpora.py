@@ -1,3 +1,5 @@
+"""Named real-English corpora and their fixed validation split."""
+
 import importlib.util
 
 import pytest

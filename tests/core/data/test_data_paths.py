@@ -1,3 +1,5 @@
+"""cache_dir: where rebuildable files go."""
+
 from pathlib import Path
 
 from caramba.paths import cache_dir

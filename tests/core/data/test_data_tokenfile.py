@@ -1,3 +1,5 @@
+"""The .tokens plain-text format."""
+
 import numpy as np
 import pytest
 

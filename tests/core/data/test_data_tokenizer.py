@@ -1,3 +1,5 @@
+"""The offline byte-level BPE tokenizer, on real text."""
+
 import hashlib
 import subprocess
 import sys

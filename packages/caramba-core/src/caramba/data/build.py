@@ -39,7 +39,11 @@ FORMAT = "caramba.token_dataset"
 
 
 def build_token_dataset(
-    corpus: str, out_dir: Path, vocab_size: int = 8192, *, overwrite: bool = False,
+    corpus: str,
+    out_dir: Path,
+    vocab_size: int = 8192,
+    *,
+    overwrite: bool = False,
     quiet: bool = False,
 ) -> Path:
     """Build the token dataset of `corpus` into `out_dir` (atomically) and return `out_dir`."""
@@ -103,8 +107,10 @@ def ensure_corpus_dataset(corpus: str, vocab_size: int = 8192, *, quiet: bool = 
 def source_hash(corpus: Corpus, vocab_size: int) -> str:
     """A digest of everything the build's output depends on: text, split, settings, library."""
     h = hashlib.sha256()
-    h.update(f"{FORMAT} v{BUILD_VERSION} tokenizers {tokenizers.__version__} "
-             f"vocab {vocab_size}\n".encode())
+    h.update(
+        f"{FORMAT} v{BUILD_VERSION} tokenizers {tokenizers.__version__} "
+        f"vocab {vocab_size}\n".encode()
+    )
     for split, docs in (("train", corpus.train), ("val", corpus.val)):
         for doc in docs:
             h.update(f"{split}\0{doc.name}\0{len(doc.text)}\0".encode())
@@ -125,8 +131,12 @@ def _encode(tokenizer: Tokenizer, texts: list[str], dtype: type) -> np.ndarray:
 
 
 def _meta(
-    corpus: Corpus, tokenizer: Tokenizer, requested_vocab: int, train: np.ndarray,
-    val: np.ndarray, source: str,
+    corpus: Corpus,
+    tokenizer: Tokenizer,
+    requested_vocab: int,
+    train: np.ndarray,
+    val: np.ndarray,
+    source: str,
 ) -> dict[str, Any]:
     content = hashlib.sha256()
     for array in (train, val):
@@ -207,16 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list:
         for info in CORPORA.values():
-            print(f"{info.name}: {info.description}; {info.documents} documents, "
-                  f"{info.bytes:,} bytes\n  source: {info.source}\n  license: {info.license}\n"
-                  f"  install: {info.install}")
+            print(
+                f"{info.name}: {info.description}; {info.documents} documents, "
+                f"{info.bytes:,} bytes\n  source: {info.source}\n  license: {info.license}\n"
+                f"  install: {info.install}"
+            )
         return 0
     try:
         if args.out is None:
             path = ensure_corpus_dataset(args.corpus, args.vocab_size)
         else:
-            path = build_token_dataset(args.corpus, args.out, args.vocab_size,
-                                       overwrite=args.force)
+            path = build_token_dataset(args.corpus, args.out, args.vocab_size, overwrite=args.force)
     except CarambaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -134,8 +134,7 @@ def _package_dir(module: str, install: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise DataError(
-            f"the corpus package providing module {module!r} is not installed. "
-            f"Fix: {install}."
+            f"the corpus package providing module {module!r} is not installed. Fix: {install}."
         )
     return Path(spec.origin).parent
 
