@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from caramba.compiler.plan import MemoryEstimate, ModuleSummary, Plan, RunPlan, TargetPlan
+from caramba.errors import CarambaError
 from caramba.compiler.shape_check import build_on_meta, failing_path, shape_pass
 from caramba.manifest.diagnostics import Diagnostic, ManifestError, format_path
 from caramba.manifest.load import ResolvedManifest, ResolvedTarget, load_manifest
@@ -47,8 +48,11 @@ def _lower_experiment(resolved: ResolvedManifest, target: ResolvedTarget,
                                  spec.system.config.model.tie_embeddings)
     try:
         model = build_on_meta(spec.system.ref, definition)
-    except (ValueError, TypeError) as exc:
-        errors.append(resolved.diagnostic(model_path, f"cannot build the model: {exc}"))
+    except CarambaError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. sizes too large for torch: a manifest problem
+        errors.append(resolved.diagnostic(
+            model_path, f"cannot build the model: {type(exc).__name__}: {exc}"))
         return None
     seq_len = min(max(r.train.block_size for r in spec.runs), MAX_SHAPE_PASS_TOKENS)
     report = shape_pass(model, seq_len)

@@ -21,12 +21,16 @@ def merge_defaults(data: dict[str, Any], smap: SourceMap) -> None:
     defaults = data.get("defaults")
     if not isinstance(defaults, dict):
         return
-    for ti, target in enumerate(data.get("targets") or []):
+    targets = data.get("targets")
+    if not isinstance(targets, list):
+        return  # wrong type: validation reports it
+    for ti, target in enumerate(targets):
         if not isinstance(target, dict) or target.get("type") != "experiment":
             continue
         tpath = ("targets", ti)
         placements = [("data", tpath + ("data", "config"), target.get("data"), "config")]
-        for ri, run in enumerate(target.get("runs") or []):
+        runs = target.get("runs")
+        for ri, run in enumerate(runs if isinstance(runs, list) else []):
             if isinstance(run, dict):
                 placements.append(("train", tpath + ("runs", ri, "train"), run, "train"))
         placements.append(("runtime", tpath + ("runtime",), target, "runtime"))

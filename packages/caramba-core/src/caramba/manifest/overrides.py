@@ -67,8 +67,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], target: str | No
         if parts[0] in TOP_LEVEL:
             _set(data, parts, value, text)
             continue
+        all_targets = data.get("targets")
         targets = [
-            t for t in data.get("targets") or []
+            t for t in (all_targets if isinstance(all_targets, list) else [])
             if isinstance(t, dict) and t.get("type", "experiment") == "experiment"
             and (target is None or t.get("name") == target)
         ]

@@ -73,8 +73,9 @@ def _construct(node: yaml.Node, path: Path, smap: SourceMap, loader: yaml.SafeLo
 def load_yaml_with_positions(text: str, file: str) -> tuple[Any, SourceMap]:
     """Parse YAML `text`; raise ManifestError with the location on any syntax problem."""
     smap = SourceMap(file)
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         if node is None:
             raise ManifestError([Diagnostic(file, 1, 1, (), "the manifest is empty")])
@@ -86,12 +87,13 @@ def load_yaml_with_positions(text: str, file: str) -> tuple[Any, SourceMap]:
         raise ManifestError(
             [Diagnostic(file, line, col, (), f"YAML syntax error: {problem}")]
         ) from None
-    except yaml.YAMLError as exc:
+    except yaml.YAMLError as exc:  # e.g. ReaderError: control characters in the file
         raise ManifestError([Diagnostic(file, 0, 0, (), f"YAML error: {exc}")]) from None
     except RecursionError:
         raise ManifestError([Diagnostic(file, 0, 0, (), "YAML nests too deeply")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_manifest_text(path: FsPath) -> str:

@@ -14,7 +14,7 @@ from caramba.topologies._common import ChildrenConfig, build_children, run_in_or
 
 class CyclicTopologyConfig(ChildrenConfig):
     type: Literal["CyclicTopology"] = "CyclicTopology"
-    cycles: int = Field(2, ge=1, description="passes through the children, weights shared")
+    cycles: int = Field(2, ge=1, le=4096, description="passes through the children, weights shared")
 
 
 class CyclicTopology(nn.Module):

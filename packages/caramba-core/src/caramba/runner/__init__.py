@@ -1,0 +1,1 @@
+"""The run pipeline: plan → build → train → sample → evaluate → artifacts."""
