@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Group
-from rich.table import Table
 from rich.tree import Tree
 
 
@@ -32,29 +30,25 @@ def _model_tree(node: Any, tree: Tree, depth: int = 0, max_depth: int = 6) -> No
             _model_tree(child, branch, depth + 1, max_depth)
 
 
-def render_plan(plan: Any) -> Group:
-    parts: list[Any] = []
-    head = Table(title=f"Plan {plan.manifest_name}  [dim]hash {plan.hash}[/]", show_lines=False)
-    for col in ("target", "type", "run", "steps", "batch×block", "lr", "device/dtype",
-                "params", "est. memory"):
-        head.add_column(col)
+def render_plan(plan: Any) -> Tree:
+    """The plan as one tree: targets, their runs (with memory estimates) and model."""
+    root = Tree(f"[bold]Plan {plan.manifest_name}[/]  [dim]hash {plan.hash}[/]")
     for target in plan.targets:
         if target.kind != "experiment":
-            head.add_row(target.name, target.kind, "-", "-", "-", "-", "-", "-", "-")
+            root.add(f"[bold]{target.name}[/] [dim](process: "
+                     f"{target.spec.process.get('type', '?')})[/]")
             continue
-        for i, run in enumerate(target.runs):
+        data = target.data_config.model_dump() if target.data_config is not None else {}
+        node = root.add(f"[bold]{target.name}[/] (experiment) · "
+                        f"{human_count(target.param_count)} parameters · data {data.get('path')}"
+                        f" · trainer {target.spec.trainer}")
+        runs = node.add("runs")
+        for run in target.runs:
             t = run.spec.train
-            head.add_row(
-                target.name if i == 0 else "", target.kind if i == 0 else "", run.spec.id,
-                str(run.spec.steps), f"{t.batch_size}×{t.block_size}", f"{t.lr:g}",
-                f"{t.device}/{t.dtype}", human_count(target.param_count) if i == 0 else "",
-                human_bytes(run.memory.total) if run.memory else "-",
-            )
-    parts.append(head)
-    for target in plan.targets:
-        if target.model is None:
-            continue
-        tree = Tree(f"[bold]{target.name}[/] model: {human_count(target.param_count)} parameters")
-        _model_tree(target.model, tree)
-        parts.append(tree)
-    return Group(*parts)
+            memory = human_bytes(run.memory.total) if run.memory else "?"
+            runs.add(f"[cyan]{run.spec.id}[/]: {run.spec.steps} steps · batch "
+                     f"{t.batch_size}×{t.block_size} · lr {t.lr:g} · {t.device}/{t.dtype} · "
+                     f"est. memory {memory}")
+        model = node.add(f"model · {human_count(target.param_count)} parameters")
+        _model_tree(target.model, model)
+    return root
