@@ -166,6 +166,8 @@ def _attend(
     pos = torch.arange(S, device=scores.device)
     valid = pos[None, :] < lengths.to(scores.device, torch.long)[:, None]  # (B, S)
     scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    # Slots past a length may hold anything (an uninitialised cache, NaN bytes): 0 * NaN is NaN.
+    vd = vd.masked_fill(~valid[:, None, :, None], 0.0)
     if num_splits == 1:
         out = torch.softmax(scores, dim=-1) @ vd
     else:

@@ -27,9 +27,14 @@ def _check_float(x: object, argument: str) -> torch.Tensor:
     return x
 
 
+def _trunc(v: torch.Tensor) -> torch.Tensor:
+    """Round toward zero; |v| <= 128.5 here, and int conversion is much faster than trunc on CPU."""
+    return v.to(torch.int32).to(v.dtype)
+
+
 def _roundf(v: torch.Tensor) -> torch.Tensor:
     """C roundf: half away from zero. (floor(|v| + 0.5) would round 0.49999997 up.)"""
-    t = torch.trunc(v)
+    t = _trunc(v)
     frac = v - t  # exact: the fractional bits of a float are a float
     return t + (frac >= 0.5).to(v.dtype) - (frac <= -0.5).to(v.dtype)
 
@@ -63,7 +68,7 @@ def quantize(kind: str, x: torch.Tensor) -> torch.Tensor:
         imax = xb.abs().argmax(dim=-1, keepdim=True)
         d = xb.gather(-1, imax) / -8.0
         inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
-        q = torch.trunc(xb * inv + 8.5).clamp(max=15).to(torch.uint8)
+        q = _trunc(xb * inv + 8.5).clamp(max=15).to(torch.uint8)
         packed = q[..., :16] | (q[..., 16:] << 4)
         out = torch.cat((_fp16_bytes(d), packed), dim=-1)
     else:  # nf4
