@@ -52,6 +52,13 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(set(self._discover()) | set(self._runtime))
 
+    def source(self, name: str) -> str:
+        """The distribution that registered `name` (`<runtime>` for register())."""
+        if name in self._runtime:
+            return "<runtime>"
+        entry = self._discover().get(name)
+        return entry.source if entry is not None else "<unknown>"
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and (name in self._runtime or name in self._discover())
 

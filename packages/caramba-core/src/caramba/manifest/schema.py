@@ -24,17 +24,20 @@ class TrainConfig(Strict):
     """How one run trains. Every knob has a default except the ones that define the run."""
 
     phase: str = Field("standard", description="standard | blockwise | global (upcycle)")
-    batch_size: PositiveInt = Field(8, le=1 << 16)
-    block_size: PositiveInt = Field(128, le=1 << 20)
-    lr: PositiveFloat = Field(1e-3, le=10.0)
+    batch_size: PositiveInt = Field(8, le=1 << 16, description="sequences per micro-batch")
+    block_size: PositiveInt = Field(128, le=1 << 20, description="tokens per sequence")
+    lr: PositiveFloat = Field(1e-3, le=10.0, description="peak learning rate (after warmup)")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.1, ge=0.0, le=10.0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = Field(0, ge=0, description="linear warmup from 0 to lr")
+    weight_decay: float = Field(0.1, ge=0.0, le=10.0,
+                                description="AdamW decoupled weight decay (matrices only)")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
     grad_clip: float = Field(1.0, ge=0.0, description="max global grad norm; 0 disables")
-    grad_accum: PositiveInt = Field(1, le=4096)
+    grad_accum: PositiveInt = Field(
+        1, le=4096, description="micro-batches per optimizer step (effective batch multiplier)")
     device: str = Field("cpu", description="cpu | cuda | cuda:N | mps | auto")
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="autocast dtype; auto = bfloat16 on CUDA with bf16, else float32")
     compile: bool = Field(False, description="wrap the model in torch.compile")
 
     @model_validator(mode="after")
@@ -49,41 +52,45 @@ class TrainConfig(Strict):
 
 
 class RunSpec(Strict):
-    id: Identifier
-    mode: Literal["train"] = "train"
-    exp: str | None = None
-    seed: int = Field(1337, ge=0, le=2**32 - 1)
-    steps: PositiveInt = Field(..., le=10**9)
-    train: TrainConfig = TrainConfig()
-    verify: dict[str, Any] | None = None
+    id: Identifier = Field(description="run name; checkpoints go to checkpoints/<id>/")
+    mode: Literal["train"] = Field("train", description="what the run does")
+    exp: str | None = Field(None, description="free-form experiment label for reports")
+    seed: int = Field(1337, ge=0, le=2**32 - 1, description="seeds init, data order, dropout")
+    steps: PositiveInt = Field(..., le=10**9, description="optimizer steps")
+    train: TrainConfig = Field(TrainConfig(), description="training settings of this run")
+    verify: dict[str, Any] | None = Field(
+        None, description="verification after the run (compare | fidelity | eval)")
 
 
 class DataSpec(Strict):
-    ref: str = "dataset.tokens"
-    config: dict[str, Any] = Field(default_factory=dict)
+    ref: str = Field("dataset.tokens", description="registered dataset (caramba.datasets)")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="the dataset's own settings (see Datasets below)")
 
 
 class ModelSpec(Strict):
-    type: Literal["TransformerModel", "LanguageModel"] = "TransformerModel"
-    embedder: dict[str, Any]
-    topology: dict[str, Any]
-    tie_embeddings: bool = False
+    type: Literal["TransformerModel", "LanguageModel"] = Field(
+        "TransformerModel", description="model family (both names build a LanguageModel)")
+    embedder: dict[str, Any] = Field(description="token embedder node (see Embedders)")
+    topology: dict[str, Any] = Field(description="root topology node: the layer graph")
+    tie_embeddings: bool = Field(
+        False, description="share the embedding matrix with the final LinearLayer head")
 
 
 class SystemConfig(Strict):
-    model: ModelSpec
+    model: ModelSpec = Field(description="embedder + topology")
 
 
 class SystemSpec(Strict):
-    ref: str = "system.language_model"
-    config: SystemConfig
+    ref: str = Field("system.language_model", description="registered system (caramba.systems)")
+    config: SystemConfig = Field(description="the system's settings: `model`")
 
 
 class BenchmarkSpec(Strict):
-    id: Identifier
-    config: dict[str, Any]
-    models: list[str] = Field(default_factory=list)
-    repeats: PositiveInt = 1
+    id: Identifier = Field(description="benchmark name in reports")
+    config: dict[str, Any] = Field(description="benchmark settings; `type` selects it")
+    models: list[str] = Field(default_factory=list, description="models to measure")
+    repeats: PositiveInt = Field(1, description="repetitions")
 
 
 class RuntimeConfig(Strict):
@@ -91,33 +98,37 @@ class RuntimeConfig(Strict):
 
     save_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
     eval_every: int = Field(0, ge=0, description="validation loss every N steps; 0 = only at the end")
-    eval_batches: PositiveInt = Field(20, le=100000)
-    log_every: PositiveInt = 10
-    sample_prompts: list[str] = Field(default_factory=list)
-    sample_tokens: int = Field(48, ge=0, le=100000)
-    sample_temperature: float = Field(0.8, ge=0.0, le=10.0)
-    sample_top_k: int = Field(40, ge=0)
+    eval_batches: PositiveInt = Field(20, le=100000, description="validation batches per evaluation")
+    log_every: PositiveInt = Field(10, description="log a metrics line every N steps")
+    sample_prompts: list[str] = Field(
+        default_factory=list, description="prompts continued after training")
+    sample_tokens: int = Field(48, ge=0, le=100000, description="tokens sampled per prompt")
+    sample_temperature: float = Field(0.8, ge=0.0, le=10.0, description="0 = greedy")
+    sample_top_k: int = Field(40, ge=0, description="sample among the k likeliest; 0 = all")
 
 
 class LoggingConfig(Strict):
-    instrument: Literal["rich", "plain", "none"] = "rich"
-    wandb: bool = False
+    instrument: Literal["rich", "plain", "none"] = Field(
+        "rich", description="progress display: rich bar, plain lines, or nothing")
+    wandb: bool = Field(False, description="reserved: Weights & Biases logging (not yet)")
 
 
 class ExperimentTarget(Strict):
-    type: Literal["experiment"]
-    name: Identifier
-    description: str = ""
-    backend: Literal["torch"] = "torch"
-    task: Literal["task.language_modeling"] = "task.language_modeling"
-    data: DataSpec
-    system: SystemSpec
-    objective: str = "objective.next_token_ce"
-    trainer: str = "trainer.standard"
-    runs: list[RunSpec] = Field(..., min_length=1)
-    benchmarks: list[BenchmarkSpec] = Field(default_factory=list)
-    runtime: RuntimeConfig = RuntimeConfig()
-    logging: LoggingConfig = LoggingConfig()
+    type: Literal["experiment"] = Field(description="a training/evaluation target")
+    name: Identifier = Field(description="artifacts go to runs/<manifest>/<name>/")
+    description: str = Field("", description="free text")
+    backend: Literal["torch"] = Field("torch", description="execution backend")
+    task: Literal["task.language_modeling"] = Field(
+        "task.language_modeling", description="what the model learns")
+    data: DataSpec = Field(description="training and validation data")
+    system: SystemSpec = Field(description="the model")
+    objective: str = Field("objective.next_token_ce", description="registered loss")
+    trainer: str = Field("trainer.standard", description="registered trainer")
+    runs: list[RunSpec] = Field(..., min_length=1, description="runs, executed in order")
+    benchmarks: list[BenchmarkSpec] = Field(
+        default_factory=list, description="measurements after the runs")
+    runtime: RuntimeConfig = Field(RuntimeConfig(), description="checkpoint/eval/sampling")
+    logging: LoggingConfig = Field(LoggingConfig(), description="progress display")
 
     @model_validator(mode="after")
     def _unique_run_ids(self) -> ExperimentTarget:
@@ -131,11 +142,11 @@ class ExperimentTarget(Strict):
 class ProcessTarget(Strict):
     """An agent workflow. Parsed and validated here; caramba-agents executes it."""
 
-    type: Literal["process"]
-    name: Identifier
-    description: str = ""
-    team: dict[str, Any] = Field(default_factory=dict)
-    process: dict[str, Any]
+    type: Literal["process"] = Field(description="an agent workflow target")
+    name: Identifier = Field(description="target name")
+    description: str = Field("", description="free text")
+    team: dict[str, Any] = Field(default_factory=dict, description="agents by role")
+    process: dict[str, Any] = Field(description="the workflow; `type` selects it")
 
 
 Target = Annotated[ExperimentTarget | ProcessTarget, Field(discriminator="type")]
@@ -144,20 +155,21 @@ Target = Annotated[ExperimentTarget | ProcessTarget, Field(discriminator="type")
 class Defaults(Strict):
     """Merged into every target; the target's own values win."""
 
-    data: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
-    runtime: dict[str, Any] = Field(default_factory=dict)
-    logging: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict, description="into each data.config")
+    train: dict[str, Any] = Field(default_factory=dict, description="into each run's train")
+    runtime: dict[str, Any] = Field(default_factory=dict, description="into each runtime")
+    logging: dict[str, Any] = Field(default_factory=dict, description="into each logging")
 
 
 class Manifest(Strict):
-    version: Literal[2]
-    name: Identifier
-    notes: str = ""
-    vars: dict[str, Any] = Field(default_factory=dict)
-    defaults: Defaults = Defaults()
-    targets: list[Target] = Field(..., min_length=1)
-    entrypoints: dict[str, str] = Field(default_factory=dict)
+    version: Literal[2] = Field(description="manifest schema version (always 2)")
+    name: Identifier = Field(description="experiment name; artifacts go to runs/<name>/")
+    notes: str = Field("", description="free text, shown by `caramba presets`")
+    vars: dict[str, Any] = Field(default_factory=dict, description="values for ${name}")
+    defaults: Defaults = Field(Defaults(), description="merged into every target")
+    targets: list[Target] = Field(..., min_length=1, description="experiment/process targets")
+    entrypoints: dict[str, str] = Field(
+        default_factory=dict, description="named shortcuts to targets")
 
     @model_validator(mode="after")
     def _check_targets(self) -> Manifest:
