@@ -1,0 +1,299 @@
+"""Triton kernels: fused decode attention over quantized KV caches, split-K merge, quantize.
+
+Importing this module imports triton; `caramba_kernels.triton.backend` does so on first use.
+
+Cache rows are read straight from their storage format and dequantized in registers: a q8_0
+row is never expanded to a float copy in memory. Format codes (FMT) are constexprs, so each
+(K format, V format) pair compiles to its own specialised kernel.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+F32, F16, Q8_0, Q4_0, NF4 = 0, 1, 2, 3, 4
+FORMAT_CODES = {"f32": F32, "f16": F16, "q8_0": Q8_0, "q4_0": Q4_0, "nf4": NF4}
+
+
+@triton.jit
+def _load_rows(base, row_off, cols, mask, FMT: tl.constexpr, cb_ptr):
+    """float32 (N, C) values at rows `row_off[:, None]` (element offsets) and columns `cols`.
+
+    Plain formats: `base` points at floats and offsets count floats. Block formats: `base`
+    points at uint8 and offsets count bytes; the fp16 scale sits in the first two bytes of each
+    block (2-byte aligned, as blocks are 34 or 18 bytes long).
+    """
+    if FMT == 0 or FMT == 1:
+        x = tl.load(base + row_off[:, None] + cols[None, :], mask=mask, other=0.0)
+        x = x.to(tl.float32)
+    elif FMT == 2:  # q8_0: [d fp16][32 x int8]
+        blk = cols // 32
+        off = row_off[:, None] + (blk * 34)[None, :]
+        d = tl.load((base + off).to(tl.pointer_type(tl.float16)), mask=mask, other=0.0)
+        q = tl.load(base + off + (2 + cols % 32)[None, :], mask=mask, other=0)
+        x = q.to(tl.int8, bitcast=True).to(tl.float32) * d.to(tl.float32)
+    elif FMT == 3:  # q4_0: [d fp16][16 bytes: element j low nibble, j + 16 high]
+        blk = cols // 32
+        j = cols % 32
+        off = row_off[:, None] + (blk * 18)[None, :]
+        d = tl.load((base + off).to(tl.pointer_type(tl.float16)), mask=mask, other=0.0)
+        byte = tl.load(base + off + (2 + (j & 15))[None, :], mask=mask, other=0).to(tl.int32)
+        q = (byte >> ((j >> 4) * 4)[None, :]) & 15
+        x = (q - 8).to(tl.float32) * d.to(tl.float32)
+    else:  # nf4: [absmax fp16][32 bytes: element j low nibble, j + 32 high]
+        blk = cols // 64
+        j = cols % 64
+        off = row_off[:, None] + (blk * 34)[None, :]
+        d = tl.load((base + off).to(tl.pointer_type(tl.float16)), mask=mask, other=0.0)
+        byte = tl.load(base + off + (2 + (j & 31))[None, :], mask=mask, other=0).to(tl.int32)
+        q = (byte >> ((j >> 5) * 4)[None, :]) & 15
+        x = tl.load(cb_ptr + q, mask=mask, other=0.0) * d.to(tl.float32)
+    return x
+
+
+@triton.jit
+def decode_partial_kernel(
+    q1_ptr, q2_ptr, k1_ptr, k2_ptr, v_ptr, len_ptr, cb_ptr,
+    m_ptr, l_ptr, o_ptr,
+    scale1, scale2,
+    sq1_b, sq1_h, sq2_b, sq2_h,
+    sk1_b, sk1_h, sk1_s, sk2_b, sk2_h, sk2_s, sv_b, sv_h, sv_s,
+    Hkv, S_max, split_len, n_splits, G, D1, D2, DV,
+    G_PAD: tl.constexpr, D1_PAD: tl.constexpr, D2_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    K1_FMT: tl.constexpr, K2_FMT: tl.constexpr, V_FMT: tl.constexpr,
+    DBA: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
+):  # fmt: skip
+    """One program: one (batch, KV head, split) and every query head of that KV head's group.
+
+    Sizes are runtime values and only their power-of-two paddings are compiled in, so one
+    binary serves every head dim up to its padding. Reads each K/V row of its split once for
+    the whole GQA group, keeps an online softmax in
+    the log2 domain (scales arrive multiplied by log2 e), and writes either the normalised
+    output (SINGLE: one split) or the split's (max, sum, unnormalised output) for the merge.
+    """
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    b = pid // Hkv
+    hk = pid % Hkv
+    length = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), S_max)
+    start = split * split_len
+    end = tl.minimum(start + split_len, length)
+
+    g = tl.arange(0, G_PAD)
+    heads = hk * G + g
+    gmask = g < G
+    b64 = b.to(tl.int64)
+    hk64 = hk.to(tl.int64)
+
+    d1 = tl.arange(0, D1_PAD)
+    q1 = (
+        tl.load(
+            q1_ptr + b64 * sq1_b + heads[:, None] * sq1_h + d1[None, :],
+            mask=gmask[:, None] & (d1[None, :] < D1),
+            other=0.0,
+        ).to(tl.float32)
+        * scale1
+    )
+    k1_base = k1_ptr + b64 * sk1_b + hk64 * sk1_h
+    if DBA:
+        d2 = tl.arange(0, D2_PAD)
+        q2 = (
+            tl.load(
+                q2_ptr + b64 * sq2_b + heads[:, None] * sq2_h + d2[None, :],
+                mask=gmask[:, None] & (d2[None, :] < D2),
+                other=0.0,
+            ).to(tl.float32)
+            * scale2
+        )
+        k2_base = k2_ptr + b64 * sk2_b + hk64 * sk2_h
+    dv = tl.arange(0, DV_PAD)
+    v_base = v_ptr + b64 * sv_b + hk64 * sv_h
+
+    m_i = tl.full([G_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([G_PAD], tl.float32)
+    acc = tl.zeros([G_PAD, DV_PAD], tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        t = n0 + tl.arange(0, BLOCK_N)
+        tmask = t < end
+        t64 = t.to(tl.int64)
+        k1 = _load_rows(
+            k1_base, t64 * sk1_s, d1, tmask[:, None] & (d1[None, :] < D1), K1_FMT, cb_ptr
+        )
+        s = tl.sum(q1[:, None, :] * k1[None, :, :], axis=2)
+        if DBA:
+            k2 = _load_rows(
+                k2_base, t64 * sk2_s, d2, tmask[:, None] & (d2[None, :] < D2), K2_FMT, cb_ptr
+            )
+            s += tl.sum(q2[:, None, :] * k2[None, :, :], axis=2)
+        s = tl.where(tmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        vv = _load_rows(v_base, t64 * sv_s, dv, tmask[:, None] & (dv[None, :] < DV), V_FMT, cb_ptr)
+        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * vv[None, :, :], axis=1)
+        m_i = m_new
+
+    row = b64 * (Hkv * G) + heads  # flat (batch, query head)
+    omask = gmask[:, None] & (dv[None, :] < DV)
+    if SINGLE:
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(o_ptr + row[:, None] * DV + dv[None, :], out, mask=omask)
+    else:
+        part = row * n_splits + split
+        tl.store(m_ptr + part, m_i, mask=gmask)
+        tl.store(l_ptr + part, l_i, mask=gmask)
+        tl.store(o_ptr + part[:, None] * DV + dv[None, :], acc, mask=omask)
+
+
+@triton.jit
+def merge_kernel(
+    m_ptr, l_ptr, o_ptr, out_ptr, n_splits, DV,
+    DV_PAD: tl.constexpr, P_PAD: tl.constexpr, P_BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One program per (batch, query head): log-sum-exp merge of its splits' partials."""
+    row = tl.program_id(0).to(tl.int64)
+    p_all = tl.arange(0, P_PAD)
+    m_all = tl.load(m_ptr + row * n_splits + p_all, mask=p_all < n_splits, other=float("-inf"))
+    m_max = tl.max(m_all, axis=0)
+    dv = tl.arange(0, DV_PAD)
+    acc = tl.zeros([DV_PAD], tl.float32)
+    total = tl.zeros([P_BLOCK], tl.float32)
+    for p0 in range(0, n_splits, P_BLOCK):
+        p = p0 + tl.arange(0, P_BLOCK)
+        pmask = p < n_splits
+        m = tl.load(m_ptr + row * n_splits + p, mask=pmask, other=float("-inf"))
+        l = tl.load(l_ptr + row * n_splits + p, mask=pmask, other=0.0)  # noqa: E741
+        # Empty splits (m = -inf) weigh nothing; if every split is empty m_max is -inf too.
+        w = tl.where(m > float("-inf"), tl.exp2(m - m_max), 0.0)
+        o = tl.load(
+            o_ptr + (row * n_splits + p)[:, None] * DV + dv[None, :],
+            mask=pmask[:, None] & (dv[None, :] < DV),
+            other=0.0,
+        )
+        total += w * l
+        acc += tl.sum(w[:, None] * o, axis=0)
+    denom = tl.sum(total, axis=0)
+    out = acc / tl.where(denom > 0, denom, 1.0)
+    tl.store(out_ptr + row * DV + dv, out, mask=dv < DV)
+
+
+@triton.jit
+def quantize_kernel(
+    x_ptr, dst_ptr, len_ptr, cb_ptr,
+    H, S_max, sx_row, sd_b, sd_h, sd_s, D,
+    FMT: tl.constexpr, BLOCK: tl.constexpr, HAS_LEN: tl.constexpr,
+):  # fmt: skip
+    """One program per (row, block): quantize BLOCK values of row `pid0` into its destination.
+
+    Row r = b * H + h goes to dst + b*sd_b + h*sd_h + pos*sd_s with pos = lengths[b] when
+    HAS_LEN (append; a position outside [0, S_max) writes nothing), else pos = 0. Launch with
+    enable_fp_fusion=False: GGML's reference rounds x * id and x * id + 8.5 separately, and a
+    fused multiply-add would round them once and could differ.
+    """
+    r = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    b = r // H
+    h = r % H
+    pos = tl.load(len_ptr + b).to(tl.int64) if HAS_LEN else r * 0
+    ok = (pos >= 0) & (pos < S_max)  # never write outside the cache
+    dst = dst_ptr + b * sd_b + h * sd_h + tl.where(ok, pos, 0) * sd_s
+    src = x_ptr + r * sx_row + blk * BLOCK
+    if FMT == 0 or FMT == 1:
+        c = blk * BLOCK + tl.arange(0, BLOCK)
+        x = tl.load(src + tl.arange(0, BLOCK), mask=c < D, other=0.0)
+        keep = (c < D) & _all(pos, S_max, BLOCK)
+        if FMT == 1:
+            tl.store(dst + c, x.to(tl.float16), mask=keep)
+        else:
+            tl.store(dst + c, x.to(tl.float32), mask=keep)
+    elif FMT == 2:  # q8_0
+        x = tl.load(src + tl.arange(0, 32)).to(tl.float32)
+        amax = tl.max(tl.abs(x), axis=0)
+        d = tl.math.div_rn(amax, 127.0)
+        inv = tl.where(d != 0.0, tl.math.div_rn(1.0, tl.where(d != 0.0, d, 1.0)), 0.0)
+        v = x * inv
+        t = v.to(tl.int32)  # toward zero; |v| <= 127.5
+        frac = v - t.to(tl.float32)
+        q = t + (frac >= 0.5).to(tl.int32) - (frac <= -0.5).to(tl.int32)
+        out = dst + blk * 34
+        tl.store(out.to(tl.pointer_type(tl.float16)), d.to(tl.float16), mask=ok)
+        tl.store(
+            out + 2 + tl.arange(0, 32),
+            q.to(tl.int8).to(tl.uint8, bitcast=True),
+            mask=_all(pos, S_max, 32),
+        )
+    elif FMT == 3:  # q4_0
+        lo = tl.load(src + tl.arange(0, 16)).to(tl.float32)
+        hi = tl.load(src + 16 + tl.arange(0, 16)).to(tl.float32)
+        mx = _signed_absmax(lo, hi, 16)
+        d = tl.math.div_rn(mx, -8.0)
+        inv = tl.where(d != 0.0, tl.math.div_rn(1.0, tl.where(d != 0.0, d, 1.0)), 0.0)
+        q_lo = tl.minimum((lo * inv + 8.5).to(tl.int32), 15)  # >= 0: truncation is trunc
+        q_hi = tl.minimum((hi * inv + 8.5).to(tl.int32), 15)
+        out = dst + blk * 18
+        tl.store(out.to(tl.pointer_type(tl.float16)), d.to(tl.float16), mask=ok)
+        tl.store(
+            out + 2 + tl.arange(0, 16), (q_lo | (q_hi << 4)).to(tl.uint8), mask=_all(pos, S_max, 16)
+        )
+    else:  # nf4
+        lo = tl.load(src + tl.arange(0, 32)).to(tl.float32)
+        hi = tl.load(src + 32 + tl.arange(0, 32)).to(tl.float32)
+        amax = tl.maximum(tl.max(tl.abs(lo), axis=0), tl.max(tl.abs(hi), axis=0))
+        safe = tl.where(amax != 0.0, amax, 1.0)
+        n_lo = tl.where(amax != 0.0, tl.math.div_rn(lo, safe), 0.0)
+        n_hi = tl.where(amax != 0.0, tl.math.div_rn(hi, safe), 0.0)
+        q_lo = _nearest_code(n_lo, cb_ptr, 32)
+        q_hi = _nearest_code(n_hi, cb_ptr, 32)
+        out = dst + blk * 34
+        tl.store(out.to(tl.pointer_type(tl.float16)), amax.to(tl.float16), mask=ok)
+        tl.store(
+            out + 2 + tl.arange(0, 32), (q_lo | (q_hi << 4)).to(tl.uint8), mask=_all(pos, S_max, 32)
+        )
+
+
+@triton.jit
+def _all(pos, S_max, N: tl.constexpr):
+    """An N-wide store mask: pos is a slot of the cache (a vector, as the interpreter wants)."""
+    p = tl.zeros([N], tl.int64) + pos
+    return (p >= 0) & (p < S_max)
+
+
+@triton.jit
+def _signed_absmax(lo, hi, N: tl.constexpr):
+    """The signed value of largest |x| over [lo, hi], the first one on ties (GGML q4_0)."""
+    idx = tl.arange(0, N)
+    a_lo = tl.max(tl.abs(lo), axis=0)
+    a_hi = tl.max(tl.abs(hi), axis=0)
+    i_lo = tl.min(tl.where(tl.abs(lo) == a_lo, idx, N), axis=0)
+    i_hi = tl.min(tl.where(tl.abs(hi) == a_hi, idx, N), axis=0)
+    m_lo = tl.sum(tl.where(idx == i_lo, lo, 0.0), axis=0)
+    m_hi = tl.sum(tl.where(idx == i_hi, hi, 0.0), axis=0)
+    return tl.where(a_hi > a_lo, m_hi, m_lo)
+
+
+@triton.jit
+def _nearest_code(n, cb_ptr, N: tl.constexpr):
+    """Index of the NF4 entry nearest to each n (float32 |n - c|), ties to the lower index."""
+    best = tl.full([N], float("inf"), tl.float32)
+    code = tl.zeros([N], tl.int32)
+    for i in tl.static_range(16):
+        dist = tl.abs(n - tl.load(cb_ptr + i))
+        closer = dist < best
+        best = tl.where(closer, dist, best)
+        code = tl.where(closer, i, code)
+    return code
+
+
+@triton.jit
+def dequantize_kernel(
+    src_ptr, out_ptr, cb_ptr, s_row, D,
+    FMT: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """One program per (row, BLOCK_C columns): float32 values of stored rows."""
+    r = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_off = tl.zeros([1], tl.int64) + r * s_row
+    x = _load_rows(src_ptr, row_off, c, (c < D)[None, :], FMT, cb_ptr)
+    tl.store(out_ptr + r * D + c[None, :], x, mask=(c < D)[None, :])
