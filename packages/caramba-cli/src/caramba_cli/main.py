@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from caramba_cli import __version__
+from caramba_cli.commands import data as data_commands
 from caramba_cli.commands.compile import compile_command
 from caramba_cli.commands.presets import presets_command
 from caramba_cli.commands.run import run_command
@@ -25,6 +26,7 @@ app = typer.Typer(
 app.command("run")(run_command)
 app.command("compile")(compile_command)
 app.command("presets")(presets_command)
+app.add_typer(data_commands.app, name="data")
 
 
 def _version(value: bool) -> None:
