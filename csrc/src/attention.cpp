@@ -1,0 +1,502 @@
+// Decode-attention driver: argument checks, split-K planning, the per-chunk online softmax and
+// the log-sum-exp merge. The inner loops (scores, value accumulation) are the path's kernels.
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <memory>
+#include <new>
+
+#include "caramba/attention.h"
+#include "internal.h"
+#include "thread_pool.h"
+
+namespace caramba::detail {
+namespace {
+
+constexpr int kMaxThreads = 256;
+constexpr int64_t kMinChunk = 128;           // auto split-K never makes chunks shorter
+constexpr double kSingleThreadWork = 1 << 17;  // multiply-adds below which auto uses 1 thread
+constexpr size_t kAlign = 64;
+
+struct ScoreTerm {
+    caramba_query_tensor q;
+    caramba_kv_tensor k;
+    float scale;
+};
+
+struct Plan {
+    int threads = 1;
+    int64_t splits = 1;
+};
+
+struct Layout {  // offsets in floats into the workspace
+    size_t acc = 0, stats = 0, scratch = 0, scratch_stride = 0, total_bytes = 0;
+};
+
+// ---- checks ------------------------------------------------------------------------------
+
+bool mul_ok(size_t a, size_t b, size_t* out) {
+    if (a != 0 && b > std::numeric_limits<size_t>::max() / a) return false;
+    *out = a * b;
+    return true;
+}
+
+size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+caramba_status check_params(const caramba_decode_params* p) {
+    if (p == nullptr) return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "params must be non-null");
+    if (p->batch < 1) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "batch must be >= 1, got %lld",
+                           static_cast<long long>(p->batch));
+    }
+    if (p->num_q_heads < 1 || p->num_kv_heads < 1) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT,
+                           "num_q_heads and num_kv_heads must be >= 1, got %lld and %lld",
+                           static_cast<long long>(p->num_q_heads),
+                           static_cast<long long>(p->num_kv_heads));
+    }
+    if (p->num_q_heads % p->num_kv_heads != 0) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT,
+                           "num_q_heads (%lld) must be a multiple of num_kv_heads (%lld)",
+                           static_cast<long long>(p->num_q_heads),
+                           static_cast<long long>(p->num_kv_heads));
+    }
+    if (p->max_seq_len < 1) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "max_seq_len must be >= 1, got %lld",
+                           static_cast<long long>(p->max_seq_len));
+    }
+    if (p->num_splits < 0 || p->num_threads < 0) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT,
+                           "num_splits and num_threads must be >= 0 (0 = auto), got %d and %d",
+                           p->num_splits, p->num_threads);
+    }
+    if (p->path != CARAMBA_PATH_AUTO && p->path != CARAMBA_PATH_SCALAR && p->path != CARAMBA_PATH_SIMD) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "path: unknown value %d",
+                           static_cast<int>(p->path));
+    }
+    if (p->workspace == nullptr && p->workspace_bytes != 0) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "workspace_bytes is set but workspace is NULL");
+    }
+    return ok_status();
+}
+
+// Byte span [lo, hi) covered by a (batch, head, row) tensor; strides must be >= 0.
+struct Span {
+    const char* lo;
+    const char* hi;
+};
+
+bool overlaps(Span a, Span b) { return a.lo < b.hi && b.lo < a.hi; }
+
+caramba_status check_query(const char* name, const caramba_query_tensor& t, int64_t batch,
+                           int64_t heads, Span* span) {
+    if (t.data == nullptr) return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s: data is NULL", name);
+    if (t.dim < 1) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s: dim must be >= 1, got %lld", name,
+                           static_cast<long long>(t.dim));
+    }
+    if (t.stride_b < 0 || t.stride_h < 0) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s: strides must be >= 0", name);
+    }
+    const int64_t last = (batch - 1) * t.stride_b + (heads - 1) * t.stride_h + t.dim;
+    span->lo = reinterpret_cast<const char*>(t.data);
+    span->hi = span->lo + last * static_cast<int64_t>(sizeof(float));
+    return ok_status();
+}
+
+caramba_status check_kv(const char* name, const caramba_kv_tensor& t, int64_t expect_dim,
+                        const caramba_decode_params& p, Span* span) {
+    if (t.data == nullptr) return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s: data is NULL", name);
+    if (static_cast<int>(t.format) < 0 || static_cast<int>(t.format) >= CARAMBA_FORMAT_COUNT) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s: unknown format %d", name,
+                           static_cast<int>(t.format));
+    }
+    if (expect_dim >= 0 && t.dim != expect_dim) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT,
+                           "%s: dim %lld does not match the query's %lld", name,
+                           static_cast<long long>(t.dim), static_cast<long long>(expect_dim));
+    }
+    int64_t row_bytes = 0;
+    caramba_status st = caramba_row_bytes(t.format, t.dim, &row_bytes);
+    if (st.code != CARAMBA_OK) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s: %s", name, st.message);
+    }
+    if (t.stride_b < 0 || t.stride_h < 0 || t.stride_s < 0) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s: strides must be >= 0", name);
+    }
+    const int64_t last = (p.batch - 1) * t.stride_b + (p.num_kv_heads - 1) * t.stride_h +
+                         (p.max_seq_len - 1) * t.stride_s + row_bytes;
+    span->lo = static_cast<const char*>(t.data);
+    span->hi = span->lo + last;
+    return ok_status();
+}
+
+// Output rows are written concurrently: they must not overlap one another.
+caramba_status check_output(const caramba_output_tensor& o, int64_t dv,
+                            const caramba_decode_params& p, Span* span) {
+    if (o.data == nullptr) return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "out: data is NULL");
+    if (o.dim != dv) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT,
+                           "out: dim %lld does not match the value dim %lld",
+                           static_cast<long long>(o.dim), static_cast<long long>(dv));
+    }
+    if (o.stride_b < 0 || o.stride_h < 0) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "out: strides must be >= 0");
+    }
+    // Sort the two outer axes by stride; each must step over everything inside it.
+    int64_t s_in = o.stride_h, n_in = p.num_q_heads, s_out = o.stride_b, n_out = p.batch;
+    if (s_in > s_out) {
+        std::swap(s_in, s_out);
+        std::swap(n_in, n_out);
+    }
+    const bool inner_ok = n_in == 1 || s_in >= o.dim;
+    const int64_t inner_extent = n_in == 1 ? o.dim : (n_in - 1) * s_in + o.dim;
+    const bool outer_ok = n_out == 1 || s_out >= inner_extent;
+    if (!inner_ok || !outer_ok) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT,
+                           "out: strides (%lld, %lld) make output rows overlap",
+                           static_cast<long long>(o.stride_b), static_cast<long long>(o.stride_h));
+    }
+    const int64_t last = (p.batch - 1) * o.stride_b + (p.num_q_heads - 1) * o.stride_h + o.dim;
+    span->lo = reinterpret_cast<const char*>(o.data);
+    span->hi = span->lo + last * static_cast<int64_t>(sizeof(float));
+    return ok_status();
+}
+
+// ---- planning ----------------------------------------------------------------------------
+
+int requested_threads(const caramba_decode_params& p) {
+    const int n = p.num_threads > 0 ? p.num_threads : caramba_default_num_threads();
+    return std::max(1, std::min(n, kMaxThreads));
+}
+
+Plan make_plan(const caramba_decode_params& p, int threads, int64_t max_len) {
+    Plan plan;
+    const int64_t units = p.batch * p.num_kv_heads;
+    if (p.num_splits > 0) {
+        plan.splits = std::min<int64_t>(p.num_splits, max_len);
+    } else {
+        // Enough chunks for ~4 per thread (load balance over ragged lengths), none tiny.
+        const int64_t want = (4 * static_cast<int64_t>(threads) + units - 1) / units;
+        const int64_t cap = std::max<int64_t>(1, (max_len + kMinChunk - 1) / kMinChunk);
+        plan.splits = threads == 1 ? 1 : std::max<int64_t>(1, std::min(want, cap));
+    }
+    plan.threads = static_cast<int>(std::min<int64_t>(threads, units * plan.splits));
+    return plan;
+}
+
+bool make_layout(const caramba_decode_params& p, const Plan& plan, int64_t dv, Layout* out) {
+    const size_t group = static_cast<size_t>(p.num_q_heads / p.num_kv_heads);
+    size_t rows = 0, acc = 0, stats = 0, scratch = 0, all = 0;
+    if (!mul_ok(static_cast<size_t>(p.batch), static_cast<size_t>(p.num_q_heads), &rows)) return false;
+    if (!mul_ok(rows, static_cast<size_t>(plan.splits), &rows)) return false;
+    if (!mul_ok(rows, static_cast<size_t>(dv), &acc)) return false;
+    if (!mul_ok(rows, 2, &stats)) return false;
+    // Per thread: scores/probabilities (group x tile), running max and sum (group each).
+    const size_t per_thread = round_up(group * (kTileRows + 2), kAlign / sizeof(float));
+    if (!mul_ok(per_thread, static_cast<size_t>(plan.threads), &scratch)) return false;
+    Layout l;
+    l.acc = 0;
+    l.stats = round_up(acc, kAlign / sizeof(float));
+    l.scratch = l.stats + round_up(stats, kAlign / sizeof(float));
+    l.scratch_stride = per_thread;
+    all = l.scratch + scratch;
+    if (!mul_ok(all, sizeof(float), &l.total_bytes)) return false;
+    l.total_bytes += kAlign;  // room to align a caller's buffer
+    *out = l;
+    return true;
+}
+
+// ---- the work ----------------------------------------------------------------------------
+
+struct Job {
+    const AttentionKernels* kernels;
+    const caramba_decode_params* p;
+    ScoreTerm terms[2];
+    int n_terms;
+    caramba_kv_tensor v;
+    const int32_t* lengths;
+    caramba_output_tensor out;
+    int64_t group, splits, dv;
+    float* ws;
+    Layout layout;
+};
+
+void run_chunk(void* ctx, int64_t item, int worker) {
+    const Job& job = *static_cast<const Job*>(ctx);
+    const caramba_decode_params& p = *job.p;
+    const int64_t split = item % job.splits;
+    const int64_t unit = item / job.splits;
+    const int64_t hkv = unit % p.num_kv_heads;
+    const int64_t b = unit / p.num_kv_heads;
+    const int64_t G = job.group;
+    const int ng = static_cast<int>(G);
+
+    const int64_t len = job.lengths[b];
+    const int64_t chunk = (len + job.splits - 1) / job.splits;
+    const int64_t s0 = std::min(len, split * chunk);
+    const int64_t s1 = std::min(len, s0 + chunk);
+
+    const int64_t first_row = (b * p.num_q_heads + hkv * G) * job.splits + split;
+    float* acc = job.ws + job.layout.acc + first_row * job.dv;
+    const int64_t acc_stride = job.splits * job.dv;
+    float* stats = job.ws + job.layout.stats + first_row * 2;
+    const int64_t stats_stride = job.splits * 2;
+    float* s = job.ws + job.layout.scratch + worker * job.layout.scratch_stride;
+    float* m = s + G * kTileRows;
+    float* l = m + G;
+
+    for (int64_t g = 0; g < G; ++g) {
+        std::fill(acc + g * acc_stride, acc + g * acc_stride + job.dv, 0.0f);
+        m[g] = -std::numeric_limits<float>::infinity();
+        l[g] = 0.0f;
+    }
+
+    const float* q_ptr[2];
+    const uint8_t* k_ptr[2];
+    for (int i = 0; i < job.n_terms; ++i) {
+        const ScoreTerm& term = job.terms[i];
+        q_ptr[i] = term.q.data + b * term.q.stride_b + hkv * G * term.q.stride_h;
+        k_ptr[i] = static_cast<const uint8_t*>(term.k.data) + b * term.k.stride_b + hkv * term.k.stride_h;
+    }
+    const uint8_t* v_ptr = static_cast<const uint8_t*>(job.v.data) + b * job.v.stride_b + hkv * job.v.stride_h;
+
+    for (int64_t t0 = s0; t0 < s1; t0 += kTileRows) {
+        const int n = static_cast<int>(std::min<int64_t>(kTileRows, s1 - t0));
+        for (int i = 0; i < job.n_terms; ++i) {
+            const ScoreTerm& term = job.terms[i];
+            job.kernels->score(term.k.format, k_ptr[i] + t0 * term.k.stride_s, term.k.stride_s, n,
+                               q_ptr[i], term.q.stride_h, ng, term.k.dim, term.scale, s, kTileRows,
+                               i > 0);
+        }
+        // Online softmax: scores become probabilities relative to the running max.
+        for (int64_t g = 0; g < G; ++g) {
+            float* row = s + g * kTileRows;
+            float tile_max = row[0];
+            for (int t = 1; t < n; ++t) tile_max = std::max(tile_max, row[t]);
+            const float m_new = std::max(m[g], tile_max);
+            const float alpha = std::exp(m[g] - m_new);
+            float sum = 0.0f;
+            for (int t = 0; t < n; ++t) {
+                row[t] = std::exp(row[t] - m_new);
+                sum += row[t];
+            }
+            l[g] = l[g] * alpha + sum;
+            if (alpha != 1.0f) {
+                float* a = acc + g * acc_stride;
+                for (int64_t i = 0; i < job.dv; ++i) a[i] *= alpha;
+            }
+            m[g] = m_new;
+        }
+        job.kernels->value(job.v.format, v_ptr + t0 * job.v.stride_s, job.v.stride_s, n, s,
+                           kTileRows, ng, job.dv, acc, acc_stride);
+    }
+    for (int64_t g = 0; g < G; ++g) {
+        stats[g * stats_stride] = m[g];
+        stats[g * stats_stride + 1] = l[g];
+    }
+}
+
+void merge_row(void* ctx, int64_t row, int /*worker*/) {
+    const Job& job = *static_cast<const Job*>(ctx);
+    const caramba_decode_params& p = *job.p;
+    const int64_t b = row / p.num_q_heads;
+    const int64_t h = row % p.num_q_heads;
+    const float* acc = job.ws + job.layout.acc + row * job.splits * job.dv;
+    const float* stats = job.ws + job.layout.stats + row * job.splits * 2;
+    float* out = job.out.data + b * job.out.stride_b + h * job.out.stride_h;
+
+    float m_max = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < job.splits; ++i) {
+        if (stats[2 * i + 1] > 0.0f) m_max = std::max(m_max, stats[2 * i]);
+    }
+    float total = 0.0f;
+    std::fill(out, out + job.dv, 0.0f);
+    for (int64_t i = 0; i < job.splits; ++i) {
+        if (!(stats[2 * i + 1] > 0.0f)) continue;  // an empty chunk past this sequence's end
+        const float w = std::exp(stats[2 * i] - m_max);
+        total += stats[2 * i + 1] * w;
+        const float* a = acc + i * job.dv;
+        for (int64_t j = 0; j < job.dv; ++j) out[j] += w * a[j];
+    }
+    const float inv = 1.0f / total;
+    for (int64_t j = 0; j < job.dv; ++j) out[j] *= inv;
+}
+
+caramba_status decode(const caramba_decode_params* params, const ScoreTerm* terms, int n_terms,
+                      const caramba_kv_tensor& v, const int32_t* lengths,
+                      const caramba_output_tensor& out) {
+    caramba_status st = check_params(params);
+    if (st.code != CARAMBA_OK) return st;
+    const caramba_decode_params& p = *params;
+    static const char* const q_names[2][2] = {{"q", "q"}, {"q_sem", "q_geo"}};
+    static const char* const k_names[2][2] = {{"k", "k"}, {"k_sem", "k_geo"}};
+    Span spans[6];
+    int n_spans = 0;
+    for (int i = 0; i < n_terms; ++i) {
+        const char* qn = q_names[n_terms - 1][i];
+        const char* kn = k_names[n_terms - 1][i];
+        st = check_query(qn, terms[i].q, p.batch, p.num_q_heads, &spans[n_spans++]);
+        if (st.code != CARAMBA_OK) return st;
+        st = check_kv(kn, terms[i].k, terms[i].q.dim, p, &spans[n_spans++]);
+        if (st.code != CARAMBA_OK) return st;
+        if (!std::isfinite(terms[i].scale)) {
+            return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s must be finite",
+                               n_terms == 1 ? "scale" : (i == 0 ? "scale_sem" : "scale_geo"));
+        }
+    }
+    st = check_kv("v", v, -1, p, &spans[n_spans++]);
+    if (st.code != CARAMBA_OK) return st;
+    Span out_span{nullptr, nullptr};
+    st = check_output(out, v.dim, p, &out_span);
+    if (st.code != CARAMBA_OK) return st;
+    if (lengths == nullptr) return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "lengths is NULL");
+    spans[n_spans].lo = reinterpret_cast<const char*>(lengths);
+    spans[n_spans++].hi = reinterpret_cast<const char*>(lengths + p.batch);
+    static const char* const span_names[2][6] = {{"q", "k", "v", "lengths", "", ""},
+                                                 {"q_sem", "k_sem", "q_geo", "k_geo", "v", "lengths"}};
+    for (int i = 0; i < n_spans; ++i) {
+        if (overlaps(out_span, spans[i])) {
+            return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "out overlaps %s in memory",
+                               span_names[n_terms - 1][i]);
+        }
+    }
+    int64_t max_len = 0;
+    double work = 0.0;
+    for (int64_t b = 0; b < p.batch; ++b) {
+        if (lengths[b] < 1 || lengths[b] > p.max_seq_len) {
+            return make_status(CARAMBA_ERR_INVALID_ARGUMENT,
+                               "lengths[%lld] = %d is outside [1, max_seq_len = %lld]",
+                               static_cast<long long>(b), lengths[b],
+                               static_cast<long long>(p.max_seq_len));
+        }
+        max_len = std::max<int64_t>(max_len, lengths[b]);
+        work += static_cast<double>(lengths[b]);
+    }
+    int64_t dk_total = 0;
+    for (int i = 0; i < n_terms; ++i) dk_total += terms[i].k.dim;
+    work *= static_cast<double>(p.num_q_heads) * static_cast<double>(dk_total + v.dim);
+
+    const AttentionKernels* kernels = nullptr;
+    switch (p.path) {
+        case CARAMBA_PATH_SCALAR: kernels = &scalar_attention_kernels(); break;
+        case CARAMBA_PATH_SIMD:
+            kernels = simd_attention_kernels();
+            if (kernels == nullptr) {
+                return make_status(CARAMBA_ERR_UNSUPPORTED,
+                                   "path=simd: no SIMD variant for this CPU/build (have: %s)",
+                                   simd_isa_name());
+            }
+            break;
+        default:
+            kernels = simd_attention_kernels() != nullptr ? simd_attention_kernels()
+                                                          : &scalar_attention_kernels();
+    }
+
+    int threads = requested_threads(p);
+    if (p.num_threads == 0 && work < kSingleThreadWork) threads = 1;
+    const Plan plan = make_plan(p, threads, max_len);
+    Layout layout;
+    if (!make_layout(p, plan, v.dim, &layout)) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "shapes too large: workspace size overflows");
+    }
+
+    std::unique_ptr<char[]> owned;
+    char* base = static_cast<char*>(p.workspace);
+    size_t have = p.workspace_bytes;
+    if (base == nullptr) {
+        owned.reset(new (std::nothrow) char[layout.total_bytes]);
+        if (!owned) {
+            return make_status(CARAMBA_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of workspace",
+                               layout.total_bytes);
+        }
+        base = owned.get();
+        have = layout.total_bytes;
+    }
+    if (have < layout.total_bytes) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT,
+                           "workspace holds %zu bytes, this call needs %zu", have, layout.total_bytes);
+    }
+    const size_t misalign = reinterpret_cast<uintptr_t>(base) % kAlign;
+    float* ws = reinterpret_cast<float*>(base + (misalign ? kAlign - misalign : 0));
+
+    Job job{kernels, &p, {}, n_terms, v, lengths, out, p.num_q_heads / p.num_kv_heads,
+            plan.splits, v.dim, ws, layout};
+    for (int i = 0; i < n_terms; ++i) job.terms[i] = terms[i];
+
+    ThreadPool& pool = ThreadPool::instance();
+    pool.run(plan.threads, p.batch * p.num_kv_heads * plan.splits, run_chunk, &job);
+    const int64_t rows = p.batch * p.num_q_heads;
+    const int merge_threads = plan.splits > 1 && rows * plan.splits * v.dim > (1 << 16) ? plan.threads : 1;
+    pool.run(merge_threads, rows, merge_row, &job);
+    return ok_status();
+}
+
+template <class F>
+caramba_status guarded(F&& f) {
+    try {
+        return f();
+    } catch (const std::bad_alloc&) {
+        return make_status(CARAMBA_ERR_OUT_OF_MEMORY, "out of memory");
+    } catch (const std::exception& e) {
+        return make_status(CARAMBA_ERR_INTERNAL, "%s", e.what());
+    } catch (...) {
+        return make_status(CARAMBA_ERR_INTERNAL, "unknown C++ exception");
+    }
+}
+
+}  // namespace
+}  // namespace caramba::detail
+
+using namespace caramba::detail;
+
+extern "C" {
+
+void caramba_decode_params_init(caramba_decode_params* params) {
+    if (params == nullptr) return;
+    *params = caramba_decode_params{};
+    params->path = CARAMBA_PATH_AUTO;
+}
+
+caramba_status caramba_decode_workspace_bytes(const caramba_decode_params* params, int64_t dv,
+                                              size_t* bytes) {
+    return guarded([&] {
+        caramba_status st = check_params(params);
+        if (st.code != CARAMBA_OK) return st;
+        if (bytes == nullptr) return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "bytes is NULL");
+        if (dv < 1) return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "dv must be >= 1");
+        const Plan plan = make_plan(*params, requested_threads(*params), params->max_seq_len);
+        Layout layout;
+        if (!make_layout(*params, plan, dv, &layout)) {
+            return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "shapes too large: workspace size overflows");
+        }
+        *bytes = layout.total_bytes;
+        return ok_status();
+    });
+}
+
+caramba_status caramba_decode_attention(const caramba_decode_params* params,
+                                        caramba_query_tensor q, caramba_kv_tensor k,
+                                        caramba_kv_tensor v, const int32_t* lengths, float scale,
+                                        caramba_output_tensor out) {
+    return guarded([&] {
+        const ScoreTerm term{q, k, scale};
+        return decode(params, &term, 1, v, lengths, out);
+    });
+}
+
+caramba_status caramba_dba_decode_attention(const caramba_decode_params* params,
+                                            caramba_query_tensor q_sem, caramba_query_tensor q_geo,
+                                            caramba_kv_tensor k_sem, caramba_kv_tensor k_geo,
+                                            caramba_kv_tensor v, const int32_t* lengths,
+                                            float scale_sem, float scale_geo,
+                                            caramba_output_tensor out) {
+    return guarded([&] {
+        const ScoreTerm terms[2] = {{q_sem, k_sem, scale_sem}, {q_geo, k_geo, scale_geo}};
+        return decode(params, terms, 2, v, lengths, out);
+    });
+}
+
+}  // extern "C"

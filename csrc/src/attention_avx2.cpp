@@ -1,0 +1,265 @@
+// AVX2+FMA+F16C decode-attention inner kernels.
+//
+// Quantized values are expanded in registers, 8 at a time ("strips"), and each strip is used by
+// every query head of the GQA group before the next is loaded: the cache is read once per KV
+// head. Heads are processed in register-blocked groups of up to 8 (templates on the count).
+
+#include "internal.h"
+
+#if !defined(CARAMBA_KERNELS_NO_SIMD) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+
+#include <algorithm>
+#include <array>
+#include <utility>
+
+#include "simd_avx2.h"
+
+namespace caramba::detail {
+namespace {
+
+using namespace avx2;
+
+// Accumulators per head in the score kernel: enough independent FMA chains to hide latency.
+template <int NG>
+constexpr int score_chains() {
+    return NG == 1 ? 4 : (NG == 2 ? 2 : 1);
+}
+
+template <class F, int NG>
+void score_quant(const uint8_t* rows, int64_t row_stride, int n_rows, const float* q,
+                 int64_t q_stride, int64_t dim, float scale, float* s, int64_t s_stride,
+                 bool accumulate) {
+    constexpr int NA = score_chains<NG>();
+    const int64_t nb = dim / F::kElems;
+    for (int t = 0; t < n_rows; ++t) {
+        const uint8_t* row = rows + t * row_stride;
+        __m256 acc[NG][NA];
+        for (int g = 0; g < NG; ++g)
+            for (int a = 0; a < NA; ++a) acc[g][a] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; ++b) {
+            const uint8_t* blk = row + b * F::kBytes;
+            const __m256 d = _mm256_set1_ps(block_scale(blk));
+            const float* qb = q + b * F::kElems;
+#pragma GCC unroll 8
+            for (int st = 0; st < F::kStrips; ++st) {
+                const __m256 k = _mm256_mul_ps(F::strip(blk, st), d);
+                for (int g = 0; g < NG; ++g) {
+                    acc[g][st % NA] =
+                        _mm256_fmadd_ps(_mm256_loadu_ps(qb + g * q_stride + 8 * st), k, acc[g][st % NA]);
+                }
+            }
+        }
+        for (int g = 0; g < NG; ++g) {
+            __m256 sum = acc[g][0];
+            for (int a = 1; a < NA; ++a) sum = _mm256_add_ps(sum, acc[g][a]);
+            const float v = scale * hsum(sum);
+            s[g * s_stride + t] = accumulate ? s[g * s_stride + t] + v : v;
+        }
+    }
+}
+
+template <class F, int NG>
+void score_plain(const uint8_t* rows, int64_t row_stride, int n_rows, const float* q,
+                 int64_t q_stride, int64_t dim, float scale, float* s, int64_t s_stride,
+                 bool accumulate) {
+    constexpr int NA = score_chains<NG>();
+    for (int t = 0; t < n_rows; ++t) {
+        const uint8_t* row = rows + t * row_stride;
+        __m256 acc[NG][NA];
+        for (int g = 0; g < NG; ++g)
+            for (int a = 0; a < NA; ++a) acc[g][a] = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 8 * NA <= dim; i += 8 * NA) {
+            for (int a = 0; a < NA; ++a) {
+                const __m256 k = F::load8(row, i + 8 * a);
+                for (int g = 0; g < NG; ++g) {
+                    acc[g][a] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * q_stride + i + 8 * a), k, acc[g][a]);
+                }
+            }
+        }
+        for (; i + 8 <= dim; i += 8) {
+            const __m256 k = F::load8(row, i);
+            for (int g = 0; g < NG; ++g) {
+                acc[g][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * q_stride + i), k, acc[g][0]);
+            }
+        }
+        for (int g = 0; g < NG; ++g) {
+            __m256 sum = acc[g][0];
+            for (int a = 1; a < NA; ++a) sum = _mm256_add_ps(sum, acc[g][a]);
+            float dot = hsum(sum);
+            for (int64_t j = i; j < dim; ++j) dot += q[g * q_stride + j] * F::load1(row, j);
+            const float v = scale * dot;
+            s[g * s_stride + t] = accumulate ? s[g * s_stride + t] + v : v;
+        }
+    }
+}
+
+// Strips processed together in the value kernel: NG * SP accumulators stay in registers.
+template <int NG>
+constexpr int value_strips() {
+    return NG <= 2 ? 4 : (NG <= 4 ? 2 : 1);
+}
+
+template <class F, int NG>
+void value_quant(const uint8_t* rows, int64_t row_stride, int n_rows, const float* p,
+                 int64_t p_stride, int64_t dim, float* acc, int64_t acc_stride) {
+    constexpr int SP = value_strips<NG>();
+    const int64_t nb = dim / F::kElems;
+    for (int64_t b = 0; b < nb; ++b) {
+        for (int st0 = 0; st0 < F::kStrips; st0 += SP) {
+            const int64_t col = b * F::kElems + 8 * st0;
+            __m256 a[NG][SP];
+            for (int g = 0; g < NG; ++g)
+                for (int j = 0; j < SP; ++j) a[g][j] = _mm256_loadu_ps(acc + g * acc_stride + col + 8 * j);
+            for (int t = 0; t < n_rows; ++t) {
+                const uint8_t* blk = rows + t * row_stride + b * F::kBytes;
+                const __m256 d = _mm256_set1_ps(block_scale(blk));
+                for (int j = 0; j < SP; ++j) {
+                    const __m256 v = _mm256_mul_ps(F::strip(blk, st0 + j), d);
+                    for (int g = 0; g < NG; ++g) {
+                        a[g][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + g * p_stride + t), v, a[g][j]);
+                    }
+                }
+            }
+            for (int g = 0; g < NG; ++g)
+                for (int j = 0; j < SP; ++j) _mm256_storeu_ps(acc + g * acc_stride + col + 8 * j, a[g][j]);
+        }
+    }
+}
+
+template <class F, int NG>
+void value_plain(const uint8_t* rows, int64_t row_stride, int n_rows, const float* p,
+                 int64_t p_stride, int64_t dim, float* acc, int64_t acc_stride) {
+    constexpr int SP = value_strips<NG>();
+    int64_t col = 0;
+    for (; col + 8 * SP <= dim; col += 8 * SP) {
+        __m256 a[NG][SP];
+        for (int g = 0; g < NG; ++g)
+            for (int j = 0; j < SP; ++j) a[g][j] = _mm256_loadu_ps(acc + g * acc_stride + col + 8 * j);
+        for (int t = 0; t < n_rows; ++t) {
+            const uint8_t* row = rows + t * row_stride;
+            for (int j = 0; j < SP; ++j) {
+                const __m256 v = F::load8(row, col + 8 * j);
+                for (int g = 0; g < NG; ++g) {
+                    a[g][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + g * p_stride + t), v, a[g][j]);
+                }
+            }
+        }
+        for (int g = 0; g < NG; ++g)
+            for (int j = 0; j < SP; ++j) _mm256_storeu_ps(acc + g * acc_stride + col + 8 * j, a[g][j]);
+    }
+    for (; col + 8 <= dim; col += 8) {
+        for (int g = 0; g < NG; ++g) {
+            __m256 a = _mm256_loadu_ps(acc + g * acc_stride + col);
+            for (int t = 0; t < n_rows; ++t) {
+                a = _mm256_fmadd_ps(_mm256_broadcast_ss(p + g * p_stride + t),
+                                    F::load8(rows + t * row_stride, col), a);
+            }
+            _mm256_storeu_ps(acc + g * acc_stride + col, a);
+        }
+    }
+    for (; col < dim; ++col) {
+        for (int g = 0; g < NG; ++g) {
+            float a = acc[g * acc_stride + col];
+            for (int t = 0; t < n_rows; ++t) a += p[g * p_stride + t] * F::load1(rows + t * row_stride, col);
+            acc[g * acc_stride + col] = a;
+        }
+    }
+}
+
+// ---- dispatch: format x head-group size ---------------------------------------------------
+
+using ScoreFn = void (*)(const uint8_t*, int64_t, int, const float*, int64_t, int64_t, float,
+                         float*, int64_t, bool);
+using ValueFn = void (*)(const uint8_t*, int64_t, int, const float*, int64_t, int64_t, float*,
+                         int64_t);
+
+constexpr int kMaxGroup = 8;
+
+template <class F, size_t... I>
+constexpr std::array<ScoreFn, sizeof...(I)> make_score_quant(std::index_sequence<I...>) {
+    return {&score_quant<F, int(I) + 1>...};
+}
+template <class F, size_t... I>
+constexpr std::array<ScoreFn, sizeof...(I)> make_score_plain(std::index_sequence<I...>) {
+    return {&score_plain<F, int(I) + 1>...};
+}
+template <class F, size_t... I>
+constexpr std::array<ValueFn, sizeof...(I)> make_value_quant(std::index_sequence<I...>) {
+    return {&value_quant<F, int(I) + 1>...};
+}
+template <class F, size_t... I>
+constexpr std::array<ValueFn, sizeof...(I)> make_value_plain(std::index_sequence<I...>) {
+    return {&value_plain<F, int(I) + 1>...};
+}
+
+using Seq = std::make_index_sequence<kMaxGroup>;
+
+const std::array<ScoreFn, kMaxGroup>& score_fns(caramba_format format) {
+    static const std::array<ScoreFn, kMaxGroup> f32 = make_score_plain<F32>(Seq{});
+    static const std::array<ScoreFn, kMaxGroup> f16 = make_score_plain<F16>(Seq{});
+    static const std::array<ScoreFn, kMaxGroup> q8 = make_score_quant<Q8>(Seq{});
+    static const std::array<ScoreFn, kMaxGroup> q4 = make_score_quant<Q4>(Seq{});
+    static const std::array<ScoreFn, kMaxGroup> nf4 = make_score_quant<NF4>(Seq{});
+    switch (format) {
+        case CARAMBA_FORMAT_F32: return f32;
+        case CARAMBA_FORMAT_F16: return f16;
+        case CARAMBA_FORMAT_Q8_0: return q8;
+        case CARAMBA_FORMAT_Q4_0: return q4;
+        default: return nf4;
+    }
+}
+
+const std::array<ValueFn, kMaxGroup>& value_fns(caramba_format format) {
+    static const std::array<ValueFn, kMaxGroup> f32 = make_value_plain<F32>(Seq{});
+    static const std::array<ValueFn, kMaxGroup> f16 = make_value_plain<F16>(Seq{});
+    static const std::array<ValueFn, kMaxGroup> q8 = make_value_quant<Q8>(Seq{});
+    static const std::array<ValueFn, kMaxGroup> q4 = make_value_quant<Q4>(Seq{});
+    static const std::array<ValueFn, kMaxGroup> nf4 = make_value_quant<NF4>(Seq{});
+    switch (format) {
+        case CARAMBA_FORMAT_F32: return f32;
+        case CARAMBA_FORMAT_F16: return f16;
+        case CARAMBA_FORMAT_Q8_0: return q8;
+        case CARAMBA_FORMAT_Q4_0: return q4;
+        default: return nf4;
+    }
+}
+
+void score(caramba_format format, const uint8_t* rows, int64_t row_stride, int n_rows,
+           const float* q, int64_t q_stride, int ng, int64_t dim, float scale, float* s,
+           int64_t s_stride, bool accumulate) {
+    const auto& fns = score_fns(format);
+    for (int g0 = 0; g0 < ng; g0 += kMaxGroup) {
+        const int gn = std::min(kMaxGroup, ng - g0);
+        fns[gn - 1](rows, row_stride, n_rows, q + g0 * q_stride, q_stride, dim, scale,
+                    s + g0 * s_stride, s_stride, accumulate);
+    }
+}
+
+void value(caramba_format format, const uint8_t* rows, int64_t row_stride, int n_rows,
+           const float* p, int64_t p_stride, int ng, int64_t dim, float* acc,
+           int64_t acc_stride) {
+    const auto& fns = value_fns(format);
+    for (int g0 = 0; g0 < ng; g0 += kMaxGroup) {
+        const int gn = std::min(kMaxGroup, ng - g0);
+        fns[gn - 1](rows, row_stride, n_rows, p + g0 * p_stride, p_stride, dim,
+                    acc + g0 * acc_stride, acc_stride);
+    }
+}
+
+}  // namespace
+
+const AttentionKernels* avx2_attention_kernels() {
+    static const AttentionKernels kernels{score, value};
+    return &kernels;
+}
+
+}  // namespace caramba::detail
+
+#else  // not compiled for AVX2
+
+namespace caramba::detail {
+const AttentionKernels* avx2_attention_kernels() { return nullptr; }
+}  // namespace caramba::detail
+
+#endif

@@ -1,0 +1,144 @@
+// Internal helpers shared by the kernel sources (not installed).
+#pragma once
+
+#include <cmath>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+
+#include "caramba/attention.h"
+#include "caramba/quant.h"
+#include "caramba/status.h"
+
+namespace caramba::detail {
+
+inline caramba_status ok_status() {
+    caramba_status s;
+    s.code = CARAMBA_OK;
+    s.message[0] = '\0';
+    return s;
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((format(printf, 2, 3)))
+#endif
+inline caramba_status
+make_status(caramba_status_code code, const char* fmt, ...) {
+    caramba_status s;
+    s.code = code;
+    va_list args;
+    va_start(args, fmt);
+    std::vsnprintf(s.message, sizeof(s.message), fmt, args);
+    va_end(args);
+    return s;
+}
+
+// ---- fp16 <-> fp32, bit-exact with F16C / numpy (round to nearest, ties to even) ----------
+// The branch-free algorithm of the FP16 library (Marat Dukhan), as in ggml-impl.h. It relies
+// on IEEE float arithmetic: the library is built without -ffast-math and with
+// -ffp-contract=off.
+
+inline float fp32_from_bits(uint32_t w) {
+    float f;
+    std::memcpy(&f, &w, sizeof f);
+    return f;
+}
+
+inline uint32_t fp32_to_bits(float f) {
+    uint32_t w;
+    std::memcpy(&w, &f, sizeof w);
+    return w;
+}
+
+inline float fp16_to_fp32_ref(uint16_t h) {
+    const uint32_t w = static_cast<uint32_t>(h) << 16;
+    const uint32_t sign = w & UINT32_C(0x80000000);
+    const uint32_t two_w = w + w;
+    const uint32_t exp_offset = UINT32_C(0xE0) << 23;
+    const float exp_scale = 0x1.0p-112f;
+    const float normalized = fp32_from_bits((two_w >> 4) + exp_offset) * exp_scale;
+    const uint32_t magic_mask = UINT32_C(126) << 23;
+    const float magic_bias = 0.5f;
+    const float denormalized = fp32_from_bits((two_w >> 17) | magic_mask) - magic_bias;
+    const uint32_t denormalized_cutoff = UINT32_C(1) << 27;
+    const uint32_t result =
+        sign | (two_w < denormalized_cutoff ? fp32_to_bits(denormalized) : fp32_to_bits(normalized));
+    return fp32_from_bits(result);
+}
+
+inline uint16_t fp32_to_fp16_ref(float f) {
+    const float scale_to_inf = 0x1.0p+112f;
+    const float scale_to_zero = 0x1.0p-110f;
+    float base = (std::fabs(f) * scale_to_inf) * scale_to_zero;
+    const uint32_t w = fp32_to_bits(f);
+    const uint32_t shl1_w = w + w;
+    const uint32_t sign = w & UINT32_C(0x80000000);
+    uint32_t bias = shl1_w & UINT32_C(0xFF000000);
+    if (bias < UINT32_C(0x71000000)) bias = UINT32_C(0x71000000);
+    base = fp32_from_bits((bias >> 1) + UINT32_C(0x07800000)) + base;
+    const uint32_t bits = fp32_to_bits(base);
+    const uint32_t exp_bits = (bits >> 13) & UINT32_C(0x00007C00);
+    const uint32_t mantissa_bits = bits & UINT32_C(0x00000FFF);
+    const uint32_t nonsign = exp_bits + mantissa_bits;
+    return static_cast<uint16_t>((sign >> 16) |
+                                 (shl1_w > UINT32_C(0xFF000000) ? UINT32_C(0x7E00) : nonsign));
+}
+
+inline float load_fp16(const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p, sizeof h);
+    return fp16_to_fp32_ref(h);
+}
+
+extern const float kNf4Codebook[16];
+
+// ---- row codecs: one implementation per path ---------------------------------------------
+// n is a positive multiple of the block; buffers are large enough (checked by the caller).
+
+struct RowCodec {
+    void (*quantize)(caramba_format format, const float* x, int64_t n, uint8_t* dst);
+    void (*dequantize)(caramba_format format, const uint8_t* src, int64_t n, float* y);
+};
+
+const RowCodec& scalar_codec();
+const RowCodec* simd_codec();  // nullptr where the build or the CPU has no SIMD variant
+
+// ---- decode-attention inner kernels: one implementation per path -------------------------
+// Rows are `row_stride` bytes apart; t < n_rows <= kTileRows; g < ng (heads sharing a KV head).
+//   score: s[g*s_stride + t] (+)= scale * dot(q + g*q_stride, row_t)     (dim elements)
+//   value: acc[g*acc_stride + i] += sum_t p[g*p_stride + t] * row_t[i]   (i < dim)
+
+constexpr int kTileRows = 32;
+
+struct AttentionKernels {
+    void (*score)(caramba_format format, const uint8_t* rows, int64_t row_stride, int n_rows,
+                  const float* q, int64_t q_stride, int ng, int64_t dim, float scale, float* s,
+                  int64_t s_stride, bool accumulate);
+    void (*value)(caramba_format format, const uint8_t* rows, int64_t row_stride, int n_rows,
+                  const float* p, int64_t p_stride, int ng, int64_t dim, float* acc,
+                  int64_t acc_stride);
+};
+
+const AttentionKernels& scalar_attention_kernels();
+const AttentionKernels* simd_attention_kernels();  // nullptr where unavailable
+
+// Compiled-in SIMD variants report whether the running CPU supports them.
+bool simd_cpu_supported();
+const char* simd_isa_name();
+
+}  // namespace caramba::detail
+
+namespace caramba::detail {
+
+// One block of a quantized format (block_elems values), or one element of f32/f16.
+void dequantize_block_scalar(caramba_format format, const uint8_t* blk, float* y);
+
+// Per-ISA tables; each returns nullptr when its file was compiled for another target.
+const RowCodec* avx2_codec();
+const RowCodec* neon_codec();
+const AttentionKernels* avx2_attention_kernels();
+const AttentionKernels* neon_attention_kernels();
+bool avx2_cpu_supported();
+
+}  // namespace caramba::detail

@@ -1,0 +1,110 @@
+#include "thread_pool.h"
+
+#include <algorithm>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
+
+namespace caramba::detail {
+
+namespace {
+
+long current_pid() {
+#if defined(__unix__) || defined(__APPLE__)
+    return static_cast<long>(getpid());
+#else
+    return 0;
+#endif
+}
+
+// Spin this long for the next job before sleeping: back-to-back decode calls (one per layer
+// and token) then skip the condition-variable wake-up latency.
+constexpr int kSpinIterations = 20000;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+
+}  // namespace
+
+ThreadPool& ThreadPool::instance() {
+    static std::mutex guard;
+    static ThreadPool* pool = nullptr;
+    static long owner = 0;
+    std::lock_guard<std::mutex> lock(guard);
+    const long pid = current_pid();
+    if (pool == nullptr || owner != pid) {
+        pool = new ThreadPool();  // a forked child's old pool (no threads) is leaked on purpose
+        owner = pid;
+    }
+    return *pool;
+}
+
+void ThreadPool::drain(int worker) {
+    for (;;) {
+        const int64_t task = next_.fetch_add(1, std::memory_order_relaxed);
+        if (task >= n_tasks_) break;
+        fn_(ctx_, task, worker);
+    }
+}
+
+void ThreadPool::worker_loop(int worker, uint64_t seen) {
+    for (;;) {
+        uint64_t gen = seen;
+        for (int i = 0; i < kSpinIterations; ++i) {
+            gen = generation_.load(std::memory_order_acquire);
+            if (gen != seen) break;
+            cpu_relax();
+        }
+        std::unique_lock<std::mutex> lock(mutex_);
+        if (gen == seen) {
+            wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        }
+        seen = generation_.load(std::memory_order_acquire);
+        if (worker > participants_) continue;
+        lock.unlock();
+        drain(worker);
+        lock.lock();
+        if (--pending_ == 0) done_.notify_one();
+    }
+}
+
+void ThreadPool::run(int n_threads, int64_t n_tasks, TaskFn fn, void* ctx) {
+    if (n_tasks <= 0) return;
+    const int helpers = static_cast<int>(
+        std::max<int64_t>(0, std::min<int64_t>(n_threads, n_tasks) - 1));
+    if (helpers == 0) {  // single-threaded: no pool state involved
+        for (int64_t task = 0; task < n_tasks; ++task) fn(ctx, task, 0);
+        return;
+    }
+    std::lock_guard<std::mutex> call(call_mutex_);
+    while (static_cast<int>(threads_.size()) < helpers) {
+        // The new thread must wait for the generation about to start, not read it late.
+        const int worker = static_cast<int>(threads_.size()) + 1;
+        const uint64_t seen = generation_.load(std::memory_order_relaxed);
+        threads_.emplace_back([this, worker, seen] { worker_loop(worker, seen); });
+    }
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        fn_ = fn;
+        ctx_ = ctx;
+        n_tasks_ = n_tasks;
+        next_.store(0, std::memory_order_relaxed);
+        participants_ = helpers;
+        pending_ = helpers;
+        generation_.fetch_add(1, std::memory_order_release);
+    }
+    if (helpers > 0) wake_.notify_all();
+    drain(0);
+    if (helpers > 0) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        done_.wait(lock, [&] { return pending_ == 0; });
+    }
+}
+
+}  // namespace caramba::detail

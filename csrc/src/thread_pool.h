@@ -1,0 +1,49 @@
+// A small persistent thread pool for split-K decode: one parallel region at a time.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace caramba::detail {
+
+class ThreadPool {
+public:
+    using TaskFn = void (*)(void* ctx, int64_t task, int worker);
+
+    // The process-wide pool (recreated in a forked child, whose copy has no threads).
+    static ThreadPool& instance();
+
+    // Runs fn(ctx, task, worker) for every task in [0, n_tasks) on up to n_threads threads, the
+    // caller being worker 0; returns when all tasks are done. Concurrent callers take turns.
+    // Workers are started on first need (so a thread that cannot be created throws
+    // std::system_error here, before any task runs) and kept for later calls.
+    void run(int n_threads, int64_t n_tasks, TaskFn fn, void* ctx);
+
+    ThreadPool() = default;
+    ThreadPool(const ThreadPool&) = delete;
+    ThreadPool& operator=(const ThreadPool&) = delete;
+
+private:
+    void worker_loop(int worker, uint64_t seen);
+    void drain(int worker);
+
+    std::mutex call_mutex_;  // serializes run()
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    std::condition_variable done_;
+    std::vector<std::thread> threads_;  // never joined: the pool lives until process exit
+
+    std::atomic<uint64_t> generation_{0};
+    int participants_ = 0;  // workers 1..participants_ take part in the current generation
+    int pending_ = 0;       // of those, how many have not finished
+    TaskFn fn_ = nullptr;
+    void* ctx_ = nullptr;
+    int64_t n_tasks_ = 0;
+    std::atomic<int64_t> next_{0};
+};
+
+}  // namespace caramba::detail
