@@ -43,7 +43,7 @@ def _load_backend():
 backend = _load_backend()
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-FUZZ_CASES = 120 if ON_GPU else 16
+FUZZ_CASES = 120 if ON_GPU else 10
 U = 2.0**-24
 
 
@@ -126,6 +126,18 @@ def test_fused_decode_matches_the_reference_on_fuzzed_shapes(formats) -> None:
         check_case(formats, *problem, num_splits=splits)
 
 
+@pytest.mark.parametrize("formats", [("q8_0", "q4_0"), ("f16", "q8_0", "q4_0")], ids="-".join)
+def test_cuda_core_path_matches_the_reference(formats, monkeypatch) -> None:
+    """The broadcast-and-sum (FMA) variant of the products, used when tl.dot is turned off."""
+    from caramba_kernels.triton import ops as module
+
+    monkeypatch.setitem(module.TUNING, "use_dot", False)
+    gen = torch.Generator().manual_seed(21)
+    for case in range(4 if not ON_GPU else 40):
+        problem = draw(gen, formats, small=not ON_GPU)
+        check_case(formats, *problem, num_splits=[None, 1, 4][case % 3])
+
+
 @pytest.mark.parametrize(
     "formats",
     [
@@ -157,7 +169,7 @@ def test_llama_sized_gqa_group_with_long_split_cache() -> None:
 
 
 def test_split_plan_covers_the_cache_and_fills_the_gpu() -> None:
-    from caramba_kernels.triton.backend import plan_decode
+    from caramba_kernels.triton.ops import plan_decode
 
     plan = plan_decode(1, 8, 4, 65536, [64, 64], torch.device("cpu"), None)
     assert plan.n_splits == 1  # the CPU counts as one multiprocessor

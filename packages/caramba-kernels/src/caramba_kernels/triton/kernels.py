@@ -1,6 +1,6 @@
 """Triton kernels: fused decode attention over quantized KV caches, split-K merge, quantize.
 
-Importing this module imports triton; `caramba_kernels.triton.backend` does so on first use.
+Importing this module imports triton; `caramba_kernels.triton.ops` does so on first kernel call.
 
 Cache rows are read straight from their storage format and dequantized in registers: a q8_0
 row is never expanded to a float copy in memory. Format codes (FMT) are constexprs, so each
@@ -63,14 +63,19 @@ def decode_partial_kernel(
     G_PAD: tl.constexpr, D1_PAD: tl.constexpr, D2_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     K1_FMT: tl.constexpr, K2_FMT: tl.constexpr, V_FMT: tl.constexpr,
     DBA: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
+    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """One program: one (batch, KV head, split) and every query head of that KV head's group.
 
     Sizes are runtime values and only their power-of-two paddings are compiled in, so one
     binary serves every head dim up to its padding. Reads each K/V row of its split once for
-    the whole GQA group, keeps an online softmax in
-    the log2 domain (scales arrive multiplied by log2 e), and writes either the normalised
-    output (SINGLE: one split) or the split's (max, sum, unnormalised output) for the merge.
+    the whole GQA group, keeps an online softmax in the log2 domain (scales arrive multiplied
+    by log2 e), and writes either the normalised output (SINGLE: one split) or the split's
+    (max, sum, unnormalised output) for the merge.
+
+    USE_DOT does both products on the tensor cores (G_PAD >= 16; PRECISION "tf32x3" keeps
+    float32 accuracy with three tf32 products); otherwise they are broadcast-and-sum on the
+    CUDA cores.
     """
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -120,19 +125,19 @@ def decode_partial_kernel(
         k1 = _load_rows(
             k1_base, t64 * sk1_s, d1, tmask[:, None] & (d1[None, :] < D1), K1_FMT, cb_ptr
         )
-        s = tl.sum(q1[:, None, :] * k1[None, :, :], axis=2)
+        s = _qk(q1, k1, USE_DOT, PRECISION)
         if DBA:
             k2 = _load_rows(
                 k2_base, t64 * sk2_s, d2, tmask[:, None] & (d2[None, :] < D2), K2_FMT, cb_ptr
             )
-            s += tl.sum(q2[:, None, :] * k2[None, :, :], axis=2)
+            s += _qk(q2, k2, USE_DOT, PRECISION)
         s = tl.where(tmask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         vv = _load_rows(v_base, t64 * sv_s, dv, tmask[:, None] & (dv[None, :] < DV), V_FMT, cb_ptr)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * vv[None, :, :], axis=1)
+        acc = acc * alpha[:, None] + _pv(p, vv, USE_DOT, PRECISION)
         m_i = m_new
 
     row = b64 * (Hkv * G) + heads  # flat (batch, query head)
@@ -145,6 +150,22 @@ def decode_partial_kernel(
         tl.store(m_ptr + part, m_i, mask=gmask)
         tl.store(l_ptr + part, l_i, mask=gmask)
         tl.store(o_ptr + part[:, None] * DV + dv[None, :], acc, mask=omask)
+
+
+@triton.jit
+def _qk(q, k, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """(G, N) scores of query rows q (G, D) against key rows k (N, D)."""
+    if USE_DOT:
+        return tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    return tl.sum(q[:, None, :] * k[None, :, :], axis=2)
+
+
+@triton.jit
+def _pv(p, v, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """(G, DV) weighted values: p (G, N) times v (N, DV)."""
+    if USE_DOT:
+        return tl.dot(p, v, input_precision=PRECISION)
+    return tl.sum(p[:, :, None] * v[None, :, :], axis=1)
 
 
 @triton.jit

@@ -36,8 +36,18 @@ NF4_CODEBOOK = (
     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
 )  # fmt: skip
 
-# Register budget for the (query heads x tokens x features) product of one loop step.
-TILE_ELEMENTS = 8192
+# Launch tuning for the decode kernel, measured on an H100 (benchmarks/kernels_gpu.py --sweep).
+# use_dot: products on tensor cores (3 x tf32, float32-accurate) instead of CUDA-core FMAs.
+# tile_elements: register budget of one loop step's (query heads x tokens x features) product
+# on the FMA path; block_n: tokens per loop step on the dot path; waves: programs per SM.
+TUNING: dict[str, Any] = {
+    "use_dot": True,
+    "precision": "tf32x3",
+    "block_n": 64,
+    "tile_elements": 8192,
+    "num_warps": 4,
+    "waves": 4,
+}
 MAX_SPLITS = 1024
 
 
@@ -66,6 +76,10 @@ def _sm_count(device: torch.device) -> int:
 
 def _pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _pad(n: int) -> int:
+    return max(16, _pow2(n))  # tl.dot needs 16 along every dimension
 
 
 # ----------------------------------------------------------------------------- validation
@@ -198,6 +212,9 @@ class DecodePlan:
     split_len: int
     n_splits: int
     num_warps: int
+    use_dot: bool
+    precision: str
+    g_pad: int
 
 
 def plan_decode(
@@ -205,11 +222,17 @@ def plan_decode(
     num_splits: int | None,
 ) -> DecodePlan:  # fmt: skip
     """Split-K plan: enough (batch, KV head, split) programs to fill the GPU several times."""
-    widest = max(_pow2(w) for w in widths)
-    budget = TILE_ELEMENTS // (_pow2(group) * widest)
-    block_n = max(16, min(128, 1 << max(0, budget.bit_length() - 1)))  # a power of two
+    use_dot = bool(TUNING["use_dot"])
+    if use_dot:
+        g_pad = max(16, _pow2(group))  # tl.dot needs at least 16 rows
+        block_n = int(TUNING["block_n"])
+    else:
+        g_pad = _pow2(group)
+        widest = max(_pow2(w) for w in widths)
+        budget = int(TUNING["tile_elements"]) // (g_pad * widest)
+        block_n = max(16, min(128, 1 << max(0, budget.bit_length() - 1)))  # a power of two
     if num_splits is None:
-        target = 4 * _sm_count(device)
+        target = int(TUNING["waves"]) * _sm_count(device)
         wanted = -(-target // (B * Hkv))
         # A split shorter than a few loop steps costs more in partials than it saves.
         most = max(1, S_max // (4 * block_n))
@@ -221,7 +244,15 @@ def plan_decode(
             raise ValueError(f"num_splits: expected an int >= 1 or None, got {num_splits!r}")
         split_len = -(-S_max // min(num_splits, MAX_SPLITS))
     n_splits = -(-S_max // split_len)
-    return DecodePlan(block_n=block_n, split_len=split_len, n_splits=n_splits, num_warps=4)
+    return DecodePlan(
+        block_n=block_n,
+        split_len=split_len,
+        n_splits=n_splits,
+        num_warps=int(TUNING["num_warps"]),
+        use_dot=use_dot,
+        precision=str(TUNING["precision"]),
+        g_pad=g_pad,
+    )
 
 
 # ----------------------------------------------------------------------------- the backend
@@ -396,11 +427,12 @@ class TritonBackend:
             k2.stride(0), k2.stride(1), k2.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
             Hkv, S_max, plan.split_len, plan.n_splits, group, dims[0], D2, Dv,
-            G_PAD=_pow2(group), D1_PAD=_pow2(dims[0]), D2_PAD=_pow2(D2), DV_PAD=_pow2(Dv),
+            G_PAD=plan.g_pad, D1_PAD=_pad(dims[0]), D2_PAD=_pad(D2), DV_PAD=_pad(Dv),
             K1_FMT=k.FORMAT_CODES[k_formats[0]],
             K2_FMT=k.FORMAT_CODES[k_formats[1] if dba else k_formats[0]],
             V_FMT=k.FORMAT_CODES[v_format],
             DBA=dba, BLOCK_N=plan.block_n, SINGLE=single,
+            USE_DOT=plan.use_dot, PRECISION=plan.precision,
             num_warps=plan.num_warps,
         )  # fmt: skip
         if not single:
