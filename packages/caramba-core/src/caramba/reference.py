@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from caramba.manifest import schema
-from caramba.registry import DATASETS, EMBEDDERS, LAYERS, TOPOLOGIES, Registry
+from caramba.registry import BENCHMARKS, DATASETS, EMBEDDERS, LAYERS, TOPOLOGIES, Registry
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("Manifest (top level)", schema.Manifest),
@@ -94,4 +94,5 @@ def render_reference() -> str:
     out += _registry_section("Embedders (`system.config.model.embedder.type`)", EMBEDDERS)
     out += _registry_section("Layers (`type:` in a topology's `layers`)", LAYERS)
     out += _registry_section("Topologies (hold `layers: [...]`)", TOPOLOGIES)
+    out += _registry_section("Benchmarks (`benchmarks[].config.type`)", BENCHMARKS)
     return "\n".join(out).rstrip() + "\n"

@@ -97,6 +97,8 @@ def load_manifest(
         embedder = validator.embedder(model.embedder, mpath + ("embedder",))
         topology = validator.node(model.topology, mpath + ("topology",))
         data_config = validator.dataset(spec.data.ref, spec.data.config, tpath + ("data", "config"))
+        for bi, bench in enumerate(spec.benchmarks):
+            validator.benchmark(bench.config, tpath + ("benchmarks", bi, "config"))
         targets.append(ResolvedTarget(spec, tpath, embedder, topology, data_config))
     if validator.errors:
         raise ManifestError(validator.errors)

@@ -16,7 +16,7 @@ from caramba.layers.base import NodeConfig, TopologyConfig
 from caramba.manifest.diagnostics import Diagnostic, Path
 from caramba.manifest.pydantic_errors import diagnostics_from
 from caramba.manifest.source import SourceMap
-from caramba.registry import DATASETS, EMBEDDERS, LAYERS, TOPOLOGIES, Registry
+from caramba.registry import BENCHMARKS, DATASETS, EMBEDDERS, LAYERS, TOPOLOGIES, Registry
 
 MAX_DEPTH = 64
 
@@ -105,3 +105,11 @@ class NodeValidator:
             self._fail(path, "expected a mapping")
             return None
         return self._validate(cls, raw, path)
+
+    def benchmark(self, raw: dict[str, Any], path: Path) -> BaseModel | None:
+        """`benchmarks[i].config`, validated by the benchmark its `type` names."""
+        if "type" not in raw:
+            self._fail(path, f"missing `type` (one of: {', '.join(BENCHMARKS.names())})")
+            return None
+        cls = self._lookup(raw["type"], path, [BENCHMARKS])
+        return None if cls is None else self._validate(cls, raw, path)

@@ -13,6 +13,7 @@ import torch
 from rich.console import Console
 from rich.text import Text
 
+from caramba.benchmarks.runner import run_benchmarks
 from caramba.compiler.plan import Plan, TargetPlan
 from caramba.errors import InputError
 from caramba.manifest.load import ResolvedManifest
@@ -105,6 +106,13 @@ def run_experiment(resolved: ResolvedManifest, plan: Plan, target: TargetPlan,
         for s in samples:
             console.print(Text.assemble((s.prompt, "bold"), s.completion.rstrip()), "")
 
+    bench_results = run_benchmarks(list(spec.benchmarks), {"model": model}, data, device,
+                                   artifacts.root)
+    for bench in bench_results:
+        console.print(f"benchmark {bench.id}: " + "; ".join(
+            f"{name} " + ", ".join(f"{k} {v:,.2f}" for k, v in values.items())
+            for name, values in bench.summary.items()))
+
     records = read_records(artifacts.metrics)
     loss_curve_png(records, artifacts.loss_curve, f"{plan.manifest_name} / {target.name}")
     report = {
@@ -121,6 +129,7 @@ def run_experiment(resolved: ResolvedManifest, plan: Plan, target: TargetPlan,
         "wall_s": time.perf_counter() - started,
         "runs": [r.to_json() for r in results],
         "samples": [{"prompt": s.prompt, "completion": s.completion} for s in samples],
+        "benchmarks": {b.id: b.summary for b in bench_results},
         "artifacts": {"metrics": artifacts.metrics.name, "loss_curve": artifacts.loss_curve.name,
                       "plan": artifacts.plan.name, "manifest": artifacts.resolved_manifest.name},
     }

@@ -1,0 +1,1 @@
+"""Benchmarks run after training, registered under `caramba.benchmarks` by `config.type`."""
