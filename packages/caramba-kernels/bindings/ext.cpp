@@ -1,0 +1,483 @@
+// caramba_kernels._ext: the nanobind layer over the C library.
+//
+// Every argument is checked here, before any pointer reaches C, and each failure raises a
+// TypeError (wrong kind of object, wrong dtype) or ValueError (shape, layout, value) naming the
+// argument. Outputs are always passed in (`out`); caramba_kernels.cpu allocates them.
+
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "caramba/kernels.h"
+
+namespace nb = nanobind;
+
+namespace {
+
+using RoArray = nb::ndarray<nb::ro>;
+using RwArray = nb::ndarray<>;
+
+std::string fmt(const char* f, ...) {
+    char buf[512];
+    va_list args;
+    va_start(args, f);
+    std::vsnprintf(buf, sizeof buf, f, args);
+    va_end(args);
+    return buf;
+}
+
+[[noreturn]] void type_error(const std::string& msg) { throw nb::type_error(msg.c_str()); }
+[[noreturn]] void value_error(const std::string& msg) { throw nb::value_error(msg.c_str()); }
+
+void check(const caramba_status& st) {
+    if (st.code == CARAMBA_OK) return;
+    if (st.code == CARAMBA_ERR_INVALID_ARGUMENT || st.code == CARAMBA_ERR_UNSUPPORTED) {
+        value_error(st.message);
+    }
+    throw std::runtime_error(std::string(caramba_status_code_name(st.code)) + ": " + st.message);
+}
+
+std::string object_type_name(nb::handle h) { return nb::type_name(h.type()).c_str(); }
+
+std::string dtype_name(nb::dlpack::dtype d) {
+    const char* kind = "?";
+    switch (static_cast<nb::dlpack::dtype_code>(d.code)) {
+        case nb::dlpack::dtype_code::Int: kind = "int"; break;
+        case nb::dlpack::dtype_code::UInt: kind = "uint"; break;
+        case nb::dlpack::dtype_code::Float: kind = "float"; break;
+        case nb::dlpack::dtype_code::Bfloat: kind = "bfloat"; break;
+        case nb::dlpack::dtype_code::Complex: kind = "complex"; break;
+        case nb::dlpack::dtype_code::Bool: kind = "bool"; break;
+    }
+    return fmt("%s%d", kind, static_cast<int>(d.bits));
+}
+
+template <class A>
+A as_array(nb::handle h, const char* name) {
+    A a;
+    if (!nb::try_cast(h, a, /*convert=*/false)) {
+        const bool writable = std::is_same_v<A, RwArray>;
+        type_error(fmt("%s: expected a %sarray supporting DLPack (numpy, torch CPU tensor), got %s",
+                       name, writable ? "writable " : "", object_type_name(h).c_str()));
+    }
+    if (a.device_type() != nb::device::cpu::value) {
+        value_error(fmt("%s: must be in CPU memory (DLPack device type %d)", name, a.device_type()));
+    }
+    return a;
+}
+
+template <class A>
+void check_dtype(const A& a, const char* name, nb::dlpack::dtype want, const char* want_name) {
+    if (a.dtype() != want) {
+        type_error(fmt("%s: expected dtype %s, got %s", name, want_name, dtype_name(a.dtype()).c_str()));
+    }
+}
+
+template <class A>
+std::string shape_str(const A& a) {
+    std::string s = "(";
+    for (size_t i = 0; i < a.ndim(); ++i) s += fmt(i ? ", %lld" : "%lld", (long long)a.shape(i));
+    if (a.ndim() == 1) s += ",";
+    return s + ")";
+}
+
+// C-contiguous, naturally aligned, non-empty.
+template <class A>
+void check_layout(const A& a, const char* name) {
+    for (size_t i = 0; i < a.ndim(); ++i) {
+        if (a.shape(i) == 0) value_error(fmt("%s: empty array, shape %s", name, shape_str(a).c_str()));
+    }
+    int64_t expect = 1;
+    for (size_t i = a.ndim(); i-- > 0;) {
+        if (a.shape(i) != 1 && a.stride(i) != expect) {
+            value_error(fmt("%s: must be C-contiguous (shape %s); pass a contiguous copy", name,
+                            shape_str(a).c_str()));
+        }
+        expect *= static_cast<int64_t>(a.shape(i));
+    }
+    const size_t item = (a.dtype().bits + 7) / 8;
+    if (reinterpret_cast<uintptr_t>(a.data()) % item != 0) {
+        value_error(fmt("%s: data is not aligned to its %zu-byte elements", name, item));
+    }
+}
+
+caramba_format parse_format(const std::string& s, const char* name) {
+    caramba_format f;
+    const caramba_status st = caramba_format_parse(s.c_str(), &f);
+    if (st.code != CARAMBA_OK) value_error(fmt("%s: %s", name, st.message));
+    return f;
+}
+
+caramba_path parse_path(const std::string& s) {
+    if (s == "auto") return CARAMBA_PATH_AUTO;
+    if (s == "scalar") return CARAMBA_PATH_SCALAR;
+    if (s == "simd") {
+        if (!caramba_simd_available()) {
+            value_error(fmt("path: 'simd' is not available on this CPU/build (%s); use 'auto' or 'scalar'",
+                            caramba_simd_name()));
+        }
+        return CARAMBA_PATH_SIMD;
+    }
+    value_error(fmt("path: expected 'auto', 'scalar' or 'simd', got '%s'", s.c_str()));
+}
+
+nb::dlpack::dtype storage_dtype(caramba_format f) {
+    switch (f) {
+        case CARAMBA_FORMAT_F32: return nb::dtype<float>();
+        case CARAMBA_FORMAT_F16: return nb::dlpack::dtype{(uint8_t)nb::dlpack::dtype_code::Float, 16, 1};
+        default: return nb::dtype<uint8_t>();
+    }
+}
+
+const char* storage_dtype_name(caramba_format f) {
+    return f == CARAMBA_FORMAT_F32 ? "float32" : (f == CARAMBA_FORMAT_F16 ? "float16" : "uint8");
+}
+
+// Width D of rows stored `stored` elements wide in format f (f32/f16: stored itself).
+int64_t logical_width(caramba_format f, int64_t stored, const char* name) {
+    const int64_t be = caramba_format_block_elems(f), bb = caramba_format_block_bytes(f);
+    if (be == 1) return stored;
+    if (stored % bb != 0) {
+        value_error(fmt("%s: last dimension %lld is not a whole number of %s blocks (%lld bytes each)",
+                        name, (long long)stored, caramba_format_name(f), (long long)bb));
+    }
+    return stored / bb * be;
+}
+
+void check_width(caramba_format f, int64_t D, const char* name) {
+    const int64_t be = caramba_format_block_elems(f);
+    if (D % be != 0) {
+        value_error(fmt("%s: head dim %lld is not a multiple of the %s block size %lld", name,
+                        (long long)D, caramba_format_name(f), (long long)be));
+    }
+}
+
+// ---- quantize / dequantize ---------------------------------------------------------------
+
+void quantize(const std::string& kind, nb::handle x_obj, nb::handle out_obj, const std::string& path_s) {
+    const caramba_format f = parse_format(kind, "kind");
+    const caramba_path path = parse_path(path_s);
+    RoArray x = as_array<RoArray>(x_obj, "x");
+    check_dtype(x, "x", nb::dtype<float>(), "float32");
+    if (x.ndim() < 1) value_error("x: expected at least one dimension (the row)");
+    check_layout(x, "x");
+    const int64_t D = static_cast<int64_t>(x.shape(x.ndim() - 1));
+    check_width(f, D, "x");
+    int64_t row_bytes = 0;
+    check(caramba_row_bytes(f, D, &row_bytes));
+    RwArray out = as_array<RwArray>(out_obj, "out");
+    check_dtype(out, "out", storage_dtype(f), storage_dtype_name(f));
+    check_layout(out, "out");
+    const int64_t rows = static_cast<int64_t>(x.size()) / D;
+    const int64_t esize = (out.dtype().bits + 7) / 8;
+    if (static_cast<int64_t>(out.size()) * esize != rows * row_bytes ||
+        static_cast<int64_t>(out.shape(out.ndim() - 1)) * esize != row_bytes) {
+        value_error(fmt("out: shape %s does not hold %lld rows of %lld bytes", shape_str(out).c_str(),
+                        (long long)rows, (long long)row_bytes));
+    }
+    const float* src = static_cast<const float*>(x.data());
+    uint8_t* dst = static_cast<uint8_t*>(out.data());
+    caramba_status st;
+    {
+        nb::gil_scoped_release release;
+        st = caramba_quantize(f, src, rows * D, dst, rows * row_bytes, path);
+    }
+    check(st);
+}
+
+void dequantize(const std::string& kind, nb::handle blocks_obj, int64_t D, nb::handle out_obj,
+                const std::string& path_s) {
+    const caramba_format f = parse_format(kind, "kind");
+    const caramba_path path = parse_path(path_s);
+    if (D <= 0) value_error(fmt("D: row width must be positive, got %lld", (long long)D));
+    check_width(f, D, "D");
+    RoArray b = as_array<RoArray>(blocks_obj, "blocks");
+    check_dtype(b, "blocks", storage_dtype(f), storage_dtype_name(f));
+    if (b.ndim() < 1) value_error("blocks: expected at least one dimension (the row)");
+    check_layout(b, "blocks");
+    const int64_t stored = static_cast<int64_t>(b.shape(b.ndim() - 1));
+    if (logical_width(f, stored, "blocks") != D) {
+        value_error(fmt("D: %lld does not match blocks of width %lld (= %lld %s values)", (long long)D,
+                        (long long)stored, (long long)logical_width(f, stored, "blocks"), kind.c_str()));
+    }
+    RwArray out = as_array<RwArray>(out_obj, "out");
+    check_dtype(out, "out", nb::dtype<float>(), "float32");
+    check_layout(out, "out");
+    const int64_t rows = static_cast<int64_t>(b.size()) / stored;
+    if (static_cast<int64_t>(out.size()) != rows * D || static_cast<int64_t>(out.shape(out.ndim() - 1)) != D) {
+        value_error(fmt("out: shape %s does not hold %lld rows of %lld values", shape_str(out).c_str(),
+                        (long long)rows, (long long)D));
+    }
+    int64_t row_bytes = 0;
+    check(caramba_row_bytes(f, D, &row_bytes));
+    const void* src = b.data();
+    float* dst = static_cast<float*>(out.data());
+    caramba_status st;
+    {
+        nb::gil_scoped_release release;
+        st = caramba_dequantize(f, src, rows * row_bytes, rows * D, dst, path);
+    }
+    check(st);
+}
+
+// ---- decode ------------------------------------------------------------------------------
+
+struct Query {
+    RoArray a;
+    int64_t B, H, D;
+};
+
+Query query(nb::handle h, const char* name) {
+    Query q{as_array<RoArray>(h, name), 0, 0, 0};
+    check_dtype(q.a, name, nb::dtype<float>(), "float32");
+    if (q.a.ndim() != 3) value_error(fmt("%s: expected shape (B, Hq, D), got %s", name, shape_str(q.a).c_str()));
+    check_layout(q.a, name);
+    q.B = q.a.shape(0);
+    q.H = q.a.shape(1);
+    q.D = q.a.shape(2);
+    return q;
+}
+
+struct Cache {
+    RoArray a;
+    caramba_format f;
+    int64_t Hkv, S, D;
+    caramba_kv_tensor tensor() const {
+        const int64_t row = static_cast<int64_t>(a.shape(3)) * ((a.dtype().bits + 7) / 8);
+        return {a.data(), f, D, Hkv * S * row, S * row, row};
+    }
+};
+
+// (B, Hkv, S_max, stored) in format f; D_expect < 0: the width is whatever the cache holds.
+Cache cache(nb::handle h, const char* name, const std::string& kind, const char* kind_name,
+            int64_t B, int64_t Hq, int64_t D_expect) {
+    const caramba_format f = parse_format(kind, kind_name);
+    Cache c{as_array<RoArray>(h, name), f, 0, 0, 0};
+    check_dtype(c.a, name, storage_dtype(f), storage_dtype_name(f));
+    if (c.a.ndim() != 4) {
+        value_error(fmt("%s: expected shape (B, Hkv, S_max, %s), got %s", name,
+                        f == CARAMBA_FORMAT_F32 || f == CARAMBA_FORMAT_F16 ? "D" : "bytes_per_row",
+                        shape_str(c.a).c_str()));
+    }
+    if (c.a.shape(2) == 0) value_error(fmt("%s: the cache is empty (S_max = 0)", name));
+    check_layout(c.a, name);
+    if (static_cast<int64_t>(c.a.shape(0)) != B) {
+        value_error(fmt("%s: batch %lld does not match the query's %lld", name, (long long)c.a.shape(0),
+                        (long long)B));
+    }
+    c.Hkv = c.a.shape(1);
+    c.S = c.a.shape(2);
+    if (Hq % c.Hkv != 0) {
+        value_error(fmt("%s: %lld KV heads do not divide the query's %lld heads", name, (long long)c.Hkv,
+                        (long long)Hq));
+    }
+    c.D = logical_width(f, c.a.shape(3), name);
+    if (D_expect >= 0) {
+        check_width(f, D_expect, name);
+        if (c.D != D_expect) {
+            value_error(fmt("%s: rows hold %lld values in %s, the query has head dim %lld", name,
+                            (long long)c.D, kind.c_str(), (long long)D_expect));
+        }
+    }
+    return c;
+}
+
+void same_grid(const Cache& a, const char* an, const Cache& b, const char* bn) {
+    if (a.Hkv != b.Hkv || a.S != b.S) {
+        value_error(fmt("%s: (heads, S_max) = (%lld, %lld) does not match %s's (%lld, %lld)", an,
+                        (long long)a.Hkv, (long long)a.S, bn, (long long)b.Hkv, (long long)b.S));
+    }
+}
+
+const int32_t* lengths_ptr(const RoArray& l, int64_t B, int64_t S) {
+    check_dtype(l, "lengths", nb::dtype<int32_t>(), "int32");
+    if (l.ndim() != 1 || static_cast<int64_t>(l.shape(0)) != B) {
+        value_error(fmt("lengths: expected shape (%lld,), got %s", (long long)B, shape_str(l).c_str()));
+    }
+    check_layout(l, "lengths");
+    const int32_t* p = static_cast<const int32_t*>(l.data());
+    for (int64_t b = 0; b < B; ++b) {
+        if (p[b] < 1) {
+            value_error(fmt("lengths[%lld] = %d: every sequence needs at least one cached position "
+                            "(an empty cache cannot be attended over)", (long long)b, p[b]));
+        }
+        if (p[b] > S) {
+            value_error(fmt("lengths[%lld] = %d exceeds the cache's S_max = %lld", (long long)b, p[b],
+                            (long long)S));
+        }
+    }
+    return p;
+}
+
+float finite_scale(double s, const char* name) {
+    if (!std::isfinite(s) || std::fabs(s) > 3.4e38) value_error(fmt("%s: expected a finite float, got %g", name, s));
+    return static_cast<float>(s);
+}
+
+caramba_output_tensor output(nb::handle h, int64_t B, int64_t Hq, int64_t Dv, RwArray* keep) {
+    *keep = as_array<RwArray>(h, "out");
+    check_dtype(*keep, "out", nb::dtype<float>(), "float32");
+    if (keep->ndim() != 3 || (int64_t)keep->shape(0) != B || (int64_t)keep->shape(1) != Hq ||
+        (int64_t)keep->shape(2) != Dv) {
+        value_error(fmt("out: expected shape (%lld, %lld, %lld), got %s", (long long)B, (long long)Hq,
+                        (long long)Dv, shape_str(*keep).c_str()));
+    }
+    check_layout(*keep, "out");
+    return {static_cast<float*>(keep->data()), Dv, Hq * Dv, Dv};
+}
+
+caramba_decode_params params(int64_t B, int64_t Hq, const Cache& v, int num_splits, int num_threads,
+                             const std::string& path) {
+    if (num_splits < 0) value_error(fmt("num_splits: expected an int >= 0 (0 = auto), got %d", num_splits));
+    if (num_threads < 0) value_error(fmt("num_threads: expected an int >= 0 (0 = auto), got %d", num_threads));
+    caramba_decode_params p;
+    caramba_decode_params_init(&p);
+    p.batch = B;
+    p.num_q_heads = Hq;
+    p.num_kv_heads = v.Hkv;
+    p.max_seq_len = v.S;
+    p.num_splits = num_splits;
+    p.num_threads = num_threads;
+    p.path = parse_path(path);
+    return p;
+}
+
+void decode(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handle lengths_obj,
+            const std::string& k_format, const std::string& v_format, double scale, int num_splits,
+            int num_threads, const std::string& path, nb::handle out_obj) {
+    const Query q = query(q_obj, "q");
+    const Cache k = cache(k_obj, "k", k_format, "k_format", q.B, q.H, q.D);
+    const Cache v = cache(v_obj, "v", v_format, "v_format", q.B, q.H, -1);
+    same_grid(v, "v", k, "k");
+    const float sc = finite_scale(scale, "scale");
+    const RoArray l = as_array<RoArray>(lengths_obj, "lengths");
+    const int32_t* lengths = lengths_ptr(l, q.B, k.S);
+    const caramba_decode_params p = params(q.B, q.H, v, num_splits, num_threads, path);
+    RwArray keep;
+    const caramba_output_tensor out = output(out_obj, q.B, q.H, v.D, &keep);
+    const caramba_query_tensor qt{static_cast<const float*>(q.a.data()), q.D, q.H * q.D, q.D};
+    const caramba_kv_tensor kt = k.tensor(), vt = v.tensor();
+    caramba_status st;
+    {
+        nb::gil_scoped_release release;
+        st = caramba_decode_attention(&p, qt, kt, vt, lengths, sc, out);
+    }
+    check(st);
+}
+
+void dba_decode(nb::handle q_sem_obj, nb::handle q_geo_obj, nb::handle k_sem_obj, nb::handle k_geo_obj,
+                nb::handle v_obj, nb::handle lengths_obj, const std::string& k_sem_format,
+                const std::string& k_geo_format, const std::string& v_format, double scale_sem,
+                double scale_geo, int num_splits, int num_threads, const std::string& path,
+                nb::handle out_obj) {
+    const Query qs = query(q_sem_obj, "q_sem");
+    const Query qg = query(q_geo_obj, "q_geo");
+    if (qg.B != qs.B || qg.H != qs.H) {
+        value_error(fmt("q_geo: (B, Hq) = (%lld, %lld) does not match q_sem's (%lld, %lld)", (long long)qg.B,
+                        (long long)qg.H, (long long)qs.B, (long long)qs.H));
+    }
+    const Cache ks = cache(k_sem_obj, "k_sem", k_sem_format, "k_sem_format", qs.B, qs.H, qs.D);
+    const Cache kg = cache(k_geo_obj, "k_geo", k_geo_format, "k_geo_format", qs.B, qs.H, qg.D);
+    same_grid(kg, "k_geo", ks, "k_sem");
+    const Cache v = cache(v_obj, "v", v_format, "v_format", qs.B, qs.H, -1);
+    same_grid(v, "v", ks, "k_sem");
+    const float ss = finite_scale(scale_sem, "scale_sem");
+    const float sg = finite_scale(scale_geo, "scale_geo");
+    const RoArray l = as_array<RoArray>(lengths_obj, "lengths");
+    const int32_t* lengths = lengths_ptr(l, qs.B, ks.S);
+    const caramba_decode_params p = params(qs.B, qs.H, v, num_splits, num_threads, path);
+    RwArray keep;
+    const caramba_output_tensor out = output(out_obj, qs.B, qs.H, v.D, &keep);
+    const caramba_query_tensor qst{static_cast<const float*>(qs.a.data()), qs.D, qs.H * qs.D, qs.D};
+    const caramba_query_tensor qgt{static_cast<const float*>(qg.a.data()), qg.D, qg.H * qg.D, qg.D};
+    const caramba_kv_tensor kst = ks.tensor(), kgt = kg.tensor(), vt = v.tensor();
+    caramba_status st;
+    {
+        nb::gil_scoped_release release;
+        st = caramba_dba_decode_attention(&p, qst, qgt, kst, kgt, vt, lengths, ss, sg, out);
+    }
+    check(st);
+}
+
+// Quantize rows (B, H, D) into cache (B, H, S_max, stored) at position lengths[b].
+void append(const std::string& kind, nb::handle cache_obj, nb::handle rows_obj, nb::handle lengths_obj) {
+    const caramba_format f = parse_format(kind, "kind");
+    RwArray c = as_array<RwArray>(cache_obj, "cache");
+    check_dtype(c, "cache", storage_dtype(f), storage_dtype_name(f));
+    if (c.ndim() != 4) value_error(fmt("cache: expected a (B, H, S_max, width) array, got %s", shape_str(c).c_str()));
+    check_layout(c, "cache");
+    const Query r = query(rows_obj, "rows");
+    if (r.B != (int64_t)c.shape(0) || r.H != (int64_t)c.shape(1)) {
+        value_error(fmt("rows: expected shape (%lld, %lld, D), got %s", (long long)c.shape(0),
+                        (long long)c.shape(1), shape_str(r.a).c_str()));
+    }
+    check_width(f, r.D, "rows");
+    if (logical_width(f, c.shape(3), "cache") != r.D) {
+        value_error(fmt("rows: width %lld does not match cache rows of width %lld in %s", (long long)r.D,
+                        (long long)c.shape(3), kind.c_str()));
+    }
+    const RoArray l = as_array<RoArray>(lengths_obj, "lengths");
+    check_dtype(l, "lengths", nb::dtype<int32_t>(), "int32");
+    if (l.ndim() != 1 || (int64_t)l.shape(0) != r.B) {
+        value_error(fmt("lengths: expected shape (%lld,), got %s", (long long)r.B, shape_str(l).c_str()));
+    }
+    check_layout(l, "lengths");
+    const int32_t* pos = static_cast<const int32_t*>(l.data());
+    const int64_t S = c.shape(2);
+    for (int64_t b = 0; b < r.B; ++b) {
+        if (pos[b] < 0 || pos[b] >= S) {
+            value_error(fmt("lengths[%lld] = %d: no free slot (need 0 <= length < S_max = %lld)", (long long)b,
+                            pos[b], (long long)S));
+        }
+    }
+    int64_t row_bytes = 0;
+    check(caramba_row_bytes(f, r.D, &row_bytes));
+    uint8_t* base = static_cast<uint8_t*>(c.data());
+    const float* src = static_cast<const float*>(r.a.data());
+    caramba_status st = {CARAMBA_OK, ""};
+    {
+        nb::gil_scoped_release release;
+        for (int64_t b = 0; b < r.B && st.code == CARAMBA_OK; ++b) {
+            for (int64_t h = 0; h < r.H && st.code == CARAMBA_OK; ++h) {
+                uint8_t* dst = base + ((b * r.H + h) * S + pos[b]) * row_bytes;
+                st = caramba_quantize(f, src + (b * r.H + h) * r.D, r.D, dst, row_bytes, CARAMBA_PATH_AUTO);
+            }
+        }
+    }
+    check(st);
+}
+
+}  // namespace
+
+NB_MODULE(_ext, m) {
+    m.doc() = "caramba_kernels C++ CPU kernels (use caramba_kernels.cpu, which allocates outputs)";
+    m.attr("__version__") = CARAMBA_KERNELS_VERSION_STRING;
+    m.def("simd_available", [] { return caramba_simd_available() != 0; });
+    m.def("simd_name", [] { return std::string(caramba_simd_name()); });
+    m.def("default_num_threads", [] { return caramba_default_num_threads(); });
+    m.def("format_info", [](const std::string& kind) {
+        const caramba_format f = parse_format(kind, "kind");
+        return nb::make_tuple(caramba_format_block_elems(f), caramba_format_block_bytes(f));
+    }, nb::arg("kind"), "(values per block, bytes per block) of a format");
+    m.def("nf4_codebook", [] {
+        const float* cb = caramba_nf4_codebook();
+        return std::vector<float>(cb, cb + 16);
+    });
+    m.def("quantize", &quantize, nb::arg("kind"), nb::arg("x"), nb::arg("out"), nb::arg("path"));
+    m.def("dequantize", &dequantize, nb::arg("kind"), nb::arg("blocks"), nb::arg("D"), nb::arg("out"),
+          nb::arg("path"));
+    m.def("decode_attention", &decode, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("lengths"),
+          nb::arg("k_format"), nb::arg("v_format"), nb::arg("scale"), nb::arg("num_splits"),
+          nb::arg("num_threads"), nb::arg("path"), nb::arg("out"));
+    m.def("dba_decode_attention", &dba_decode, nb::arg("q_sem"), nb::arg("q_geo"), nb::arg("k_sem"),
+          nb::arg("k_geo"), nb::arg("v"), nb::arg("lengths"), nb::arg("k_sem_format"),
+          nb::arg("k_geo_format"), nb::arg("v_format"), nb::arg("scale_sem"), nb::arg("scale_geo"),
+          nb::arg("num_splits"), nb::arg("num_threads"), nb::arg("path"), nb::arg("out"));
+    m.def("append", &append, nb::arg("kind"), nb::arg("cache"), nb::arg("rows"), nb::arg("lengths"));
+}

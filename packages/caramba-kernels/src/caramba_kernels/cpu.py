@@ -1,0 +1,256 @@
+"""The C++ CPU kernel backend: quantize, dequantize, append and fused decode attention.
+
+Arrays go to C++ through DLPack without copies: numpy arrays, torch CPU tensors, anything with
+`__dlpack__`. Everything is validated before C++ sees a pointer; bad input raises TypeError
+(wrong kind of object or dtype) or ValueError (shape, layout, value), naming the argument.
+
+Results are new numpy arrays, written into `out=` when given. When the main input (x, blocks,
+q, q_sem) is a torch tensor the result is a torch tensor sharing that memory, so the backend
+serves caramba's dispatch (`caramba.kernels.get_backend("cpu")`) unchanged.
+
+`path` picks the implementation: "scalar" (the reference loops), "simd" (AVX2+FMA+F16C or
+NEON; ValueError where absent) or "auto". Decode splits each sequence into `num_splits` chunks
+run on `num_threads` threads (0 or None = auto) and merges them by log-sum-exp.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+from caramba_kernels import _ext
+
+# name -> (values per block, bytes per block, storage dtype of a cache in that format)
+FORMATS: dict[str, tuple[int, int, Any]] = {
+    "f32": (1, 4, np.float32),
+    "f16": (1, 2, np.float16),
+    "q8_0": (32, 34, np.uint8),
+    "q4_0": (32, 18, np.uint8),
+    "nf4": (64, 34, np.uint8),
+}
+PATHS = ("auto", "scalar", "simd")
+
+
+def _is_torch(x: object) -> bool:
+    return type(x).__module__.split(".", 1)[0] == "torch"
+
+
+def _array(x: object, name: str) -> Any:
+    """`x` if it can cross by DLPack (torch tensors that require grad are detached)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if _is_torch(x):
+        return x.detach() if getattr(x, "requires_grad", False) else x
+    if hasattr(x, "__dlpack__") and hasattr(x, "shape"):
+        return x
+    raise TypeError(
+        f"{name}: expected an array (numpy array or torch CPU tensor), got {type(x).__name__}"
+    )
+
+
+def _shape(x: Any, name: str, ndim: int | None = None, what: str = "") -> tuple[int, ...]:
+    shape = tuple(int(n) for n in x.shape)
+    if ndim is not None and len(shape) != ndim:
+        raise ValueError(f"{name}: expected shape {what}, got {shape}")
+    if ndim is None and len(shape) < 1:
+        raise ValueError(f"{name}: expected at least one dimension (the row), got a scalar")
+    return shape
+
+
+def _format(kind: object, name: str) -> tuple[int, int, Any]:
+    if not isinstance(kind, str):
+        raise TypeError(f"{name}: expected a format name (str), got {type(kind).__name__}")
+    if kind not in FORMATS:
+        raise ValueError(f"{name}: unknown format {kind!r}; known: {', '.join(FORMATS)}")
+    return FORMATS[kind]
+
+
+def _count(value: object, name: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int >= 0 (0 or None = auto), got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name}: expected an int >= 0 (0 or None = auto), got {value}")
+    return int(value)
+
+
+def _path(path: object) -> str:
+    if path not in PATHS:
+        raise ValueError(f"path: expected one of {', '.join(map(repr, PATHS))}, got {path!r}")
+    return str(path)
+
+
+def _scale(value: object, name: str) -> float:
+    if value is None:
+        raise TypeError(f"{name}: required (a finite float)")
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected a float, got bool")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a float, got {type(value).__name__}") from None
+
+
+def _row_width(kind: str, stored: int, name: str) -> int:
+    block, block_bytes, _ = FORMATS[kind]
+    if block == 1:
+        return stored
+    if stored <= 0 or stored % block_bytes:
+        raise ValueError(
+            f"{name}: last dimension {stored} is not a whole number of {kind} blocks "
+            f"({block_bytes} bytes each)"
+        )
+    return stored // block_bytes * block
+
+
+def _out(out: object, shape: tuple[int, ...], dtype: Any) -> Any:
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise ValueError("out: the array is read-only")
+    return _array(out, "out")
+
+
+def _result(out: Any, like: object) -> Any:
+    """numpy result -> torch tensor over the same memory when the input was torch."""
+    if isinstance(out, np.ndarray) and _is_torch(like):
+        return sys.modules["torch"].from_numpy(out)
+    return out
+
+
+class CpuBackend:
+    """caramba's `cpu` kernel backend (entry point `caramba.kernels`: cpu)."""
+
+    name = "cpu"
+    formats = tuple(FORMATS)
+
+    @property
+    def simd(self) -> str:
+        """What path="simd" runs here: "avx2+fma+f16c", "neon" or "none"."""
+        return _ext.simd_name()
+
+    @property
+    def default_num_threads(self) -> int:
+        return _ext.default_num_threads()
+
+    def supports(self, device: object) -> bool:
+        return getattr(device, "type", device) == "cpu"
+
+    def __repr__(self) -> str:
+        return f"<kernel backend 'cpu' (C++ {_ext.__version__}, simd: {self.simd})>"
+
+    # -- formats ---------------------------------------------------------------------------
+
+    def quantize(self, kind: str, x: Any, *, out: Any = None, path: str = "auto") -> Any:
+        """Rows of float32 x (..., D) in format `kind`: uint8 (..., bytes_per_row) blocks, or
+        float16/float32 values for the plain formats. Bytes match GGML/gguf for q8_0/q4_0."""
+        block, block_bytes, dtype = _format(kind, "kind")
+        xa = _array(x, "x")
+        shape = _shape(xa, "x")
+        D = shape[-1]
+        if D % block:
+            raise ValueError(f"x: row width {D} is not a multiple of the {kind} block size {block}")
+        width = D if block == 1 else D // block * block_bytes
+        res = _out(out, (*shape[:-1], width), dtype)
+        _ext.quantize(kind, xa, res, _path(path))
+        return _result(res, x)
+
+    def dequantize(self, kind: str, blocks: Any, D: int, *, out: Any = None, path: str = "auto") -> Any:
+        """float32 (..., D) values of rows stored in format `kind`."""
+        _, _, _ = _format(kind, "kind")
+        if isinstance(D, bool) or not isinstance(D, (int, np.integer)):
+            raise TypeError(f"D: expected the row width as an int, got {type(D).__name__}")
+        ba = _array(blocks, "blocks")
+        shape = _shape(ba, "blocks")
+        res = _out(out, (*shape[:-1], int(D)), np.float32)
+        _ext.dequantize(kind, ba, int(D), res, _path(path))
+        return _result(res, blocks)
+
+    def append(self, kind: str, cache: Any, rows: Any, lengths: Any) -> Any:
+        """Quantize rows (B, H, D) into cache (B, H, S_max, width) at position lengths[b], in
+        place; returns cache. The caller advances lengths."""
+        _format(kind, "kind")
+        if isinstance(cache, np.ndarray) and not cache.flags.writeable:
+            raise ValueError("cache: the array is read-only")
+        _ext.append(kind, _array(cache, "cache"), _array(rows, "rows"), _array(lengths, "lengths"))
+        return cache
+
+    # -- attention -------------------------------------------------------------------------
+
+    def decode_attention(
+        self,
+        q: Any,
+        k: Any,
+        v: Any,
+        lengths: Any,
+        scale: float | None = None,
+        k_format: str | None = None,
+        v_format: str | None = None,
+        *,
+        num_splits: int | None = 0,
+        num_threads: int | None = 0,
+        path: str = "auto",
+        out: Any = None,
+    ) -> Any:
+        """Decode attention: q (B, Hq, D) float32 over caches k (B, Hkv, S_max, ·), v (B, Hkv,
+        S_max, ·) in k_format / v_format, positions 0 .. lengths[b]-1 -> (B, Hq, Dv) float32."""
+        if k_format is None or v_format is None:
+            raise TypeError("k_format and v_format are required")
+        _format(k_format, "k_format")
+        _format(v_format, "v_format")
+        qa, ka, va = _array(q, "q"), _array(k, "k"), _array(v, "v")
+        B, Hq, _ = _shape(qa, "q", 3, "(B, Hq, D)")
+        Dv = _row_width(v_format, _shape(va, "v", 4, "(B, Hkv, S_max, width)")[-1], "v")
+        res = _out(out, (B, Hq, Dv), np.float32)
+        _ext.decode_attention(
+            qa, ka, va, _array(lengths, "lengths"), k_format, v_format, _scale(scale, "scale"),
+            _count(num_splits, "num_splits"), _count(num_threads, "num_threads"), _path(path), res,
+        )  # fmt: skip
+        return _result(res, q)
+
+    def dba_decode_attention(
+        self,
+        q_sem: Any,
+        q_geo: Any,
+        k_sem: Any,
+        k_geo: Any,
+        v: Any,
+        lengths: Any,
+        scale_sem: float | None = None,
+        scale_geo: float | None = None,
+        k_sem_format: str | None = None,
+        k_geo_format: str | None = None,
+        v_format: str | None = None,
+        *,
+        num_splits: int | None = 0,
+        num_threads: int | None = 0,
+        path: str = "auto",
+        out: Any = None,
+    ) -> Any:
+        """DBA decode: score = scale_sem (q_sem . k_sem) + scale_geo (q_geo . k_geo), one
+        softmax, values from v -> (B, Hq, Dv) float32."""
+        if k_sem_format is None or k_geo_format is None or v_format is None:
+            raise TypeError("k_sem_format, k_geo_format and v_format are required")
+        for fmt, name in (
+            (k_sem_format, "k_sem_format"), (k_geo_format, "k_geo_format"), (v_format, "v_format")
+        ):  # fmt: skip
+            _format(fmt, name)
+        qs, qg = _array(q_sem, "q_sem"), _array(q_geo, "q_geo")
+        ks, kg, va = _array(k_sem, "k_sem"), _array(k_geo, "k_geo"), _array(v, "v")
+        B, Hq, _ = _shape(qs, "q_sem", 3, "(B, Hq, D_sem)")
+        Dv = _row_width(v_format, _shape(va, "v", 4, "(B, Hkv, S_max, width)")[-1], "v")
+        res = _out(out, (B, Hq, Dv), np.float32)
+        _ext.dba_decode_attention(
+            qs, qg, ks, kg, va, _array(lengths, "lengths"), k_sem_format, k_geo_format, v_format,
+            _scale(scale_sem, "scale_sem"), _scale(scale_geo, "scale_geo"),
+            _count(num_splits, "num_splits"), _count(num_threads, "num_threads"), _path(path), res,
+        )  # fmt: skip
+        return _result(res, q_sem)
+
+
+backend = CpuBackend()
+
+__all__ = ["FORMATS", "CpuBackend", "backend"]
