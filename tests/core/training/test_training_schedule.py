@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 from caramba.training.schedule import lr_at
 
 
@@ -22,7 +21,7 @@ def test_decay_starts_at_peak_and_ends_at_floor_on_last_step() -> None:
 
 def test_decay_is_monotonic_and_clamped_past_the_end() -> None:
     values = [lr_at(s, lr=1.0, total_steps=50, min_lr_ratio=0.0) for s in range(50)]
-    assert all(a > b for a, b in zip(values, values[1:]))
+    assert all(a > b for a, b in zip(values, values[1:], strict=False))
     assert values[0] == 1.0 and values[-1] == pytest.approx(0.0, abs=1e-12)
     assert lr_at(80, lr=1.0, total_steps=50, min_lr_ratio=0.0) == values[-1]
 
