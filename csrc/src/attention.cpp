@@ -194,8 +194,8 @@ bool make_layout(const caramba_decode_params& p, const Plan& plan, int64_t dv, L
     if (!mul_ok(rows, static_cast<size_t>(plan.splits), &rows)) return false;
     if (!mul_ok(rows, static_cast<size_t>(dv), &acc)) return false;
     if (!mul_ok(rows, 2, &stats)) return false;
-    // Per thread: scores/probabilities (group x tile), running max and sum (group each).
-    const size_t per_thread = round_up(group * (kTileRows + 2), kAlign / sizeof(float));
+    // Per thread: scores/probabilities (group x tile); running max, sum, rescale (group each).
+    const size_t per_thread = round_up(group * (kTileRows + 3), kAlign / sizeof(float));
     if (!mul_ok(per_thread, static_cast<size_t>(plan.threads), &scratch)) return false;
     Layout l;
     l.acc = 0;
@@ -247,6 +247,7 @@ void run_chunk(void* ctx, int64_t item, int worker) {
     float* s = job.ws + job.layout.scratch + worker * job.layout.scratch_stride;
     float* m = s + G * kTileRows;
     float* l = m + G;
+    float* alpha = l + G;
 
     for (int64_t g = 0; g < G; ++g) {
         std::fill(acc + g * acc_stride, acc + g * acc_stride + job.dv, 0.0f);
@@ -271,24 +272,13 @@ void run_chunk(void* ctx, int64_t item, int worker) {
                                q_ptr[i], term.q.stride_h, ng, term.k.dim, term.scale, s, kTileRows,
                                i > 0);
         }
-        // Online softmax: scores become probabilities relative to the running max.
+        // Online softmax: scores become probabilities relative to the running max, and the
+        // accumulators are rescaled to that max.
+        job.kernels->softmax(s, kTileRows, n, ng, m, l, alpha);
         for (int64_t g = 0; g < G; ++g) {
-            float* row = s + g * kTileRows;
-            float tile_max = row[0];
-            for (int t = 1; t < n; ++t) tile_max = std::max(tile_max, row[t]);
-            const float m_new = std::max(m[g], tile_max);
-            const float alpha = std::exp(m[g] - m_new);
-            float sum = 0.0f;
-            for (int t = 0; t < n; ++t) {
-                row[t] = std::exp(row[t] - m_new);
-                sum += row[t];
-            }
-            l[g] = l[g] * alpha + sum;
-            if (alpha != 1.0f) {
-                float* a = acc + g * acc_stride;
-                for (int64_t i = 0; i < job.dv; ++i) a[i] *= alpha;
-            }
-            m[g] = m_new;
+            if (alpha[g] == 1.0f) continue;
+            float* a = acc + g * acc_stride;
+            for (int64_t i = 0; i < job.dv; ++i) a[i] *= alpha[g];
         }
         job.kernels->value(job.v.format, v_ptr + t0 * job.v.stride_s, job.v.stride_s, n, s,
                            kTileRows, ng, job.dv, acc, acc_stride);

@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
+#include <limits>
 #include <utility>
 
 #include "simd_avx2.h"
@@ -25,12 +27,44 @@ constexpr int score_chains() {
     return NG == 1 ? 4 : (NG == 2 ? 2 : 1);
 }
 
+// Horizontal sums of 8 vectors at once: lane i of the result is the sum of v[i]'s lanes.
+inline __m256 hsum8(const __m256* v) {
+    const __m256 h01 = _mm256_hadd_ps(v[0], v[1]);
+    const __m256 h23 = _mm256_hadd_ps(v[2], v[3]);
+    const __m256 h45 = _mm256_hadd_ps(v[4], v[5]);
+    const __m256 h67 = _mm256_hadd_ps(v[6], v[7]);
+    const __m256 h0123 = _mm256_hadd_ps(h01, h23);
+    const __m256 h4567 = _mm256_hadd_ps(h45, h67);
+    return _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20),
+                         _mm256_permute2f128_ps(h0123, h4567, 0x31));
+}
+
+// Per-row dot-product vectors are parked here and reduced 8 rows at a time.
+template <int NG>
+struct RowSums {
+    __m256 v[NG][8];
+
+    void put(int g, int t, __m256 x) { v[g][t & 7] = x; }
+
+    // Writes s[g*s_stride + t0 + i] (+)= scale * sum(v[g][i]) for i < count.
+    void flush(int t0, int count, float scale, float* s, int64_t s_stride, bool accumulate) {
+        for (int g = 0; g < NG; ++g) {
+            for (int i = count; i < 8; ++i) v[g][i] = _mm256_setzero_ps();
+            alignas(32) float out[8];
+            _mm256_store_ps(out, _mm256_mul_ps(hsum8(v[g]), _mm256_set1_ps(scale)));
+            float* dst = s + g * s_stride + t0;
+            for (int i = 0; i < count; ++i) dst[i] = accumulate ? dst[i] + out[i] : out[i];
+        }
+    }
+};
+
 template <class F, int NG>
 void score_quant(const uint8_t* rows, int64_t row_stride, int n_rows, const float* q,
                  int64_t q_stride, int64_t dim, float scale, float* s, int64_t s_stride,
                  bool accumulate) {
     constexpr int NA = score_chains<NG>();
     const int64_t nb = dim / F::kElems;
+    RowSums<NG> sums;
     for (int t = 0; t < n_rows; ++t) {
         const uint8_t* row = rows + t * row_stride;
         __m256 acc[NG][NA];
@@ -52,8 +86,10 @@ void score_quant(const uint8_t* rows, int64_t row_stride, int n_rows, const floa
         for (int g = 0; g < NG; ++g) {
             __m256 sum = acc[g][0];
             for (int a = 1; a < NA; ++a) sum = _mm256_add_ps(sum, acc[g][a]);
-            const float v = scale * hsum(sum);
-            s[g * s_stride + t] = accumulate ? s[g * s_stride + t] + v : v;
+            sums.put(g, t, sum);
+        }
+        if ((t & 7) == 7 || t == n_rows - 1) {
+            sums.flush(t & ~7, (t & 7) + 1, scale, s, s_stride, accumulate);
         }
     }
 }
@@ -63,6 +99,7 @@ void score_plain(const uint8_t* rows, int64_t row_stride, int n_rows, const floa
                  int64_t q_stride, int64_t dim, float scale, float* s, int64_t s_stride,
                  bool accumulate) {
     constexpr int NA = score_chains<NG>();
+    RowSums<NG> sums;
     for (int t = 0; t < n_rows; ++t) {
         const uint8_t* row = rows + t * row_stride;
         __m256 acc[NG][NA];
@@ -86,10 +123,15 @@ void score_plain(const uint8_t* rows, int64_t row_stride, int n_rows, const floa
         for (int g = 0; g < NG; ++g) {
             __m256 sum = acc[g][0];
             for (int a = 1; a < NA; ++a) sum = _mm256_add_ps(sum, acc[g][a]);
-            float dot = hsum(sum);
-            for (int64_t j = i; j < dim; ++j) dot += q[g * q_stride + j] * F::load1(row, j);
-            const float v = scale * dot;
-            s[g * s_stride + t] = accumulate ? s[g * s_stride + t] + v : v;
+            if (i < dim) {  // widths that are not a multiple of 8: the tail goes into lane 0
+                float tail = 0.0f;
+                for (int64_t j = i; j < dim; ++j) tail += q[g * q_stride + j] * F::load1(row, j);
+                sum = _mm256_add_ps(sum, _mm256_setr_ps(tail, 0, 0, 0, 0, 0, 0, 0));
+            }
+            sums.put(g, t, sum);
+        }
+        if ((t & 7) == 7 || t == n_rows - 1) {
+            sums.flush(t & ~7, (t & 7) + 1, scale, s, s_stride, accumulate);
         }
     }
 }
@@ -106,6 +148,7 @@ void value_quant(const uint8_t* rows, int64_t row_stride, int n_rows, const floa
     constexpr int SP = value_strips<NG>();
     const int64_t nb = dim / F::kElems;
     for (int64_t b = 0; b < nb; ++b) {
+#pragma GCC unroll 8
         for (int st0 = 0; st0 < F::kStrips; st0 += SP) {
             const int64_t col = b * F::kElems + 8 * st0;
             __m256 a[NG][SP];
@@ -247,10 +290,73 @@ void value(caramba_format format, const uint8_t* rows, int64_t row_stride, int n
     }
 }
 
+// exp(x) for x <= 0 (Cephes expf: range reduction by ln 2, degree-5 polynomial; ~1 ulp);
+// exactly 0 below -87.3 (and for -inf).
+inline __m256 exp_nonpositive(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.33654f);
+    const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
+    fx = _mm256_floor_ps(fx);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    const __m256 z = _mm256_mul_ps(x, x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, z, _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    const __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(n));
+    return _mm256_andnot_ps(underflow, y);
+}
+
+inline float hmax(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+static_assert(kTileRows % 8 == 0, "the AVX2 softmax works on whole vectors of the tile");
+
+void softmax(float* s, int64_t s_stride, int n, int ng, float* m, float* l, float* alpha) {
+    constexpr int kVecs = kTileRows / 8;
+    const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    __m256 valid[kVecs];  // lanes t < n
+    for (int j = 0; j < kVecs; ++j) {
+        const __m256i idx = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 * j));
+        valid[j] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx));
+    }
+    const int vecs = (n + 7) / 8;
+    for (int g = 0; g < ng; ++g) {
+        float* row = s + g * s_stride;
+        __m256 x[kVecs];
+        __m256 mx = neg_inf;
+        for (int j = 0; j < vecs; ++j) {
+            x[j] = _mm256_blendv_ps(neg_inf, _mm256_loadu_ps(row + 8 * j), valid[j]);
+            mx = _mm256_max_ps(mx, x[j]);
+        }
+        const float m_new = std::max(m[g], hmax(mx));
+        const __m256 vm = _mm256_set1_ps(m_new);
+        __m256 sum = _mm256_setzero_ps();
+        for (int j = 0; j < vecs; ++j) {
+            const __m256 p = exp_nonpositive(_mm256_sub_ps(x[j], vm));
+            _mm256_storeu_ps(row + 8 * j, p);
+            sum = _mm256_add_ps(sum, p);
+        }
+        alpha[g] = std::exp(m[g] - m_new);
+        l[g] = l[g] * alpha[g] + hsum(sum);
+        m[g] = m_new;
+    }
+}
+
 }  // namespace
 
 const AttentionKernels* avx2_attention_kernels() {
-    static const AttentionKernels kernels{score, value};
+    static const AttentionKernels kernels{score, value, softmax};
     return &kernels;
 }
 

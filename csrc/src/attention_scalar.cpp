@@ -1,6 +1,7 @@
 // Scalar reference for the decode-attention inner kernels: decode a block, then plain loops.
 
 #include <algorithm>
+#include <cmath>
 
 #include "internal.h"
 
@@ -77,8 +78,25 @@ void value(caramba_format format, const uint8_t* rows, int64_t row_stride, int n
 
 }  // namespace
 
+void softmax_tile_scalar(float* s, int64_t s_stride, int n, int ng, float* m, float* l, float* alpha) {
+    for (int g = 0; g < ng; ++g) {
+        float* row = s + g * s_stride;
+        float tile_max = row[0];
+        for (int t = 1; t < n; ++t) tile_max = std::max(tile_max, row[t]);
+        const float m_new = std::max(m[g], tile_max);
+        float sum = 0.0f;
+        for (int t = 0; t < n; ++t) {
+            row[t] = std::exp(row[t] - m_new);
+            sum += row[t];
+        }
+        alpha[g] = std::exp(m[g] - m_new);
+        l[g] = l[g] * alpha[g] + sum;
+        m[g] = m_new;
+    }
+}
+
 const AttentionKernels& scalar_attention_kernels() {
-    static const AttentionKernels kernels{score, value};
+    static const AttentionKernels kernels{score, value, softmax_tile_scalar};
     return kernels;
 }
 

@@ -111,6 +111,10 @@ const RowCodec* simd_codec();  // nullptr where the build or the CPU has no SIMD
 
 constexpr int kTileRows = 32;
 
+// softmax: online-softmax step over one tile of scores, per head g < ng: with the tile max
+//   m_new = max(m[g], max_t s[g][t]), s[g][t] <- exp(s[g][t] - m_new) for t < n (entries
+//   n .. kTileRows-1 may be overwritten), l[g] <- l[g] * alpha + sum_t s[g][t], m[g] <- m_new,
+//   alpha[g] = exp(m_old - m_new) (0 when m_old = -inf).
 struct AttentionKernels {
     void (*score)(caramba_format format, const uint8_t* rows, int64_t row_stride, int n_rows,
                   const float* q, int64_t q_stride, int ng, int64_t dim, float scale, float* s,
@@ -118,7 +122,11 @@ struct AttentionKernels {
     void (*value)(caramba_format format, const uint8_t* rows, int64_t row_stride, int n_rows,
                   const float* p, int64_t p_stride, int ng, int64_t dim, float* acc,
                   int64_t acc_stride);
+    void (*softmax)(float* s, int64_t s_stride, int n, int ng, float* m, float* l, float* alpha);
 };
+
+// The scalar softmax step (std::exp), shared by the scalar and NEON tables.
+void softmax_tile_scalar(float* s, int64_t s_stride, int n, int ng, float* m, float* l, float* alpha);
 
 const AttentionKernels& scalar_attention_kernels();
 const AttentionKernels* simd_attention_kernels();  // nullptr where unavailable
