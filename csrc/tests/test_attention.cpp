@@ -116,7 +116,7 @@ void run_case(std::mt19937& rng, bool dba) {
     const int64_t G = pick(rng, 1, 8);
     cs.Hkv = pick(rng, 1, cs.B > 4 ? 1 : 3);
     cs.Hq = cs.Hkv * G;
-    cs.S = pick(rng, 1, pick(rng, 0, 3) == 0 ? 700 : 90);
+    cs.S = pick(rng, 1, pick(rng, 0, 3) == 0 ? 400 : 70);
     for (int64_t b = 0; b < cs.B; ++b) {
         cs.lengths.push_back(static_cast<int32_t>(pick(rng, 0, 2) == 0 ? cs.S : pick(rng, 1, cs.S)));
     }
@@ -230,8 +230,8 @@ void test_workspace_and_single_position() {
 int main() {
     std::mt19937 rng(20240601);
     test_workspace_and_single_position();
-    for (int i = 0; i < 700; ++i) run_case(rng, false);
-    for (int i = 0; i < 400; ++i) run_case(rng, true);
+    for (int i = 0; i < 600; ++i) run_case(rng, false);
+    for (int i = 0; i < 300; ++i) run_case(rng, true);
     std::printf("test_attention: %lld decode calls checked\n", static_cast<long long>(g_cases));
     return test::finish("test_attention");
 }

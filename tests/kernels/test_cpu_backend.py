@@ -1,0 +1,65 @@
+"""The C++ CPU backend as caramba sees it: entry points, dispatch, and what it reports."""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+
+import numpy as np
+import pytest
+
+cpu = pytest.importorskip(
+    "caramba_kernels.cpu",
+    reason="caramba_kernels is not installed (pip install ./packages/caramba-kernels)",
+)
+
+
+def entry_point(group: str, name: str) -> metadata.EntryPoint:
+    found = [ep for ep in metadata.entry_points(group=group) if ep.name == name]
+    assert found, f"no entry point {name!r} in group {group!r}"
+    return found[0]
+
+
+def test_cpu_backend_is_registered_under_caramba_kernels() -> None:
+    ep = entry_point("caramba.kernels", "cpu")
+    assert ep.value == "caramba_kernels.cpu:backend"
+    assert ep.load() is cpu.backend
+
+
+def test_cmake_root_entry_point_names_the_package() -> None:
+    assert entry_point("cmake.root", "caramba_kernels").value == "caramba_kernels"
+
+
+def test_caramba_dispatch_picks_the_cpu_backend() -> None:
+    torch = pytest.importorskip("torch")
+    kernels = pytest.importorskip("caramba.kernels", reason="caramba-core is not installed")
+    dispatch = pytest.importorskip("caramba.kernels.dispatch")
+    dispatch.reset()
+    try:
+        backend = kernels.get_backend("cpu")
+        assert getattr(backend, "name", None) == "cpu"
+        assert getattr(backend, "missing", ()) == ()  # serves every op itself
+        x = torch.randn(3, 64)
+        assert torch.equal(backend.quantize("q4_0", x), kernels.quantize("q4_0", x))
+    finally:
+        dispatch.reset()
+
+
+def test_backend_reports_its_simd_path_and_threads() -> None:
+    b = cpu.backend
+    assert b.simd in ("avx2+fma+f16c", "neon", "none")
+    assert b.default_num_threads >= 1
+    assert b.supports("cpu") and not b.supports("cuda")
+    assert "cpu" in repr(b)
+    assert b.formats == ("f32", "f16", "q8_0", "q4_0", "nf4")
+
+
+def test_scalar_and_simd_paths_are_both_callable() -> None:
+    if cpu.backend.simd == "none":
+        with pytest.raises(ValueError, match="path: 'simd' is not available"):
+            cpu.backend.quantize("q8_0", np.zeros((1, 32), np.float32), path="simd")
+        return
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    for kind in cpu.FORMATS:
+        a = cpu.backend.quantize(kind, x, path="scalar")
+        b = cpu.backend.quantize(kind, x, path="simd")
+        assert np.array_equal(a.view(np.uint8), b.view(np.uint8))

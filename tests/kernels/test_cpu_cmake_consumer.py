@@ -1,0 +1,72 @@
+"""The C++ library as a CMake package: build + ctest + install csrc/, then a downstream project.
+
+tests/kernels/consumer does find_package(caramba_kernels) and links caramba::kernels; it runs
+one decode and checks it against plain loops. It is built twice: against a fresh
+`cmake --install` of csrc/ into a temporary prefix, and against the package the installed
+wheel carries (the `cmake.root` entry point / caramba_kernels.cmake_dir()).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CSRC = REPO / "csrc"
+CONSUMER = Path(__file__).resolve().parent / "consumer"
+CMAKE = shutil.which("cmake")
+CTEST = shutil.which("ctest")
+
+pytestmark = pytest.mark.skipif(CMAKE is None, reason="cmake is not installed")
+
+
+def run(*cmd: str | Path, cwd: Path | None = None) -> str:
+    proc = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def generator() -> list[str]:
+    return ["-G", "Ninja"] if shutil.which("ninja") else []
+
+
+def build_consumer(build: Path, *defines: str) -> str:
+    run(CMAKE, "-S", CONSUMER, "-B", build, *generator(), "-DCMAKE_BUILD_TYPE=Release", *defines)
+    run(CMAKE, "--build", build)
+    exe = build / ("consumer.exe" if os.name == "nt" else "consumer")
+    return run(exe)
+
+
+def test_install_csrc_run_ctest_and_build_a_consumer(tmp_path: Path) -> None:
+    build, prefix = tmp_path / "build", tmp_path / "prefix"
+    run(CMAKE, "-S", CSRC, "-B", build, *generator(), "-DCMAKE_BUILD_TYPE=Release")
+    run(CMAKE, "--build", build, "--parallel", str(os.cpu_count() or 2))
+    if CTEST is not None:
+        out = run(CTEST, "--test-dir", build, "--output-on-failure")
+        assert "100% tests passed" in out, out
+    run(CMAKE, "--install", build, "--prefix", prefix)
+    config = list(prefix.rglob("caramba_kernelsConfig.cmake"))
+    assert config, f"no caramba_kernelsConfig.cmake under {prefix}"
+    assert list(prefix.rglob("caramba_kernelsConfigVersion.cmake"))
+    assert (prefix / "include" / "caramba" / "attention.h").is_file()
+    assert (prefix / "include" / "caramba" / "version.h").is_file()
+    out = build_consumer(tmp_path / "consumer", f"-DCMAKE_PREFIX_PATH={prefix}")
+    assert "consumer: ok" in out, out
+
+
+def test_consumer_builds_against_the_cmake_package_in_the_wheel(tmp_path: Path) -> None:
+    kernels = pytest.importorskip(
+        "caramba_kernels", reason="caramba_kernels is not installed (pip install ./packages/caramba-kernels)"
+    )
+    try:
+        cmake_dir = kernels.cmake_dir()
+    except FileNotFoundError as exc:
+        pytest.skip(f"the installed caramba_kernels carries no CMake package: {exc}")
+    out = build_consumer(tmp_path / "consumer", f"-Dcaramba_kernels_DIR={cmake_dir}")
+    assert "consumer: ok" in out, out
