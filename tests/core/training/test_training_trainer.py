@@ -213,3 +213,22 @@ def test_compile_failure_on_first_step_is_explained(tmp_path: Path,
     with pytest.raises(TrainingError, match="train.compile") as info:
         _train(tmp_path, steps=2, run_kwargs={"compile": True})
     assert "no C++ compiler" in str(info.value)
+
+
+def test_compile_traces_the_model_and_trains_like_eager(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.compile goes through torch.compile for real (dynamo tracing); the "eager"
+    backend skips C++ code generation so the test stays fast on a CPU-only machine."""
+    real_compile = torch.compile
+    compiled = []
+
+    def eager_compile(model: torch.nn.Module, **kwargs: object):
+        compiled.append(model)
+        return real_compile(model, backend="eager")
+
+    _, eager = _train(tmp_path / "eager", steps=4, model=make_model(dropout=0.0))
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    _, traced = _train(tmp_path / "compiled", steps=4, model=make_model(dropout=0.0),
+                       run_kwargs={"compile": True})
+    assert len(compiled) == 1
+    assert traced.last_train_loss == pytest.approx(eager.last_train_loss, rel=1e-5)
