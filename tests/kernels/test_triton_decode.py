@@ -43,7 +43,7 @@ def _load_backend():
 backend = _load_backend()
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-FUZZ_CASES = 120 if ON_GPU else 10
+FUZZ_CASES = int(os.environ.get("CARAMBA_TRITON_FUZZ", 120 if ON_GPU else 10))
 U = 2.0**-24
 
 
@@ -128,10 +128,11 @@ def test_fused_decode_matches_the_reference_on_fuzzed_shapes(formats) -> None:
 
 @pytest.mark.parametrize("formats", [("q8_0", "q4_0"), ("f16", "q8_0", "q4_0")], ids="-".join)
 def test_cuda_core_path_matches_the_reference(formats, monkeypatch) -> None:
-    """The broadcast-and-sum (FMA) variant of the products, used when tl.dot is turned off."""
+    """The other kernel variant: byte-wise loads and broadcast-and-sum (FMA) products."""
     from caramba_kernels.triton import ops as module
 
     monkeypatch.setitem(module.TUNING, "use_dot", False)
+    monkeypatch.setitem(module.TUNING, "packed", False)  # and one byte load per value
     gen = torch.Generator().manual_seed(21)
     for case in range(4 if not ON_GPU else 40):
         problem = draw(gen, formats, small=not ON_GPU)

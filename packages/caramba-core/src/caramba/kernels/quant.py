@@ -39,6 +39,16 @@ def _roundf(v: torch.Tensor) -> torch.Tensor:
     return t + (frac >= 0.5).to(v.dtype) - (frac <= -0.5).to(v.dtype)
 
 
+def _div(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
+    """IEEE a / b elementwise. CUDA turns `tensor / python_float` into a multiplication by the
+    reciprocal, which is not the division GGML does; dividing two tensors is exact."""
+    like = a if isinstance(a, torch.Tensor) else b
+    assert isinstance(like, torch.Tensor)
+    a = a if isinstance(a, torch.Tensor) else torch.full_like(like, a)
+    b = b if isinstance(b, torch.Tensor) else torch.full_like(like, b)
+    return a / b
+
+
 def _fp16_bytes(d: torch.Tensor) -> torch.Tensor:
     """(..., 1) float32 scales -> (..., 2) little-endian fp16 bytes (round to nearest even)."""
     return d.to(torch.float16).view(torch.uint8)
@@ -59,15 +69,15 @@ def quantize(kind: str, x: torch.Tensor) -> torch.Tensor:
     lead = x.shape[:-1]
     if kind == "q8_0":
         amax = xb.abs().amax(dim=-1, keepdim=True)
-        d = amax / 127.0
-        inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+        d = _div(amax, 127.0)
+        inv = torch.where(d != 0, _div(1.0, d), torch.zeros_like(d))
         q = _roundf(xb * inv).to(torch.int8).view(torch.uint8)
         out = torch.cat((_fp16_bytes(d), q), dim=-1)
     elif kind == "q4_0":
         # The signed value of largest magnitude (first one on ties) maps to -8.
         imax = xb.abs().argmax(dim=-1, keepdim=True)
-        d = xb.gather(-1, imax) / -8.0
-        inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+        d = _div(xb.gather(-1, imax), -8.0)
+        inv = torch.where(d != 0, _div(1.0, d), torch.zeros_like(d))
         q = _trunc(xb * inv + 8.5).clamp(max=15).to(torch.uint8)
         packed = q[..., :16] | (q[..., 16:] << 4)
         out = torch.cat((_fp16_bytes(d), packed), dim=-1)

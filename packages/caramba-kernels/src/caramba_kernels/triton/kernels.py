@@ -53,6 +53,79 @@ def _load_rows(base, row_off, cols, mask, FMT: tl.constexpr, cb_ptr):
 
 
 @triton.jit
+def _columns(FMT: tl.constexpr, C: tl.constexpr, PACKED: tl.constexpr):
+    """Logical column held at each of the C positions of a tile that `_tile` returns.
+
+    The packed loaders keep values in the order they unpack from 16-bit words; attention does
+    not care about column order as long as q is gathered and the output scattered the same way.
+    """
+    c = tl.arange(0, C)
+    if PACKED and FMT == 3:  # q4_0: position ((b*8 + i)*2 + f)*2 + h -> b*32 + 2i + f + 16h
+        return (c >> 5) * 32 + ((c >> 2) & 7) * 2 + ((c >> 1) & 1) + (c & 1) * 16
+    elif PACKED and FMT == 4:  # nf4: ((b*16 + i)*2 + f)*2 + h -> b*64 + 2i + f + 32h
+        return (c >> 6) * 64 + ((c >> 2) & 15) * 2 + ((c >> 1) & 1) + (c & 1) * 32
+    else:
+        return c
+
+
+@triton.jit
+def _load_packed(
+    base, row_off, tmask, nb, FMT: tl.constexpr, N: tl.constexpr, C: tl.constexpr, cb_ptr
+):  # fmt: skip
+    """float32 (N, C) tile of block rows, read as one fp16 scale and 16-bit words per block.
+
+    Blocks are 34 or 18 bytes, so words are the widest loads every block start allows; each
+    word is unpacked into its two bytes (q8_0) or four nibbles (q4_0, nf4) in registers.
+    """
+    if FMT == 2:
+        BB: tl.constexpr = 34
+        W: tl.constexpr = 16
+        NB: tl.constexpr = C // 32
+    elif FMT == 3:
+        BB: tl.constexpr = 18
+        W: tl.constexpr = 8
+        NB: tl.constexpr = C // 32
+    else:
+        BB: tl.constexpr = 34
+        W: tl.constexpr = 16
+        NB: tl.constexpr = C // 64
+    blk = tl.arange(0, NB)
+    start = base + (row_off[:, None] + (blk * BB)[None, :])  # (N, NB), even byte addresses
+    bmask = tmask[:, None] & (blk < nb)[None, :]
+    d = tl.load(start.to(tl.pointer_type(tl.float16)), mask=bmask, other=0.0).to(tl.float32)
+    i = tl.arange(0, W)
+    wmask = bmask[:, :, None] & (i < W)[None, None, :]
+    words = start.to(tl.pointer_type(tl.int16))[:, :, None] + 1 + i[None, None, :]
+    w = tl.load(words, mask=wmask, other=0).to(tl.int32)  # sign-extended
+    if FMT == 2:  # bytes 2i, 2i+1 are elements 2i, 2i+1 (int8)
+        x = tl.join((w << 24) >> 24, w >> 8).to(tl.float32) * d[:, :, None, None]
+    else:  # low nibbles: elements 2i, 2i+1; high nibbles: 2i + half, 2i + 1 + half
+        b0 = w & 0xFF
+        b1 = (w >> 8) & 0xFF
+        q = tl.join(tl.join(b0 & 15, b1 & 15), tl.join(b0 >> 4, b1 >> 4))
+        if FMT == 3:
+            x = (q - 8).to(tl.float32) * d[:, :, None, None, None]
+        else:
+            x = tl.load(cb_ptr + q) * d[:, :, None, None, None]
+    return tl.reshape(x, (N, C))
+
+
+@triton.jit
+def _tile(base, row_off, tmask, width, cols, FMT: tl.constexpr, N: tl.constexpr,
+          C: tl.constexpr, PACKED: tl.constexpr, cb_ptr):  # fmt: skip
+    """float32 (N, C) values of N cache rows, columns in `_columns` order."""
+    if PACKED and FMT >= 2:
+        if FMT == 4:
+            nb = width // 64
+        else:
+            nb = width // 32
+        x = _load_packed(base, row_off, tmask, nb, FMT, N, C, cb_ptr)
+    else:
+        x = _load_rows(base, row_off, cols, tmask[:, None] & (cols < width)[None, :], FMT, cb_ptr)
+    return x
+
+
+@triton.jit
 def decode_partial_kernel(
     q1_ptr, q2_ptr, k1_ptr, k2_ptr, v_ptr, len_ptr, cb_ptr,
     m_ptr, l_ptr, o_ptr,
@@ -63,7 +136,7 @@ def decode_partial_kernel(
     G_PAD: tl.constexpr, D1_PAD: tl.constexpr, D2_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     K1_FMT: tl.constexpr, K2_FMT: tl.constexpr, V_FMT: tl.constexpr,
     DBA: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
-    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    USE_DOT: tl.constexpr, PRECISION: tl.constexpr, PACKED: tl.constexpr,
 ):  # fmt: skip
     """One program: one (batch, KV head, split) and every query head of that KV head's group.
 
@@ -91,7 +164,7 @@ def decode_partial_kernel(
     b64 = b.to(tl.int64)
     hk64 = hk.to(tl.int64)
 
-    d1 = tl.arange(0, D1_PAD)
+    d1 = _columns(K1_FMT, D1_PAD, PACKED)
     q1 = (
         tl.load(
             q1_ptr + b64 * sq1_b + heads[:, None] * sq1_h + d1[None, :],
@@ -102,7 +175,7 @@ def decode_partial_kernel(
     )
     k1_base = k1_ptr + b64 * sk1_b + hk64 * sk1_h
     if DBA:
-        d2 = tl.arange(0, D2_PAD)
+        d2 = _columns(K2_FMT, D2_PAD, PACKED)
         q2 = (
             tl.load(
                 q2_ptr + b64 * sq2_b + heads[:, None] * sq2_h + d2[None, :],
@@ -112,7 +185,7 @@ def decode_partial_kernel(
             * scale2
         )
         k2_base = k2_ptr + b64 * sk2_b + hk64 * sk2_h
-    dv = tl.arange(0, DV_PAD)
+    dv = _columns(V_FMT, DV_PAD, PACKED)
     v_base = v_ptr + b64 * sv_b + hk64 * sv_h
 
     m_i = tl.full([G_PAD], float("-inf"), tl.float32)
@@ -122,21 +195,17 @@ def decode_partial_kernel(
         t = n0 + tl.arange(0, BLOCK_N)
         tmask = t < end
         t64 = t.to(tl.int64)
-        k1 = _load_rows(
-            k1_base, t64 * sk1_s, d1, tmask[:, None] & (d1[None, :] < D1), K1_FMT, cb_ptr
-        )
+        k1 = _tile(k1_base, t64 * sk1_s, tmask, D1, d1, K1_FMT, BLOCK_N, D1_PAD, PACKED, cb_ptr)
         s = _qk(q1, k1, USE_DOT, PRECISION)
         if DBA:
-            k2 = _load_rows(
-                k2_base, t64 * sk2_s, d2, tmask[:, None] & (d2[None, :] < D2), K2_FMT, cb_ptr
-            )
+            k2 = _tile(k2_base, t64 * sk2_s, tmask, D2, d2, K2_FMT, BLOCK_N, D2_PAD, PACKED, cb_ptr)
             s += _qk(q2, k2, USE_DOT, PRECISION)
         s = tl.where(tmask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        vv = _load_rows(v_base, t64 * sv_s, dv, tmask[:, None] & (dv[None, :] < DV), V_FMT, cb_ptr)
+        vv = _tile(v_base, t64 * sv_s, tmask, DV, dv, V_FMT, BLOCK_N, DV_PAD, PACKED, cb_ptr)
         acc = acc * alpha[:, None] + _pv(p, vv, USE_DOT, PRECISION)
         m_i = m_new
 

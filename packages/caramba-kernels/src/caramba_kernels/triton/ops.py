@@ -37,10 +37,12 @@ NF4_CODEBOOK = (
 )  # fmt: skip
 
 # Launch tuning for the decode kernel, measured on an H100 (benchmarks/kernels_gpu.py --sweep).
+# packed: read block rows as fp16 scales + 16-bit words (else one byte load per value).
 # use_dot: products on tensor cores (3 x tf32, float32-accurate) instead of CUDA-core FMAs.
 # tile_elements: register budget of one loop step's (query heads x tokens x features) product
 # on the FMA path; block_n: tokens per loop step on the dot path; waves: programs per SM.
 TUNING: dict[str, Any] = {
+    "packed": True,
     "use_dot": True,
     "precision": "tf32x3",
     "block_n": 64,
@@ -215,6 +217,7 @@ class DecodePlan:
     use_dot: bool
     precision: str
     g_pad: int
+    packed: bool
 
 
 def plan_decode(
@@ -252,6 +255,7 @@ def plan_decode(
         use_dot=use_dot,
         precision=str(TUNING["precision"]),
         g_pad=g_pad,
+        packed=bool(TUNING["packed"]),
     )
 
 
@@ -432,7 +436,7 @@ class TritonBackend:
             K2_FMT=k.FORMAT_CODES[k_formats[1] if dba else k_formats[0]],
             V_FMT=k.FORMAT_CODES[v_format],
             DBA=dba, BLOCK_N=plan.block_n, SINGLE=single,
-            USE_DOT=plan.use_dot, PRECISION=plan.precision,
+            USE_DOT=plan.use_dot, PRECISION=plan.precision, PACKED=plan.packed,
             num_warps=plan.num_warps,
         )  # fmt: skip
         if not single:
