@@ -223,6 +223,7 @@ def benchmark(batches, contexts, out_dir: Path) -> None:
             rows += group
             line = "  ".join(f"{r['impl']}={r['us']:.1f}us" for r in group)
             print(f"B={B} S={S}: {line}", flush=True)
+            write_results(rows, errors, sdpa, props, out_dir, notes, variants, echo=False)
     write_results(rows, errors, sdpa, props, out_dir, notes, variants)
 
 
@@ -241,7 +242,7 @@ def compare_loaders(l2: int) -> dict:
     return out
 
 
-def write_results(rows, errors, sdpa, props, out_dir: Path, notes, variants) -> None:
+def write_results(rows, errors, sdpa, props, out_dir: Path, notes, variants, echo=True) -> None:
     import triton
 
     meta = {
@@ -281,7 +282,8 @@ def write_results(rows, errors, sdpa, props, out_dir: Path, notes, variants) -> 
     lines += [f"Loader comparison (us): {variants}"] if variants else []
     lines += [f"Note: {n}" for n in notes] + [""]
     (out_dir / "kernels_gpu.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    if echo:
+        print("\n".join(lines))
 
 
 def sweep() -> None:
