@@ -1,0 +1,271 @@
+"""Load a llama.cpp GGUF file (any quantization `gguf.quants` can dequantize) into caramba.
+
+Weights are dequantized to float32 and renamed to Hugging Face Llama names. One layout
+difference is undone on the way: llama.cpp's converter permutes the rows of attn_q/attn_k
+so that its RoPE can rotate adjacent pairs (2i, 2i+1) of each head; caramba, like Hugging
+Face, rotates feature i with i + head_dim/2 (`caramba.layers.rotary`). `unpermute_qk` puts
+the rows back. Without it the model still writes text-like output, but its perplexity is
+several times worse (a test pins this down).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from caramba.errors import CheckpointError, InputError
+from caramba.loaders.gguf_tokenizer import special_ids, tokenizer_from_gguf
+from caramba.loaders.llama import LlamaArchitecture, check_tensors
+from caramba.loaders.pretrained import Pretrained, assemble
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_ARCHITECTURES = ("llama",)
+INSTALL_GGUF = "pip install gguf"
+
+_GLOBAL = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_BLOCK = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GGUF_BLOCK = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+_HF_BLOCK = re.compile(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)")
+_BLOCK_BACK = {v: k for k, v in _BLOCK.items()}
+_GLOBAL_BACK = {v: k for k, v in _GLOBAL.items()}
+
+
+def hf_name_for(gguf_name: str) -> str:
+    """The Hugging Face Llama name of a GGUF tensor (unknown names are returned unchanged)."""
+    if gguf_name in _GLOBAL:
+        return _GLOBAL[gguf_name]
+    match = _GGUF_BLOCK.fullmatch(gguf_name)
+    if match and match.group(2) in _BLOCK:
+        return f"model.layers.{match.group(1)}.{_BLOCK[match.group(2)]}.{match.group(3)}"
+    return gguf_name
+
+
+def gguf_name_for(hf_name: str) -> str:
+    """Inverse of `hf_name_for`."""
+    if hf_name in _GLOBAL_BACK:
+        return _GLOBAL_BACK[hf_name]
+    match = _HF_BLOCK.fullmatch(hf_name)
+    if match and match.group(2) in _BLOCK_BACK:
+        return f"blk.{match.group(1)}.{_BLOCK_BACK[match.group(2)]}.{match.group(3)}"
+    return hf_name
+
+
+def permute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Hugging Face (rotate-half) row order -> llama.cpp's, as `convert_hf_to_gguf.py` does.
+
+    Within each head, rows (i, i + d/2) become rows (2i, 2i + 1). Works on weights (out, in)
+    and biases (out,). For attn_k pass the number of KV heads.
+    """
+    d = w.shape[0] // n_heads
+    return w.reshape(n_heads, 2, d // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """llama.cpp's row order -> Hugging Face (rotate-half): the inverse of `permute_qk`."""
+    d = w.shape[0] // n_heads
+    return w.reshape(n_heads, d // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def _gguf_module() -> Any:
+    try:
+        import gguf
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise InputError(
+            "reading GGUF files needs the `gguf` package, which is not installed.",
+            hint=INSTALL_GGUF,
+        ) from exc
+    return gguf
+
+
+def open_gguf(path: Path) -> Any:
+    """A `gguf.GGUFReader` for `path`; a missing, truncated or corrupt file is a
+    CheckpointError naming the file (and the tensor, when tensor data is cut off)."""
+    gguf = _gguf_module()
+    if not path.is_file():
+        raise InputError(f"GGUF file {path} does not exist.")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise CheckpointError(
+            f"{path} is not a GGUF file: it starts with {magic!r}, not {GGUF_MAGIC!r}."
+        )
+
+    class _Reader(gguf.GGUFReader):  # type: ignore[misc, name-defined]
+        def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
+            try:
+                super()._build_tensors(start_offs, fields)
+            except ValueError:
+                _name_cut_off_tensor(path, size, start_offs, fields, gguf)
+                raise
+
+    try:
+        return _Reader(str(path))
+    except CheckpointError:
+        raise
+    except (ValueError, IndexError, OverflowError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"{path}: cannot read the GGUF header ({exc}); the file ({size:,} bytes) is "
+            "truncated or corrupt. Copy or download it again."
+        ) from exc
+
+
+def _name_cut_off_tensor(path: Path, size: int, start: int, fields: list[Any], gguf: Any) -> None:
+    """Raise a CheckpointError for the first tensor whose data runs past the end of the file."""
+    for field in fields:
+        try:
+            _n, name_data, _nd, dims, raw_type, offset = field.parts
+            name = bytes(name_data).decode("utf-8", "replace")
+            block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(raw_type[0]))]
+            end = start + int(offset[0]) + int(np.prod(dims)) * type_size // block
+        except Exception:  # noqa: BLE001 - a gguf version with another layout: plain message
+            return
+        if end > size:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} ends at byte {end:,} but the file has only "
+                f"{size:,} bytes: the file is truncated. Copy or download it again."
+            )
+
+
+def metadata(reader: Any) -> dict[str, Any]:
+    """All key/value metadata as Python values (the `GGUF.*` header fields left out)."""
+    out = {}
+    for key, field in reader.fields.items():
+        if not key.startswith("GGUF."):
+            out[key] = field.contents()
+    return out
+
+
+def architecture(meta: dict[str, Any], tensor_names: set[str], path: Path) -> LlamaArchitecture:
+    """The Llama hyperparameters in GGUF metadata; anything caramba cannot build is an error."""
+    arch = meta.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise CheckpointError(
+            f"{path}: architecture {arch!r} is not supported; caramba loads GGUF files of "
+            f"architecture {', '.join(map(repr, SUPPORTED_ARCHITECTURES))} (Llama 1/2/3, "
+            "SmolLM, Mistral-style models converted as llama)."
+        )
+
+    def get(key: str, default: Any = None) -> Any:
+        value = meta.get(f"{arch}.{key}", default)
+        if value is None:
+            raise CheckpointError(f"{path}: metadata key '{arch}.{key}' is missing.")
+        if isinstance(value, list):
+            raise CheckpointError(
+                f"{path}: '{arch}.{key}' varies per layer ({value[:4]}...); caramba's "
+                "generated Llama repeats one block."
+            )
+        return value
+
+    if meta.get(f"{arch}.expert_count", 0):
+        raise CheckpointError(f"{path}: mixture-of-experts Llama GGUF files are not supported.")
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    if scaling != "none" or "rope_freqs.weight" in tensor_names:
+        raise CheckpointError(
+            f"{path}: RoPE scaling ({scaling if scaling != 'none' else 'rope_freqs.weight'}) is "
+            "not supported: caramba's AttentionLayer has no RoPE frequency scaling yet."
+        )
+    d_model, n_heads = int(get("embedding_length")), int(get("attention.head_count"))
+    n_kv = int(get("attention.head_count_kv", n_heads))
+    head_dim = int(get("attention.key_length", d_model // n_heads))
+    if int(get("attention.value_length", head_dim)) != head_dim:
+        raise CheckpointError(f"{path}: key and value head sizes differ; not supported.")
+    if int(get("rope.dimension_count", head_dim)) != head_dim:
+        raise CheckpointError(
+            f"{path}: RoPE covers {get('rope.dimension_count')} of {head_dim} head features; "
+            "partial rotary embeddings are not supported."
+        )
+    tokens = meta.get("tokenizer.ggml.tokens")
+    vocab = meta.get(f"{arch}.vocab_size", len(tokens) if tokens else None)
+    return LlamaArchitecture(
+        vocab_size=int(get("vocab_size", vocab)),
+        d_model=d_model,
+        n_layers=int(get("block_count")),
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        head_dim=head_dim,
+        d_ff=int(get("feed_forward_length")),
+        rope_base=_float32(get("rope.freq_base", 10000.0)),
+        rms_norm_eps=_float32(get("attention.layer_norm_rms_epsilon")),
+        context_length=int(get("context_length")),
+        tie_embeddings="output.weight" not in tensor_names,
+        attention_bias="blk.0.attn_q.bias" in tensor_names,
+        mlp_bias="blk.0.ffn_up.bias" in tensor_names,
+    )
+
+
+def _float32(x: Any) -> float:
+    # GGUF stores these as float32: 1e-5 arrives as 9.99999974e-06. Seven significant digits
+    # give back the number the model was configured with.
+    return float(f"{float(x):.7g}")
+
+
+def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> Pretrained:
+    """Load a llama GGUF file: model (dequantized), tokenizer, generated config, metadata."""
+    path = Path(path)
+    gguf = _gguf_module()
+    reader = open_gguf(path)
+    meta = metadata(reader)
+    by_name = {t.name: t for t in reader.tensors}
+    arch = architecture(meta, set(by_name), path)
+    shapes = {hf_name_for(n): tuple(int(d) for d in reversed(t.shape)) for n, t in by_name.items()}
+    check_tensors(arch, shapes, str(path), display=gguf_name_for)
+
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in by_name.items():
+        try:
+            array = gguf.quants.dequantize(t.data, t.tensor_type)
+        except NotImplementedError as exc:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} is stored as {t.tensor_type.name}, which the installed "
+                f"gguf package cannot dequantize ({exc})."
+            ) from exc
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32).copy())
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(
+                f"{path}: tensor {name!r} holds NaN or infinite values; the file is corrupt."
+            )
+        hf = hf_name_for(name)
+        if hf.startswith("model.layers.") and ".self_attn.q_proj." in hf:
+            tensor = unpermute_qk(tensor, arch.n_heads)
+        elif hf.startswith("model.layers.") and ".self_attn.k_proj." in hf:
+            tensor = unpermute_qk(tensor, arch.n_kv_heads)
+        tensors[hf] = tensor.reshape(shapes[hf])
+
+    tokenizer = tokenizer_from_gguf(meta, str(path))
+    info = {
+        "name": meta.get("general.name"),
+        "architecture": meta.get("general.architecture"),
+        "file_type": meta.get("general.file_type"),
+        "tensor_types": _count_types(reader.tensors),
+        "special_ids": special_ids(meta),
+        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+        "chat_template": meta.get("tokenizer.chat_template"),
+        "license": meta.get("general.license"),
+    }
+    return assemble(arch, tensors, tokenizer, path, "gguf", info, dtype)
+
+
+def _count_types(tensors: list[Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in tensors:
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+    return counts
