@@ -12,6 +12,7 @@ scikit-build-core build that lists caramba-kernels in its build requirements).
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -19,13 +20,18 @@ __version__ = "0.1.0"
 
 def cmake_dir() -> str:
     """The directory holding caramba_kernelsConfig.cmake (for -Dcaramba_kernels_DIR=...)."""
-    path = Path(__file__).resolve().parent / "lib" / "cmake" / "caramba_kernels"
-    if not (path / "caramba_kernelsConfig.cmake").is_file():
-        raise FileNotFoundError(
-            f"{path}: no CMake package here (an editable install does not carry one; "
-            "install the wheel, or build csrc/ with CMake and install it)"
-        )
-    return str(path)
+    roots = [Path(__file__).resolve().parent]
+    spec = importlib.util.find_spec("caramba_kernels._ext")  # an editable install keeps it apart
+    if spec is not None and spec.origin:
+        roots.append(Path(spec.origin).resolve().parent)
+    for root in roots:
+        path = root / "lib" / "cmake" / "caramba_kernels"
+        if (path / "caramba_kernelsConfig.cmake").is_file():
+            return str(path)
+    raise FileNotFoundError(
+        f"no caramba_kernelsConfig.cmake under {', '.join(map(str, roots))}: install the wheel "
+        "(pip install ./packages/caramba-kernels), or build csrc/ with CMake and install it"
+    )
 
 
 __all__ = ["__version__", "cmake_dir"]

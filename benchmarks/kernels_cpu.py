@@ -1,0 +1,205 @@
+"""Fused C++ decode over q8_0 / q4_0 KV caches vs torch dequantize-then-SDPA, and bandwidth.
+
+For each format, attention layout and context length (1k .. 32k cached tokens, one sequence):
+
+- fused:  caramba_kernels.cpu decode_attention, reading the quantized blocks in place;
+- torch:  dequantize the whole K and V cache to float32 with vectorized torch ops, then
+          F.scaled_dot_product_attention (enable_gqa) — what a torch-only runtime would do;
+- effective bandwidth: bytes of quantized K+V cache the fused call reads, per second of its
+  median time, against memcpy bandwidth measured in the same run (np.copyto of a 256 MiB
+  array; bytes copied per second, each byte read once and written once).
+
+Targets: fused >= 5x faster than torch; effective bandwidth >= 70% of memcpy. Both sides use
+all CPUs (torch.get_num_threads(), the backend's default thread count).
+
+    python benchmarks/kernels_cpu.py [--contexts 1024,2048,...] [--quick]
+
+Writes benchmarks/results/kernels_cpu.json and kernels_cpu.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from caramba_kernels.cpu import backend
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BLOCK_BYTES = {"q8_0": 34, "q4_0": 18}
+LAYOUTS = {  # name -> (query heads, KV heads, head dim)
+    "gqa 32q/8kv d128": (32, 8, 128),
+    "mha 8q/8kv d128": (8, 8, 128),
+}
+
+
+def timeit(fn, min_reps: int = 5, budget_s: float = 0.6) -> tuple[float, float]:
+    """(median, best) wall time of fn() over at least min_reps calls, after two warm-ups."""
+    fn()
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < 200):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def memcpy_bandwidth(nbytes: int = 256 << 20) -> float:
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    t, _ = timeit(lambda: np.copyto(dst, src), min_reps=5, budget_s=0.3)
+    return src.nbytes / t
+
+
+def torch_dequantize(kind: str, blocks: torch.Tensor, D: int) -> torch.Tensor:
+    b = blocks.view(*blocks.shape[:-1], D // 32, BLOCK_BYTES[kind])
+    d = b[..., :2].contiguous().view(torch.float16).to(torch.float32)
+    body = b[..., 2:]
+    if kind == "q8_0":
+        vals = body.contiguous().view(torch.int8).to(torch.float32)
+    else:
+        vals = torch.cat((body & 15, body >> 4), dim=-1).to(torch.float32) - 8.0
+    return (vals * d).reshape(*blocks.shape[:-1], D)
+
+
+def bench_one(kind: str, Hq: int, Hkv: int, D: int, S: int, rng: np.random.Generator) -> dict:
+    q = rng.standard_normal((1, Hq, D), dtype=np.float32)
+    k = backend.quantize(kind, rng.standard_normal((1, Hkv, S, D), dtype=np.float32))
+    v = backend.quantize(kind, rng.standard_normal((1, Hkv, S, D), dtype=np.float32))
+    lengths = np.array([S], np.int32)
+    scale = D**-0.5
+    out = np.empty((1, Hq, D), np.float32)
+
+    def fused():
+        backend.decode_attention(q, k, v, lengths, scale=scale, k_format=kind, v_format=kind, out=out)
+
+    qt, kt, vt = torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v)
+
+    def torch_path():
+        K = torch_dequantize(kind, kt, D)
+        V = torch_dequantize(kind, vt, D)
+        return F.scaled_dot_product_attention(qt[:, :, None, :], K, V, scale=scale, enable_gqa=True)
+
+    with torch.inference_mode():
+        t_fused, best_fused = timeit(fused)
+        t_torch, best_torch = timeit(torch_path, min_reps=3)
+        err = float((torch_path()[:, :, 0].numpy() - out).__abs__().max())
+    cache_bytes = k.nbytes + v.nbytes
+    return {
+        "format": kind,
+        "context": S,
+        "fused_ms": t_fused * 1e3,
+        "torch_ms": t_torch * 1e3,
+        "fused_best_ms": best_fused * 1e3,
+        "torch_best_ms": best_torch * 1e3,
+        "speedup": t_torch / t_fused,
+        "cache_bytes": cache_bytes,
+        "effective_GBps": cache_bytes / t_fused / 1e9,
+        "effective_best_GBps": cache_bytes / best_fused / 1e9,
+        "max_abs_diff_vs_torch": err,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contexts", default="1024,2048,4096,8192,16384,32768")
+    parser.add_argument("--quick", action="store_true", help="1k and 4k only")
+    args = parser.parse_args()
+    contexts = [1024, 4096] if args.quick else [int(c) for c in args.contexts.split(",")]
+    rng = np.random.default_rng(0)
+
+    load_before = os.getloadavg()
+    memcpy = memcpy_bandwidth()
+    rows = []
+    for layout, (Hq, Hkv, D) in LAYOUTS.items():
+        for kind in ("q8_0", "q4_0"):
+            for S in contexts:
+                row = {"layout": layout, **bench_one(kind, Hq, Hkv, D, S, rng)}
+                # memcpy again beside each row: a shared machine's load changes during the run
+                row["memcpy_GBps"] = memcpy_bandwidth() / 1e9
+                row["fraction_of_memcpy"] = row["effective_GBps"] / row["memcpy_GBps"]
+                row["best_fraction_of_memcpy"] = row["effective_best_GBps"] / row["memcpy_GBps"]
+                rows.append(row)
+                print(
+                    f"{layout:18s} {kind:5s} S={S:6d}  fused {row['fused_ms']:8.3f} ms  "
+                    f"torch {row['torch_ms']:8.2f} ms  x{row['speedup']:6.1f}  "
+                    f"{row['effective_GBps']:6.2f} GB/s = {row['fraction_of_memcpy']:5.1%} of memcpy "
+                    f"({row['memcpy_GBps']:.1f} GB/s; best {row['best_fraction_of_memcpy']:.0%})",
+                    flush=True,
+                )
+    memcpy_after = memcpy_bandwidth()
+    result = {
+        "machine": {
+            "cpu": _cpu_name(),
+            "logical_cpus": os.cpu_count(),
+            "simd": backend.simd,
+            "kernel_threads": backend.default_num_threads,
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        },
+        "memcpy_GBps": memcpy / 1e9,
+        "memcpy_GBps_after": memcpy_after / 1e9,
+        "targets": {"speedup": 5.0, "fraction_of_memcpy": 0.70},
+        "rows": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "kernels_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "kernels_cpu.md").write_text(markdown(result))
+    print(f"memcpy {memcpy / 1e9:.2f} GB/s (after: {memcpy_after / 1e9:.2f}); wrote {RESULTS}/kernels_cpu.{{json,md}}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        "# CPU decode kernels: fused C++ vs torch dequantize + SDPA",
+        "",
+        f"{m['cpu']}, {m['logical_cpus']} logical CPUs, SIMD {m['simd']}, kernel threads "
+        f"{m['kernel_threads']}, torch {m['torch']} on {m['torch_threads']} threads. Load average "
+        f"{m['loadavg_before'][0]:.1f} before, {m['loadavg_after'][0]:.1f} after (a shared machine "
+        "adds noise). memcpy (np.copyto, 256 MiB, bytes copied per second): "
+        f"{result['memcpy_GBps']:.2f} GB/s (again after the run: {result['memcpy_GBps_after']:.2f}).",
+        "",
+        "One sequence, K and V in the same format; effective bandwidth = quantized K+V bytes / fused "
+        "time. Targets: speedup >= 5x, effective >= 70% of memcpy.",
+        "",
+        "Times are medians (best in brackets); memcpy is re-measured beside each row.",
+        "",
+        "| layout | format | context | fused ms | torch ms | speedup | effective GB/s | memcpy GB/s "
+        "| % of memcpy (best) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['layout']} | {r['format']} | {r['context']} | {r['fused_ms']:.3f} "
+            f"({r['fused_best_ms']:.3f}) | {r['torch_ms']:.2f} ({r['torch_best_ms']:.2f}) | "
+            f"{r['speedup']:.1f}x | {r['effective_GBps']:.2f} | {r['memcpy_GBps']:.2f} | "
+            f"{r['fraction_of_memcpy']:.0%} ({r['best_fraction_of_memcpy']:.0%}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
