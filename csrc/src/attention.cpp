@@ -72,7 +72,7 @@ caramba_status check_params(const caramba_decode_params* p) {
                            "num_splits and num_threads must be >= 0 (0 = auto), got %d and %d",
                            p->num_splits, p->num_threads);
     }
-    if (p->path != CARAMBA_PATH_AUTO && p->path != CARAMBA_PATH_SCALAR && p->path != CARAMBA_PATH_SIMD) {
+    if (path_name(p->path) == nullptr) {
         return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "path: unknown value %d",
                            static_cast<int>(p->path));
     }
@@ -369,20 +369,11 @@ caramba_status decode(const caramba_decode_params* params, const ScoreTerm* term
     for (int i = 0; i < n_terms; ++i) dk_total += terms[i].k.dim;
     work *= static_cast<double>(p.num_q_heads) * static_cast<double>(dk_total + v.dim);
 
-    const AttentionKernels* kernels = nullptr;
-    switch (p.path) {
-        case CARAMBA_PATH_SCALAR: kernels = &scalar_attention_kernels(); break;
-        case CARAMBA_PATH_SIMD:
-            kernels = simd_attention_kernels();
-            if (kernels == nullptr) {
-                return make_status(CARAMBA_ERR_UNSUPPORTED,
-                                   "path=simd: no SIMD variant for this CPU/build (have: %s)",
-                                   simd_isa_name());
-            }
-            break;
-        default:
-            kernels = simd_attention_kernels() != nullptr ? simd_attention_kernels()
-                                                          : &scalar_attention_kernels();
+    const AttentionKernels* kernels = path_attention_kernels(p.path);
+    if (kernels == nullptr) {
+        return make_status(CARAMBA_ERR_UNSUPPORTED,
+                           "path=%s: not available on this CPU/build (best SIMD here: %s)",
+                           path_name(p.path), simd_isa_name());
     }
 
     int threads = requested_threads(p);

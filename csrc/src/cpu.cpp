@@ -1,5 +1,6 @@
-// Run-time selection of the SIMD variant, and the default thread count.
+// Run-time selection of the SIMD variants, and the default thread count.
 
+#include <initializer_list>
 #include <thread>
 
 #include "caramba/cpu.h"
@@ -11,8 +12,12 @@
 
 namespace caramba::detail {
 
-bool avx2_cpu_supported() {
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define CARAMBA_X86_DISPATCH 1
+#endif
+
+bool avx2_cpu_supported() {
+#ifdef CARAMBA_X86_DISPATCH
     static const bool supported = [] {
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
@@ -24,25 +29,88 @@ bool avx2_cpu_supported() {
 #endif
 }
 
-bool simd_cpu_supported() {
-    if (avx2_codec() != nullptr) return avx2_cpu_supported();
-    return neon_codec() != nullptr;  // NEON is part of the AArch64 baseline
+bool avx512_cpu_supported() {
+#ifdef CARAMBA_X86_DISPATCH
+    // libgcc's checks include the OS saving the AVX-512 register state (XCR0).
+    static const bool supported = [] {
+        __builtin_cpu_init();
+        return avx2_cpu_supported() && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512dq");
+    }();
+    return supported;
+#else
+    return false;
+#endif
 }
+
+namespace {
+
+bool has(caramba_path path) {
+    switch (path) {
+        case CARAMBA_PATH_AVX2:
+            return avx2_codec() != nullptr && avx2_attention_kernels() != nullptr && avx2_cpu_supported();
+        case CARAMBA_PATH_AVX512:
+            return has(CARAMBA_PATH_AVX2) && avx512_attention_kernels() != nullptr && avx512_cpu_supported();
+        case CARAMBA_PATH_NEON:  // part of the AArch64 baseline
+            return neon_codec() != nullptr && neon_attention_kernels() != nullptr;
+        default:
+            return false;
+    }
+}
+
+caramba_path best_simd() {
+    for (caramba_path p : {CARAMBA_PATH_AVX512, CARAMBA_PATH_AVX2, CARAMBA_PATH_NEON}) {
+        if (has(p)) return p;
+    }
+    return CARAMBA_PATH_SCALAR;
+}
+
+}  // namespace
+
+bool simd_cpu_supported() { return best_simd() != CARAMBA_PATH_SCALAR; }
 
 const char* simd_isa_name() {
-    if (avx2_codec() != nullptr && avx2_cpu_supported()) return "avx2+fma+f16c";
-    if (neon_codec() != nullptr) return "neon";
-    return "none";
+    const caramba_path p = best_simd();
+    return p == CARAMBA_PATH_SCALAR ? "none" : path_name(p);
 }
 
-const RowCodec* simd_codec() {
-    if (!simd_cpu_supported()) return nullptr;
-    return avx2_codec() != nullptr ? avx2_codec() : neon_codec();
+const char* path_name(caramba_path path) {
+    switch (path) {
+        case CARAMBA_PATH_AUTO: return "auto";
+        case CARAMBA_PATH_SCALAR: return "scalar";
+        case CARAMBA_PATH_SIMD: return "simd";
+        case CARAMBA_PATH_AVX2: return "avx2";
+        case CARAMBA_PATH_AVX512: return "avx512";
+        case CARAMBA_PATH_NEON: return "neon";
+    }
+    return nullptr;
 }
 
-const AttentionKernels* simd_attention_kernels() {
-    if (!simd_cpu_supported()) return nullptr;
-    return avx2_attention_kernels() != nullptr ? avx2_attention_kernels() : neon_attention_kernels();
+const RowCodec* path_codec(caramba_path path) {
+    if (path == CARAMBA_PATH_SCALAR) return &scalar_codec();
+    if (path == CARAMBA_PATH_AUTO || path == CARAMBA_PATH_SIMD) {
+        const bool automatic = path == CARAMBA_PATH_AUTO;
+        path = best_simd();
+        if (path == CARAMBA_PATH_SCALAR) return automatic ? &scalar_codec() : nullptr;
+    }
+    if (!has(path)) return nullptr;
+    return path == CARAMBA_PATH_NEON ? neon_codec() : avx2_codec();  // AVX-512 reuses AVX2 codecs
+}
+
+const AttentionKernels* path_attention_kernels(caramba_path path) {
+    if (path == CARAMBA_PATH_SCALAR) return &scalar_attention_kernels();
+    if (path == CARAMBA_PATH_AUTO || path == CARAMBA_PATH_SIMD) {
+        const bool automatic = path == CARAMBA_PATH_AUTO;
+        path = best_simd();
+        if (path == CARAMBA_PATH_SCALAR) return automatic ? &scalar_attention_kernels() : nullptr;
+    }
+    if (!has(path)) return nullptr;
+    switch (path) {
+        case CARAMBA_PATH_AVX512: return avx512_attention_kernels();
+        case CARAMBA_PATH_AVX2: return avx2_attention_kernels();
+        default: return neon_attention_kernels();
+    }
 }
 
 }  // namespace caramba::detail
@@ -51,7 +119,14 @@ extern "C" {
 
 int caramba_simd_available(void) { return caramba::detail::simd_cpu_supported() ? 1 : 0; }
 
+int caramba_path_available(caramba_path path) {
+    if (caramba::detail::path_name(path) == nullptr) return 0;
+    return caramba::detail::path_attention_kernels(path) != nullptr ? 1 : 0;
+}
+
 const char* caramba_simd_name(void) { return caramba::detail::simd_isa_name(); }
+
+const char* caramba_path_name(caramba_path path) { return caramba::detail::path_name(path); }
 
 int caramba_default_num_threads(void) {
 #if defined(__linux__)

@@ -102,7 +102,9 @@ struct RowCodec {
 };
 
 const RowCodec& scalar_codec();
-const RowCodec* simd_codec();  // nullptr where the build or the CPU has no SIMD variant
+// The codec and kernels a path runs: nullptr where the build or the CPU lacks that variant.
+// CARAMBA_PATH_AUTO and CARAMBA_PATH_SIMD give the best one available.
+const RowCodec* path_codec(caramba_path path);
 
 // ---- decode-attention inner kernels: one implementation per path -------------------------
 // Rows are `row_stride` bytes apart; t < n_rows <= kTileRows; g < ng (heads sharing a KV head).
@@ -129,11 +131,12 @@ struct AttentionKernels {
 void softmax_tile_scalar(float* s, int64_t s_stride, int n, int ng, float* m, float* l, float* alpha);
 
 const AttentionKernels& scalar_attention_kernels();
-const AttentionKernels* simd_attention_kernels();  // nullptr where unavailable
+const AttentionKernels* path_attention_kernels(caramba_path path);
 
 // Compiled-in SIMD variants report whether the running CPU supports them.
 bool simd_cpu_supported();
 const char* simd_isa_name();
+const char* path_name(caramba_path path);
 
 }  // namespace caramba::detail
 
@@ -146,6 +149,8 @@ void dequantize_block_scalar(caramba_format format, const uint8_t* blk, float* y
 const RowCodec* avx2_codec();
 const RowCodec* neon_codec();
 const AttentionKernels* avx2_attention_kernels();
+const AttentionKernels* avx512_attention_kernels();
+bool avx512_cpu_supported();
 const AttentionKernels* neon_attention_kernels();
 bool avx2_cpu_supported();
 

@@ -16,24 +16,17 @@ bool valid_format(caramba_format format) {
 
 caramba_status pick_codec(caramba_path path, const caramba::detail::RowCodec** codec) {
     using namespace caramba::detail;
-    switch (path) {
-        case CARAMBA_PATH_SCALAR:
-            *codec = &scalar_codec();
-            return ok_status();
-        case CARAMBA_PATH_AUTO:
-            *codec = simd_codec() != nullptr ? simd_codec() : &scalar_codec();
-            return ok_status();
-        case CARAMBA_PATH_SIMD:
-            if (simd_codec() == nullptr) {
-                return make_status(CARAMBA_ERR_UNSUPPORTED,
-                                   "path=simd: no SIMD variant for this CPU/build (have: %s)",
-                                   simd_isa_name());
-            }
-            *codec = simd_codec();
-            return ok_status();
+    if (path_name(path) == nullptr) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "path: unknown value %d",
+                           static_cast<int>(path));
     }
-    return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "path: unknown value %d",
-                       static_cast<int>(path));
+    *codec = path_codec(path);
+    if (*codec == nullptr) {
+        return make_status(CARAMBA_ERR_UNSUPPORTED,
+                           "path=%s: not available on this CPU/build (best SIMD here: %s)",
+                           path_name(path), simd_isa_name());
+    }
+    return ok_status();
 }
 
 }  // namespace

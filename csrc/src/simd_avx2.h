@@ -19,10 +19,12 @@ inline float hsum(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(s, sh));
 }
 
+// fp16 -> fp32 through vmovd: _cvtsh_ss compiles to vpinsrw, which merges into (and so waits
+// for) whatever last wrote its register, chaining the blocks of a row together.
 inline float block_scale(const uint8_t* blk) {
     uint16_t h;
     std::memcpy(&h, blk, sizeof h);
-    return _cvtsh_ss(h);
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
 }
 
 inline __m128i load8_bytes(const uint8_t* p) {

@@ -144,6 +144,21 @@ void test_decode_errors() {
             expect_error(st, CARAMBA_ERR_UNSUPPORTED, "path=simd");
         }
     }
+    for (caramba_path path : {CARAMBA_PATH_AVX2, CARAMBA_PATH_AVX512, CARAMBA_PATH_NEON}) {
+        Setup s;
+        s.p.path = path;
+        const caramba_status st = s.run();
+        if (caramba_path_available(path)) {
+            CHECK(st.code == CARAMBA_OK);
+        } else {
+            expect_error(st, CARAMBA_ERR_UNSUPPORTED, "not available on this CPU/build");
+        }
+    }
+    {
+        Setup s;
+        s.p.path = static_cast<caramba_path>(17);
+        expect_error(s.run(), CARAMBA_ERR_INVALID_ARGUMENT, "path: unknown value 17");
+    }
 }
 
 void test_quant_errors() {
@@ -167,6 +182,12 @@ void test_quant_errors() {
 int main() {
     test_decode_errors();
     test_quant_errors();
-    std::printf("simd: %s, default threads: %d\n", caramba_simd_name(), caramba_default_num_threads());
+    std::printf("simd: %s, default threads: %d, paths:", caramba_simd_name(), caramba_default_num_threads());
+    for (int p = 0; p <= CARAMBA_PATH_NEON; ++p) {
+        if (caramba_path_available(static_cast<caramba_path>(p))) {
+            std::printf(" %s", caramba_path_name(static_cast<caramba_path>(p)));
+        }
+    }
+    std::printf("\n");
     return test::finish("test_api");
 }

@@ -150,8 +150,9 @@ void run_case(std::mt19937& rng, bool dba) {
     const int64_t out_pad = pick(rng, 0, 1) * 3;
     const int64_t Dv = v.dim;
     const int64_t osh = Dv + out_pad;
-    for (caramba_path path : {CARAMBA_PATH_SCALAR, CARAMBA_PATH_SIMD}) {
-        if (path == CARAMBA_PATH_SIMD && !caramba_simd_available()) continue;
+    for (caramba_path path : {CARAMBA_PATH_SCALAR, CARAMBA_PATH_AVX2, CARAMBA_PATH_AVX512,
+                              CARAMBA_PATH_NEON}) {
+        if (!caramba_path_available(path)) continue;
         caramba_decode_params p;
         caramba_decode_params_init(&p);
         p.batch = cs.B;
@@ -188,7 +189,7 @@ void run_case(std::mt19937& rng, bool dba) {
             std::fprintf(stderr,
                          "  %s path=%s B=%lld Hq=%lld Hkv=%lld S=%lld k=%s/%lld v=%s/%lld splits=%d "
                          "threads=%d err=%g tol=%g\n",
-                         dba ? "dba" : "decode", path == CARAMBA_PATH_SIMD ? "simd" : "scalar",
+                         dba ? "dba" : "decode", caramba_path_name(path),
                          (long long)cs.B, (long long)cs.Hq, (long long)cs.Hkv, (long long)cs.S,
                          caramba_format_name(ks[0].format), (long long)ks[0].dim,
                          caramba_format_name(vf), (long long)Dv, p.num_splits, p.num_threads, worst, tol);

@@ -85,7 +85,10 @@ std::vector<float> special_rows(std::mt19937& rng, int be) {
 
 void test_formats() {
     std::mt19937 rng(1234);
-    const bool simd = caramba_simd_available() != 0;
+    std::vector<caramba_path> simd_paths;
+    for (caramba_path p : {CARAMBA_PATH_AVX2, CARAMBA_PATH_AVX512, CARAMBA_PATH_NEON}) {
+        if (caramba_path_available(p)) simd_paths.push_back(p);
+    }
     for (caramba_format f : kFormats) {
         const int be = static_cast<int>(std::max<int64_t>(64, caramba_format_block_elems(f)));
         for (int trial = 0; trial < 200; ++trial) {
@@ -94,19 +97,20 @@ void test_formats() {
                                                std::ldexp(1.0f, trial % 20 - 10));
             if (trial == 0) x = special_rows(rng, be);
             check_roundtrip(f, x, CARAMBA_PATH_SCALAR);
-            if (!simd) continue;
-            check_roundtrip(f, x, CARAMBA_PATH_SIMD);
-            // Identical bytes and identical decoded values on both paths.
-            const int64_t n = static_cast<int64_t>(x.size());
-            const int64_t nb = test::row_bytes(f, n);
-            std::vector<uint8_t> a(nb), b(nb);
-            CHECK_OK(caramba_quantize(f, x.data(), n, a.data(), nb, CARAMBA_PATH_SCALAR));
-            CHECK_OK(caramba_quantize(f, x.data(), n, b.data(), nb, CARAMBA_PATH_SIMD));
-            CHECK(a == b);
-            std::vector<float> ya(x.size()), yb(x.size());
-            CHECK_OK(caramba_dequantize(f, a.data(), nb, n, ya.data(), CARAMBA_PATH_SCALAR));
-            CHECK_OK(caramba_dequantize(f, a.data(), nb, n, yb.data(), CARAMBA_PATH_SIMD));
-            CHECK(std::memcmp(ya.data(), yb.data(), ya.size() * sizeof(float)) == 0);
+            for (caramba_path path : simd_paths) {
+                check_roundtrip(f, x, path);
+                // Identical bytes and identical decoded values on every path.
+                const int64_t n = static_cast<int64_t>(x.size());
+                const int64_t nb = test::row_bytes(f, n);
+                std::vector<uint8_t> a(nb), b(nb);
+                CHECK_OK(caramba_quantize(f, x.data(), n, a.data(), nb, CARAMBA_PATH_SCALAR));
+                CHECK_OK(caramba_quantize(f, x.data(), n, b.data(), nb, path));
+                CHECK(a == b);
+                std::vector<float> ya(x.size()), yb(x.size());
+                CHECK_OK(caramba_dequantize(f, a.data(), nb, n, ya.data(), CARAMBA_PATH_SCALAR));
+                CHECK_OK(caramba_dequantize(f, a.data(), nb, n, yb.data(), path));
+                CHECK(std::memcmp(ya.data(), yb.data(), ya.size() * sizeof(float)) == 0);
+            }
         }
     }
 }

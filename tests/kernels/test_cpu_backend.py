@@ -46,20 +46,23 @@ def test_caramba_dispatch_picks_the_cpu_backend() -> None:
 
 def test_backend_reports_its_simd_path_and_threads() -> None:
     b = cpu.backend
-    assert b.simd in ("avx2+fma+f16c", "neon", "none")
+    assert b.simd in ("avx512", "avx2", "neon", "none")
+    assert b.paths[:2] == ("auto", "scalar")
+    assert ("simd" in b.paths) == (b.simd != "none")
     assert b.default_num_threads >= 1
     assert b.supports("cpu") and not b.supports("cuda")
     assert "cpu" in repr(b)
     assert b.formats == ("f32", "f16", "q8_0", "q4_0", "nf4")
 
 
-def test_scalar_and_simd_paths_are_both_callable() -> None:
-    if cpu.backend.simd == "none":
-        with pytest.raises(ValueError, match="path: 'simd' is not available"):
-            cpu.backend.quantize("q8_0", np.zeros((1, 32), np.float32), path="simd")
-        return
+def test_every_path_is_callable_or_refused_by_name() -> None:
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
-    for kind in cpu.FORMATS:
-        a = cpu.backend.quantize(kind, x, path="scalar")
-        b = cpu.backend.quantize(kind, x, path="simd")
-        assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
+    for path in cpu.PATHS:
+        if path not in cpu.backend.paths:
+            with pytest.raises(ValueError, match=f"path: '{path}' is not available"):
+                cpu.backend.quantize("q8_0", x, path=path)
+            continue
+        for kind in cpu.FORMATS:
+            a = cpu.backend.quantize(kind, x, path="scalar")
+            b = cpu.backend.quantize(kind, x, path=path)
+            assert np.array_equal(a.view(np.uint8), b.view(np.uint8))

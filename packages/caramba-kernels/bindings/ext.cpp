@@ -7,6 +7,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
 #include <cmath>
 #include <cstdarg>
@@ -115,16 +116,17 @@ caramba_format parse_format(const std::string& s, const char* name) {
 }
 
 caramba_path parse_path(const std::string& s) {
-    if (s == "auto") return CARAMBA_PATH_AUTO;
-    if (s == "scalar") return CARAMBA_PATH_SCALAR;
-    if (s == "simd") {
-        if (!caramba_simd_available()) {
-            value_error(fmt("path: 'simd' is not available on this CPU/build (%s); use 'auto' or 'scalar'",
-                            caramba_simd_name()));
+    for (int p = 0; p <= CARAMBA_PATH_NEON; ++p) {
+        const caramba_path path = static_cast<caramba_path>(p);
+        if (s != caramba_path_name(path)) continue;
+        if (!caramba_path_available(path)) {
+            value_error(fmt("path: '%s' is not available on this CPU/build (best SIMD here: %s); use "
+                            "'auto' or 'scalar'", s.c_str(), caramba_simd_name()));
         }
-        return CARAMBA_PATH_SIMD;
+        return path;
     }
-    value_error(fmt("path: expected 'auto', 'scalar' or 'simd', got '%s'", s.c_str()));
+    value_error(fmt("path: expected 'auto', 'scalar', 'simd', 'avx2', 'avx512' or 'neon', got '%s'",
+                    s.c_str()));
 }
 
 nb::dlpack::dtype storage_dtype(caramba_format f) {
@@ -460,6 +462,15 @@ NB_MODULE(_ext, m) {
     m.attr("__version__") = CARAMBA_KERNELS_VERSION_STRING;
     m.def("simd_available", [] { return caramba_simd_available() != 0; });
     m.def("simd_name", [] { return std::string(caramba_simd_name()); });
+    m.def("available_paths", [] {
+        std::vector<std::string> paths;
+        for (int p = 0; p <= CARAMBA_PATH_NEON; ++p) {
+            if (caramba_path_available(static_cast<caramba_path>(p))) {
+                paths.emplace_back(caramba_path_name(static_cast<caramba_path>(p)));
+            }
+        }
+        return paths;
+    });
     m.def("default_num_threads", [] { return caramba_default_num_threads(); });
     m.def("format_info", [](const std::string& kind) {
         const caramba_format f = parse_format(kind, "kind");

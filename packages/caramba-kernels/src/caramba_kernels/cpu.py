@@ -8,9 +8,11 @@ Results are new numpy arrays, written into `out=` when given. When the main inpu
 q, q_sem) is a torch tensor the result is a torch tensor sharing that memory, so the backend
 serves caramba's dispatch (`caramba.kernels.get_backend("cpu")`) unchanged.
 
-`path` picks the implementation: "scalar" (the reference loops), "simd" (AVX2+FMA+F16C or
-NEON; ValueError where absent) or "auto". Decode splits each sequence into `num_splits` chunks
-run on `num_threads` threads (0 or None = auto) and merges them by log-sum-exp.
+`path` picks the implementation: "scalar" (the reference loops), "avx2" (AVX2+FMA+F16C),
+"avx512" (AVX-512 attention kernels), "neon", "simd" (the best of those the CPU has) or "auto"
+(= simd, else scalar); `backend.paths` lists what runs here, others raise ValueError. Decode
+splits each sequence into `num_splits` chunks run on `num_threads` threads (0 or None = auto)
+and merges them by log-sum-exp.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ FORMATS: dict[str, tuple[int, int, Any]] = {
     "q4_0": (32, 18, np.uint8),
     "nf4": (64, 34, np.uint8),
 }
-PATHS = ("auto", "scalar", "simd")
+PATHS = ("auto", "scalar", "simd", "avx2", "avx512", "neon")
 
 
 def _is_torch(x: object) -> bool:
@@ -129,8 +131,13 @@ class CpuBackend:
 
     @property
     def simd(self) -> str:
-        """What path="simd" runs here: "avx2+fma+f16c", "neon" or "none"."""
+        """What path="simd" runs here: "avx512", "avx2", "neon" or "none"."""
         return _ext.simd_name()
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The `path` values that run on this CPU, e.g. ("auto", "scalar", "simd", "avx2")."""
+        return tuple(_ext.available_paths())
 
     @property
     def default_num_threads(self) -> int:
