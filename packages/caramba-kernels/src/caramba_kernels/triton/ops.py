@@ -51,6 +51,7 @@ TUNING: dict[str, Any] = {
     "waves": 4,
 }
 MAX_SPLITS = 1024
+SMEM_TOKEN_COLUMNS = 16384  # tokens per step x padded columns of all rows read (dot path)
 
 
 def interpreting() -> bool:
@@ -228,7 +229,10 @@ def plan_decode(
     use_dot = bool(TUNING["use_dot"])
     if use_dot:
         g_pad = max(16, _pow2(group))  # tl.dot needs at least 16 rows
-        block_n = int(TUNING["block_n"])
+        # The software pipeline keeps a few steps of K/V tiles in shared memory (227 KiB on
+        # Hopper): wide rows get fewer tokens per step.
+        fit = SMEM_TOKEN_COLUMNS // sum(_pad(w) for w in widths)
+        block_n = max(16, min(int(TUNING["block_n"]), 1 << max(0, fit.bit_length() - 1)))
     else:
         g_pad = _pow2(group)
         widest = max(_pow2(w) for w in widths)
