@@ -74,8 +74,8 @@ def _count(value: object, name: str) -> int:
         return 0
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}: expected an int >= 0 (0 or None = auto), got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name}: expected an int >= 0 (0 or None = auto), got {value}")
+    if not 0 <= value <= 2**31 - 1:
+        raise ValueError(f"{name}: expected an int in [0, 2^31) (0 or None = auto), got {value}")
     return int(value)
 
 
