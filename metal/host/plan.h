@@ -33,16 +33,33 @@ inline caramba_status ok() {
     return s;
 }
 
-#if defined(__GNUC__) || defined(__clang__)
-__attribute__((format(printf, 1, 2)))
-#endif
-inline caramba_status
-invalid(const char* fmt, ...) {
+inline caramba_status vstatus(caramba_status_code code, const char* fmt, va_list args) {
     caramba_status s;
-    s.code = CARAMBA_ERR_INVALID_ARGUMENT;
+    s.code = code;
+    std::vsnprintf(s.message, sizeof(s.message), fmt, args);
+    return s;
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+#define CARAMBA_METAL_PRINTF(i, j) __attribute__((format(printf, i, j)))
+#else
+#define CARAMBA_METAL_PRINTF(i, j)
+#endif
+
+CARAMBA_METAL_PRINTF(2, 3)
+inline caramba_status status(caramba_status_code code, const char* fmt, ...) {
     va_list args;
     va_start(args, fmt);
-    std::vsnprintf(s.message, sizeof(s.message), fmt, args);
+    const caramba_status s = vstatus(code, fmt, args);
+    va_end(args);
+    return s;
+}
+
+CARAMBA_METAL_PRINTF(1, 2)
+inline caramba_status invalid(const char* fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    const caramba_status s = vstatus(CARAMBA_ERR_INVALID_ARGUMENT, fmt, args);
     va_end(args);
     return s;
 }
@@ -145,6 +162,30 @@ inline caramba_status choose_splits(const caramba_metal_decode_params* p, uint32
     return ok();
 }
 
+inline uint64_t partials_bytes(const caramba_metal_decode_params* p, uint32_t splits, int64_t dim_v) {
+    return splits == 1 ? 0
+                       : static_cast<uint64_t>(p->batch) * static_cast<uint64_t>(p->num_q_heads) *
+                             splits * static_cast<uint64_t>(2 + dim_v) * sizeof(float);
+}
+
+// caramba_metal_decode_workspace_bytes: what plan_decode will ask for, from the sizes alone.
+inline caramba_status workspace_bytes(const caramba_metal_decode_params* p, int64_t dim_v,
+                                      uint64_t* bytes) {
+    if (!p) return invalid("params: must not be NULL");
+    if (!bytes) return invalid("bytes: must not be NULL");
+    CARAMBA_METAL_TRY(check_count("batch", p->batch));
+    CARAMBA_METAL_TRY(check_count("num_q_heads", p->num_q_heads));
+    CARAMBA_METAL_TRY(check_count("max_seq_len", p->max_seq_len));
+    if (dim_v < 1 || dim_v > CARAMBA_METAL_MAX_DIM_V) {
+        return invalid("dim_v: expected 1 .. %d, got %lld", CARAMBA_METAL_MAX_DIM_V,
+                       static_cast<long long>(dim_v));
+    }
+    uint32_t splits = 0, chunk = 0, nsg = 0;
+    CARAMBA_METAL_TRY(choose_splits(p, &splits, &chunk, &nsg));
+    *bytes = partials_bytes(p, splits, dim_v);
+    return ok();
+}
+
 // Checks a decode call and plans its launch. k_geo_format == nullptr: standard attention.
 inline caramba_status plan_decode(const caramba_metal_decode_params* p, caramba_format k_format,
                                   int64_t dim_k, const caramba_format* k_geo_format,
@@ -169,7 +210,7 @@ inline caramba_status plan_decode(const caramba_metal_decode_params* p, caramba_
         return invalid("v: value width %lld is over the Metal kernels' limit of %d",
                        static_cast<long long>(dim_v), CARAMBA_METAL_MAX_DIM_V);
     }
-    if (!std::isfinite(scale)) return invalid(dba ? "scale_sem: must be finite" : "scale: must be finite");
+    if (!std::isfinite(scale)) return invalid("%s: must be finite", dba ? "scale_sem" : "scale");
     if (dba && !std::isfinite(scale_geo)) return invalid("scale_geo: must be finite");
 
     uint32_t splits = 0, chunk = 0, nsg = 0;
@@ -202,9 +243,7 @@ inline caramba_status plan_decode(const caramba_metal_decode_params* p, caramba_
     plan->groups[2] = a.batch;
     plan->threads_per_group = nsg * CARAMBA_METAL_SIMD_WIDTH;
     plan->threadgroup_bytes = static_cast<uint32_t>(bytes);
-    plan->workspace_bytes = splits == 1 ? 0
-                                        : static_cast<uint64_t>(p->batch) * p->num_q_heads * splits *
-                                              (2 + dim_v) * sizeof(float);
+    plan->workspace_bytes = partials_bytes(p, splits, dim_v);
     return ok();
 }
 

@@ -6,7 +6,9 @@
 #ifndef CARAMBA_METAL_PARAMS_H
 #define CARAMBA_METAL_PARAMS_H
 
-#ifndef __METAL_VERSION__
+#ifdef __METAL_VERSION__
+#include <metal_stdlib> /* uint32_t; also first in the embedded library source */
+#else
 #include <stdint.h>
 #endif
 

@@ -19,9 +19,9 @@ kernel void caramba_quantize_rows(
     const uint row = tpig.y;
     const uint elems = caramba_metal_block_elems(caramba_fc_format);
     if (unit >= args.dim / elems || row >= args.num_rows) return;
-    quantize_unit(caramba_fc_format,
-                  x + (ulong) row * args.dim + unit * elems,
-                  dst + (ulong) row * args.row_bytes + unit * caramba_metal_block_bytes(caramba_fc_format));
+    const uint bytes = caramba_metal_block_bytes(caramba_fc_format);
+    quantize_unit(caramba_fc_format, x + (ulong) row * args.dim + unit * elems,
+                  dst + (ulong) row * args.row_bytes + unit * bytes);
 }
 
 // src (num_rows, row_bytes) -> y (num_rows, dim) float. Grid: (dim, num_rows).
@@ -33,7 +33,8 @@ kernel void caramba_dequantize_rows(
     const uint d = tpig.x;
     const uint row = tpig.y;
     if (d >= args.dim || row >= args.num_rows) return;
-    y[(ulong) row * args.dim + d] = load_element(caramba_fc_format, src + (ulong) row * args.row_bytes, d);
+    device const uchar * row_bytes = src + (ulong) row * args.row_bytes;
+    y[(ulong) row * args.dim + d] = load_element(caramba_fc_format, row_bytes, d);
 }
 
 // One new token per sequence: rows (batch, num_heads, dim) float are encoded into

@@ -163,14 +163,14 @@ int cm_append(int format, uint8_t* cache, int64_t batch, int64_t num_heads, int6
 }
 
 // Decode attention (DBA when q_geo is not NULL), as caramba_metal_(dba_)decode_attention
-// launches it. plan_out (may be NULL) receives splits, chunk_len, simdgroups, threadgroup bytes;
-// dry_run: plan only.
+// launches it. plan_out (may be NULL) receives splits, chunk_len, simdgroups, threadgroup bytes,
+// the plan's workspace bytes and caramba_metal_decode_workspace_bytes()'s; dry_run: plan only.
 int cm_decode(int64_t batch, int64_t num_q_heads, int64_t num_kv_heads, int64_t max_seq_len,
               int32_t num_splits, int32_t simdgroups, const float* q, const float* q_geo,
               const uint8_t* k, int k_format, int64_t dim_k, const uint8_t* k_geo,
               int k_geo_format, int64_t dim_k_geo, const uint8_t* v, int v_format, int64_t dim_v,
               const int32_t* lengths, float scale, float scale_geo, float* out, int reverse,
-              int dry_run, int32_t* plan_out) {
+              int dry_run, int64_t* plan_out) {
     caramba_metal_decode_params p;
     p.batch = batch;
     p.num_q_heads = num_q_heads;
@@ -188,10 +188,15 @@ int cm_decode(int64_t batch, int64_t num_q_heads, int64_t num_kv_heads, int64_t 
     if (s.code != CARAMBA_OK) return fail(s);
     const caramba_metal_decode_args& a = plan.args;
     if (plan_out) {
-        plan_out[0] = static_cast<int32_t>(a.num_splits);
-        plan_out[1] = static_cast<int32_t>(a.chunk_len);
-        plan_out[2] = static_cast<int32_t>(a.simdgroups);
-        plan_out[3] = static_cast<int32_t>(plan.threadgroup_bytes);
+        plan_out[0] = a.num_splits;
+        plan_out[1] = a.chunk_len;
+        plan_out[2] = a.simdgroups;
+        plan_out[3] = plan.threadgroup_bytes;
+        plan_out[4] = static_cast<int64_t>(plan.workspace_bytes);
+        uint64_t bytes = 0;
+        const caramba_status ws = caramba::metal::workspace_bytes(&p, dim_v, &bytes);
+        if (ws.code != CARAMBA_OK) return fail(ws);
+        plan_out[5] = static_cast<int64_t>(bytes);
     }
     if (dry_run) return 0;
     for (int64_t b = 0; b < batch; ++b) {

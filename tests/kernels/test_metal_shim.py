@@ -96,7 +96,7 @@ def shim(tmp_path_factory: pytest.TempPathFactory) -> Shim:
         c_ptr, ctypes.c_int, c_i64,  # k_geo, format, dim
         c_ptr, ctypes.c_int, c_i64,  # v, format, dim
         c_ptr, c_f32, c_f32, c_ptr,  # lengths, scale, scale_geo, out
-        ctypes.c_int, ctypes.c_int, c_ptr,  # reverse, dry_run, plan_out
+        ctypes.c_int, ctypes.c_int, c_ptr,  # reverse, dry_run, plan_out (int64[6])
     ]  # fmt: skip
     lib.cm_emulator_selftest.argtypes = [ctypes.c_int, ctypes.c_int, c_ptr]
     return Shim(lib, proc.stderr)
@@ -182,7 +182,7 @@ def shim_decode(shim: Shim, c: DecodeCall, *, dry_run: bool = False) -> tuple[to
     k_geo = as_bytes(c.ks[1]) if dba else None
     v = as_bytes(c.v)
     out = torch.empty(B, Hq, Dv, dtype=torch.float32)
-    plan = (c_i32 * 4)()
+    plan = (c_i64 * 6)()
     shim.check(
         shim.lib.cm_decode(
             B, Hq, Hkv, S, c.num_splits, c.simdgroups,
@@ -492,11 +492,12 @@ def test_split_k_and_simdgroup_counts_agree_on_long_ragged_sequences(shim: Shim)
 
 
 def plan_of(shim: Shim, **kw) -> list:
-    """A dry run of the decode launch plan: [splits, chunk_len, simdgroups, threadgroup bytes].
-    No buffer is touched, so the pointers are placeholders; a key width Dg means DBA."""
+    """A dry run of the decode launch plan: [splits, chunk_len, simdgroups, threadgroup bytes,
+    workspace bytes, caramba_metal_decode_workspace_bytes]. No buffer is touched, so the pointers
+    are placeholders; a key width Dg means DBA."""
     D, Dg, Dv = kw.get("D", 128), kw.get("Dg", 0), kw.get("Dv", 128)
     scale, scale_geo = kw.get("scales", [0.1, 0.1])
-    plan = (c_i32 * 4)()
+    plan = (c_i64 * 6)()
     shim.check(
         shim.lib.cm_decode(
             kw.get("B", 1), kw.get("Hq", 8), kw.get("Hkv", 8), kw.get("S", 4096),
@@ -513,17 +514,24 @@ def plan_of(shim: Shim, **kw) -> list:
 
 
 def test_auto_plan_fills_the_gpu_without_short_chunks(shim: Shim) -> None:
-    splits, chunk, simdgroups, tg_bytes = plan_of(shim, B=1, Hq=8, S=4096)
+    splits, chunk, simdgroups, tg_bytes, ws, _ = plan_of(shim, B=1, Hq=8, S=4096, Dv=128)
     assert splits == 32 and chunk == 128 and simdgroups == 4  # 256 threadgroups
     assert tg_bytes % 16 == 0 and tg_bytes >= 4 * (128 + 4 * (32 + 2 + 128))
-    splits, chunk, _, _ = plan_of(shim, B=4, Hq=64, Hkv=8, S=4096)
-    assert splits == 1 and chunk == 4096  # 256 threadgroups without splitting
-    splits, chunk, simdgroups, _ = plan_of(shim, B=1, Hq=2, Hkv=1, S=100)
+    assert ws == 1 * 8 * 32 * (2 + 128) * 4
+    splits, chunk, _, _, ws, _ = plan_of(shim, B=4, Hq=64, Hkv=8, S=4096)
+    assert (splits, chunk, ws) == (1, 4096, 0)  # 256 threadgroups without splitting
+    splits, chunk, simdgroups, *_ = plan_of(shim, B=1, Hq=2, Hkv=1, S=100)
     assert (splits, chunk, simdgroups) == (2, 50, 2)  # chunks of >= 64 positions -> 2
-    splits, chunk, _, _ = plan_of(shim, S=10, splits=4)
+    splits, chunk, *_ = plan_of(shim, S=10, splits=4)
     assert (splits, chunk) == (4, 3)
-    splits, chunk, _, _ = plan_of(shim, S=10, splits=6)  # no split without a position
+    splits, chunk, *_ = plan_of(shim, S=10, splits=6)  # no split without a position
     assert (splits, chunk) == (5, 2)
+
+
+def test_workspace_bytes_is_what_the_plan_asks_for(shim: Shim) -> None:
+    for B, Hq, S, splits, Dv in ((1, 8, 4096, 0, 128), (3, 4, 700, 7, 64), (2, 2, 10, 6, 32)):
+        plan = plan_of(shim, B=B, Hq=Hq, Hkv=2, S=S, splits=splits, v="f16", Dv=Dv)
+        assert plan[4] == plan[5] == B * Hq * plan[0] * (2 + Dv) * 4
 
 
 @pytest.mark.parametrize(
