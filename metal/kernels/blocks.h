@@ -1,11 +1,11 @@
 /* Quantized block layouts and the per-block codecs every Metal kernel shares.
  *
- * Byte for byte the blocks of caramba.kernels.formats and csrc/include/caramba/quant.h:
+ * Byte for packed the blocks of caramba.kernels.formats and csrc/include/caramba/quant.h:
  *
  *   q8_0  half d, int8 qs[32]                     value = qs[j] * d            (GGML block_q8_0)
- *   q4_0  half d, uint8 qs[16]: byte j = element j (low nibble) | element j+16 (high nibble)
+ *   q4_0  half d, uint8 qs[16]: packed j = element j (low nibble) | element j+16 (high nibble)
  *                                                 value = (nibble - 8) * d     (GGML block_q4_0)
- *   nf4   half d = absmax, uint8 qs[32]: byte j = element j | element j+32 << 4
+ *   nf4   half d = absmax, uint8 qs[32]: packed j = element j | element j+32 << 4
  *                                                 value = NF4[nibble] * d
  *
  * Encoders repeat GGML's quantize_row_*_ref (and the reference's nf4 rule) one float operation
@@ -94,14 +94,14 @@ static inline float load_element(int format, device const uchar * row, uint d) {
     if (format == CARAMBA_METAL_Q4_0) {
         device const block_q4_0 * b = (device const block_q4_0 *) row + d / 32;
         const uint j = d % 32;
-        const uint byte = b->qs[j % 16];
-        const int code = (int) (j < 16 ? byte & 15u : byte >> 4);
+        const uint packed = b->qs[j % 16];
+        const int code = (int) (j < 16 ? packed & 15u : packed >> 4);
         return float(code - 8) * float(b->d);
     }
     device const block_nf4 * b = (device const block_nf4 *) row + d / 64;
     const uint j = d % 64;
-    const uint byte = b->qs[j % 32];
-    return caramba_nf4_values[j < 32 ? byte & 15u : byte >> 4] * float(b->d);
+    const uint packed = b->qs[j % 32];
+    return caramba_nf4_values[j < 32 ? packed & 15u : packed >> 4] * float(b->d);
 }
 
 /* sum_d q[d] * row[d] over a stored row of `dim` values; q lives in threadgroup memory. The scale
@@ -127,8 +127,8 @@ static inline float dot_row(int format, device const uchar * row, threadgroup co
         for (uint i = 0; i < dim / 32; ++i, q += 32) {
             float s = 0.0f;
             for (uint j = 0; j < 16; ++j) {
-                const uint byte = b[i].qs[j];
-                s += q[j] * float((int) (byte & 15u) - 8) + q[j + 16] * float((int) (byte >> 4) - 8);
+                const uint packed = b[i].qs[j];
+                s += q[j] * float((int) (packed & 15u) - 8) + q[j + 16] * float((int) (packed >> 4) - 8);
             }
             sum += s * float(b[i].d);
         }
@@ -137,8 +137,8 @@ static inline float dot_row(int format, device const uchar * row, threadgroup co
         for (uint i = 0; i < dim / 64; ++i, q += 64) {
             float s = 0.0f;
             for (uint j = 0; j < 32; ++j) {
-                const uint byte = b[i].qs[j];
-                s += q[j] * caramba_nf4_values[byte & 15u] + q[j + 32] * caramba_nf4_values[byte >> 4];
+                const uint packed = b[i].qs[j];
+                s += q[j] * caramba_nf4_values[packed & 15u] + q[j + 32] * caramba_nf4_values[packed >> 4];
             }
             sum += s * float(b[i].d);
         }
