@@ -1,11 +1,11 @@
 /* Quantized block layouts and the per-block codecs every Metal kernel shares.
  *
- * Byte for packed the blocks of caramba.kernels.formats and csrc/include/caramba/quant.h:
+ * Byte for byte the blocks of caramba.kernels.formats and csrc/include/caramba/quant.h:
  *
  *   q8_0  half d, int8 qs[32]                     value = qs[j] * d            (GGML block_q8_0)
- *   q4_0  half d, uint8 qs[16]: packed j = element j (low nibble) | element j+16 (high nibble)
+ *   q4_0  half d, uint8 qs[16]: byte j = element j (low nibble) | element j+16 (high nibble)
  *                                                 value = (nibble - 8) * d     (GGML block_q4_0)
- *   nf4   half d = absmax, uint8 qs[32]: packed j = element j | element j+32 << 4
+ *   nf4   half d = absmax, uint8 qs[32]: byte j = element j | element j+32 << 4
  *                                                 value = NF4[nibble] * d
  *
  * Encoders repeat GGML's quantize_row_*_ref (and the reference's nf4 rule) one float operation
