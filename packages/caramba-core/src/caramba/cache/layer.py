@@ -53,6 +53,13 @@ class _CacheBase:
         for t in self.tensors:
             t.truncate(n)
 
+    def _sync_capacity(self) -> None:
+        """The kernels take every tensor with one S_max: grow the laggards (a quantized
+        tensor's storage fills a block later than a plain one's)."""
+        capacity = max(t.capacity for t in self.tensors)
+        for t in self.tensors:
+            t.reserve(capacity, exact=True)
+
     def _kernel_step(self, q: torch.Tensor) -> bool:
         return (
             self.use_kernels
@@ -80,6 +87,7 @@ class LayerKVCache(_CacheBase):
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k.append(k)
         self.v.append(v)
+        self._sync_capacity()
 
     def attend(self, q: torch.Tensor, *, scale: float | None = None, causal: bool = True,
                dropout_p: float = 0.0) -> torch.Tensor:
@@ -111,6 +119,7 @@ class DecoupledKVCache(_CacheBase):
         self.k_sem.append(k_sem)
         self.k_geo.append(k_geo)
         self.v.append(v)
+        self._sync_capacity()
 
     def attend(self, q_sem: torch.Tensor, q_geo: torch.Tensor, *, scale_sem: float,
                scale_geo: float, causal: bool = True, dropout_p: float = 0.0) -> torch.Tensor:

@@ -149,11 +149,13 @@ class CacheTensor:
         self.storage[:, :, self.stored : self.stored + T] = data
         self.stored += T
 
-    def reserve(self, n: int) -> None:
-        """Make room for n tokens in storage, growing geometrically."""
+    def reserve(self, n: int, *, exact: bool = False) -> None:
+        """Make room for n tokens in storage, growing geometrically (to exactly n with
+        `exact`, used to keep a layer's tensors at one capacity)."""
         if n <= self.capacity:
             return
-        new = self._empty(self._bounded(self.plan.capacity(max(n, MIN_CAPACITY), self.capacity)))
+        grown = n if exact else self.plan.capacity(max(n, MIN_CAPACITY), self.capacity)
+        new = self._empty(self._bounded(grown))
         if self.stored:
             new[:, :, : self.stored] = self.storage[:, :, : self.stored]
         self.storage = new
@@ -189,7 +191,9 @@ class CacheTensor:
         if self._grad_values is not None:
             return self._grad_values.to(dtype)
         stored = self.storage[:, :, : self.stored]
-        if self.fmt.quantized:
+        if self.fmt.quantized and self.stored == 0:
+            values = torch.zeros(self.batch, self.heads, 0, self.head_dim, device=self.device)
+        elif self.fmt.quantized:
             # Backends read C-contiguous blocks; the copy is of the (small) quantized bytes.
             values = get_backend(self.device).dequantize(
                 self.fmt.name, stored.contiguous(), self.row_dim)

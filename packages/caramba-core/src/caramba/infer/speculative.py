@@ -1,0 +1,314 @@
+"""Speculative decoding (Leviathan et al. 2023; Chen et al. 2023): a small draft model
+proposes spec_k tokens, the target scores them all in one forward pass, and rejection
+sampling keeps exactly the target's distribution.
+
+One round, with both caches holding every token but the newest (`last`):
+
+    draft:  feed last, sample d_1 .. d_k from q_1 .. q_k        (k cheap steps)
+    target: one pass over [last, d_1 .. d_k] -> p_0 .. p_k        (one expensive step)
+    accept: d_i with probability min(1, p_{i-1}(d_i) / q_i(d_i)), left to right;
+            at the first rejection draw from norm(max(0, p_{i-1} - q_i)) and stop;
+            if all k pass, draw a bonus token from p_k
+    caches: truncate both to the accepted prefix (the target keeps last + accepted tokens)
+
+With temperature 0 both distributions are one-hot, so acceptance means "the draft's token
+is the target's argmax" and the output is exactly the target's greedy output. spec_k adapts
+to the running acceptance rate, and below `disable_below` the generator falls back to plain
+decoding with the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from caramba.errors import InputError
+from caramba.infer.config import ConfigError, GenerateConfig
+from caramba.infer.generate import Generator, decode_one, prefill
+from caramba.infer.sampling import probabilities
+
+log = logging.getLogger("caramba.infer")
+
+
+@dataclass
+class SpeculativeConfig:
+    """Draft length and its adaptation.
+
+    spec_k: tokens drafted per round (the start value when adaptive).
+    adaptive: re-choose spec_k each round from the acceptance-rate estimate alpha and the
+        measured cost ratio c = draft step time / target pass time, maximising the expected
+        tokens per unit time (1 - alpha^(k+1)) / ((1 - alpha)(k c + 1)).
+    disable_below: fall back to plain decoding once the acceptance estimate stays below this
+        for `patience` rounds (after `warmup` rounds).
+    """
+
+    spec_k: int = 4
+    spec_k_min: int = 1
+    spec_k_max: int = 8
+    adaptive: bool = True
+    disable_below: float = 0.3
+    patience: int = 4
+    warmup: int = 4
+    ema: float = 0.3  # weight of the newest round in the running acceptance estimate
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.spec_k_min <= self.spec_k <= self.spec_k_max:
+            raise ConfigError(f"need 1 <= spec_k_min <= spec_k <= spec_k_max, got "
+                              f"{self.spec_k_min}, {self.spec_k}, {self.spec_k_max}")
+        if not 0.0 <= self.disable_below < 1.0:
+            raise ConfigError(f"disable_below must lie in [0, 1), got {self.disable_below}")
+        if not 0.0 < self.ema <= 1.0:
+            raise ConfigError(f"ema must lie in (0, 1], got {self.ema}")
+
+
+def accept_drafts(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor,
+                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rejection sampling for N independent rounds at once.
+
+    p (N, k+1, V) target distributions, q (N, k, V) draft distributions, drafts (N, k) the
+    drafted tokens (drawn from q). Returns (accepted (N,), next_token (N,)): how many drafts
+    each round keeps, and the token that follows them (a correction or the bonus).
+    """
+    N, k = drafts.shape
+    rows = torch.arange(N, device=p.device)
+    p_d = p[:, :k].gather(-1, drafts[..., None])[..., 0]
+    q_d = q.gather(-1, drafts[..., None])[..., 0]
+    u = torch.rand((N, k), generator=generator, device=p.device)
+    ok = u * q_d < p_d  # u < p/q without dividing by a zero q
+    accepted = torch.where(ok.all(-1), k, (~ok).float().argmax(-1))
+    # Residual at the first rejection; the bonus distribution p_k when all passed.
+    at = accepted.clamp(max=k)
+    p_at = p[rows, at]
+    q_at = torch.where((accepted < k)[:, None], q[rows, at.clamp(max=k - 1)],
+                       torch.zeros_like(p_at))
+    residual = (p_at - q_at).clamp(min=0)
+    total = residual.sum(-1, keepdim=True)
+    residual = torch.where(total > 0, residual / total.clamp(min=1e-30), p_at)
+    next_token = torch.multinomial(residual, 1, generator=generator)[:, 0]
+    return accepted, next_token
+
+
+def best_k(alpha: float, cost_ratio: float, k_min: int, k_max: int) -> int:
+    """spec_k maximising expected tokens per round over its cost (Leviathan et al., eq. 1)."""
+    alpha = min(max(alpha, 1e-3), 1 - 1e-3)
+
+    def rate(k: int) -> float:
+        return (1 - alpha ** (k + 1)) / ((1 - alpha) * (k * cost_ratio + 1))
+
+    return max(range(k_min, k_max + 1), key=rate)
+
+
+@dataclass
+class SpeculativeStats:
+    rounds: int = 0
+    proposed: int = 0
+    accepted: int = 0
+    new_tokens: int = 0
+    decode_s: float = 0.0
+    prefill_s: float = 0.0
+    spec_k_history: list[int] = field(default_factory=list)
+    fell_back_at: int | None = None  # new-token count when plain decoding took over
+    stop_reason: str = ""
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        later = self.new_tokens - 1
+        return later / self.decode_s if later > 0 and self.decode_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "acceptance_rate": self.acceptance_rate,
+                "tokens_per_s": self.tokens_per_s}
+
+
+class SpeculativeGenerator:
+    """Generates with `target`, drafting with `draft` (same tokenizer), one prompt at a time."""
+
+    def __init__(self, target: torch.nn.Module, draft: torch.nn.Module,
+                 config: GenerateConfig | None = None,
+                 speculative: SpeculativeConfig | None = None, *,
+                 probe: torch.Tensor | None = None, draft_config: GenerateConfig | None = None
+                 ) -> None:
+        config = config or GenerateConfig()
+        if config.repetition_penalty != 1.0:
+            raise ConfigError("speculative decoding needs repetition_penalty 1.0: a penalty "
+                              "that depends on the drafted tokens breaks the exactness of "
+                              "rejection sampling.")
+        self.config = config
+        self.spec = speculative or SpeculativeConfig()
+        self.target = Generator(target, config, probe=probe)
+        self.draft = Generator(draft, draft_config or config, probe=probe)
+        self.last_stats = SpeculativeStats()
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.last_stats.acceptance_rate
+
+    @property
+    def cache_decision(self) -> Any:
+        return self.target.cache_decision
+
+    def generate(self, prompt: torch.Tensor | list[int]) -> torch.Tensor:
+        tokens = self.target._as_batch(prompt)
+        new = list(self.stream(tokens, keep_stop=True))
+        return torch.cat([tokens, torch.tensor([new], dtype=torch.long,
+                                               device=tokens.device)], dim=1)
+
+    @torch.no_grad()
+    def stream(self, prompt: torch.Tensor | list[int], keep_stop: bool = False
+               ) -> Iterator[int]:
+        """Token ids as they are accepted; a stop token ends the stream (yielded only with
+        keep_stop)."""
+        tokens = self.target._as_batch(prompt)
+        if tokens.shape[0] != 1:
+            raise InputError("speculative decoding takes one prompt at a time (batch 1).")
+        T = tokens.shape[1]
+        room = self.target._budget(T)
+        self.draft._budget(T)
+        cfg, sc = self.config, self.spec
+        stats = SpeculativeStats()
+        self.last_stats = stats
+        if room <= 0:
+            stats.stop_reason = "context"
+            return
+        stop = set(cfg.stop_tokens)
+        rng = None
+        if cfg.temperature > 0:
+            rng = torch.Generator(device=tokens.device)
+            rng.manual_seed(cfg.seed if cfg.seed is not None else int(torch.seed() % 2**62))
+        limit = T + room + sc.spec_k_max + 1
+        t_spec = self.target.cache_spec(1, limit)
+        d_spec = self.draft.cache_spec(1, limit)
+
+        started = time.perf_counter()
+        t_ctx, d_ctx = t_spec.context(), d_spec.context()
+        logits = prefill(self.target.model, tokens, t_ctx, self.target.plan)
+        if T > 1:
+            prefill(self.draft.model, tokens[:, :-1], d_ctx, self.draft.plan)
+        last = _sample(logits, cfg, rng)
+        # Invariant: the target cache holds every token before `last`; `pending` is what the
+        # draft cache lacks, `last` included.
+        pending = torch.cat((tokens[:, T - 1 :], last), dim=1)
+        first_at = time.perf_counter()
+        stats.prefill_s = first_at - started
+        emitted = 0
+        k, alpha, cost, low = sc.spec_k, 0.8, 0.2, 0
+
+        def emit(token: int) -> bool:
+            """Count a token; True when generation must stop after it."""
+            nonlocal emitted
+            emitted += 1
+            stats.new_tokens = emitted
+            if token in stop:
+                stats.stop_reason = "stop_token"
+                return True
+            if emitted >= room:
+                stats.stop_reason = "max_new_tokens" if room == cfg.max_new_tokens else "context"
+                return True
+            return False
+
+        token = int(last[0, 0])
+        done = emit(token)
+        if token not in stop or keep_stop:
+            yield token
+        speculating = True
+        while not done:
+            n = t_ctx.position  # tokens in the target cache
+            if speculating:
+                k_now = max(1, min(k, room - emitted))
+                t0 = time.perf_counter()
+                drafts, q = self._draft(d_ctx, pending, k_now, rng)
+                t1 = time.perf_counter()
+                verify = torch.cat((last, drafts), dim=1)
+                p_logits = self.target.model(verify, t_ctx)[0]
+                t_ctx.position += verify.shape[1]
+                t2 = time.perf_counter()
+                p = probabilities(p_logits, cfg)[None]
+                accepted, nxt = accept_drafts(p, q, drafts, rng)
+                a = int(accepted[0])
+                stats.rounds += 1
+                stats.proposed += k_now
+                stats.accepted += a
+                stats.spec_k_history.append(k_now)
+                n_new = n + 1 + a
+                t_spec.truncate(n_new)
+                t_ctx.position = n_new
+                keep = min(n_new, d_ctx.position)  # all accepted: the draft lacks d_k
+                d_spec.truncate(keep)
+                d_ctx.position = keep
+                out = drafts[0, :a].tolist() + [int(nxt[0])]
+                last = nxt.view(1, 1)
+                pending = torch.cat((verify[:, keep - n : 1 + a], last), dim=1)
+                for token in out:
+                    done = emit(token)
+                    if token not in stop or keep_stop:
+                        yield token
+                    if done:
+                        break
+                alpha = (1 - sc.ema) * alpha + sc.ema * (a / k_now)
+                cost = 0.7 * cost + 0.3 * ((t1 - t0) / k_now) / max(t2 - t1, 1e-9)
+                if sc.adaptive:
+                    k = best_k(alpha, cost, sc.spec_k_min, sc.spec_k_max)
+                low = low + 1 if alpha < sc.disable_below else 0
+                if stats.rounds >= sc.warmup and low >= sc.patience:
+                    speculating = False
+                    stats.fell_back_at = emitted
+                    log.info("speculative decoding off after %d rounds: acceptance %.2f < %.2f",
+                             stats.rounds, alpha, sc.disable_below)
+            else:
+                logits = decode_one(self.target.model, last, t_ctx)
+                last = _sample(logits, cfg, rng)
+                token = int(last[0, 0])
+                done = emit(token)
+                if token not in stop or keep_stop:
+                    yield token
+        stats.decode_s = time.perf_counter() - first_at
+        log.info("speculative: %d tokens, acceptance %.2f over %d rounds, %.1f tokens/s%s",
+                 stats.new_tokens, stats.acceptance_rate, stats.rounds, stats.tokens_per_s,
+                 "" if stats.fell_back_at is None else
+                 f", plain decoding from token {stats.fell_back_at}")
+
+    @torch.no_grad()
+    def _draft(self, ctx: Any, pending: torch.Tensor, k: int, rng: torch.Generator | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed the draft what it lacks, then sample k tokens; returns (drafts (1, k),
+        q (1, k, V))."""
+        model, cfg = self.draft.model, self.config
+        logits = model(pending, ctx)[:, -1]
+        ctx.position += pending.shape[1]
+        drafts, qs = [], []
+        for i in range(k):
+            q = probabilities(logits, cfg)
+            token = _draw(q, cfg, rng)
+            drafts.append(token)
+            qs.append(q)
+            if i + 1 < k:
+                logits = decode_one(model, token, ctx)
+        return torch.cat(drafts, dim=1), torch.stack(qs, dim=1)
+
+
+def _draw(probs: torch.Tensor, cfg: GenerateConfig, rng: torch.Generator | None
+          ) -> torch.Tensor:
+    if cfg.temperature == 0:
+        return probs.argmax(-1, keepdim=True)
+    return torch.multinomial(probs, 1, generator=rng)
+
+
+def _sample(logits: torch.Tensor, cfg: GenerateConfig, rng: torch.Generator | None
+            ) -> torch.Tensor:
+    return _draw(probabilities(logits, cfg), cfg, rng)
+
+
+def expected_tokens_per_round(alpha: float, k: int) -> float:
+    """(1 - alpha^(k+1)) / (1 - alpha): tokens one round yields at acceptance rate alpha."""
+    return k + 1 if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha) if alpha > 0 else 1.0
+
+
