@@ -75,7 +75,7 @@ const char* simd_isa_name() {
     return p == CARAMBA_PATH_SCALAR ? "none" : path_name(p);
 }
 
-const char* path_name(caramba_path path) {
+const char* path_name(int path) {
     switch (path) {
         case CARAMBA_PATH_AUTO: return "auto";
         case CARAMBA_PATH_SCALAR: return "scalar";
@@ -120,13 +120,15 @@ extern "C" {
 int caramba_simd_available(void) { return caramba::detail::simd_cpu_supported() ? 1 : 0; }
 
 int caramba_path_available(caramba_path path) {
-    if (caramba::detail::path_name(path) == nullptr) return 0;
+    if (caramba::detail::path_name(caramba::detail::raw(path)) == nullptr) return 0;
     return caramba::detail::path_attention_kernels(path) != nullptr ? 1 : 0;
 }
 
 const char* caramba_simd_name(void) { return caramba::detail::simd_isa_name(); }
 
-const char* caramba_path_name(caramba_path path) { return caramba::detail::path_name(path); }
+const char* caramba_path_name(caramba_path path) {
+    return caramba::detail::path_name(caramba::detail::raw(path));
+}
 
 int caramba_default_num_threads(void) {
 #if defined(__linux__)

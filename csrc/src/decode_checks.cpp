@@ -35,9 +35,8 @@ caramba_status check_params(const caramba_decode_params* p) {
                            "num_splits and num_threads must be >= 0 (0 = auto), got %d and %d",
                            p->num_splits, p->num_threads);
     }
-    if (path_name(p->path) == nullptr) {
-        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "path: unknown value %d",
-                           static_cast<int>(p->path));
+    if (path_name(raw(p->path)) == nullptr) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "path: unknown value %d", raw(p->path));
     }
     if (p->workspace == nullptr && p->workspace_bytes != 0) {
         return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "workspace_bytes is set but workspace is NULL");
@@ -64,9 +63,8 @@ caramba_status check_query(const char* name, const caramba_query_tensor& t, int6
 caramba_status check_kv(const char* name, const caramba_kv_tensor& t, int64_t expect_dim,
                         const caramba_decode_params& p, Span* span) {
     if (t.data == nullptr) return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s: data is NULL", name);
-    if (static_cast<int>(t.format) < 0 || static_cast<int>(t.format) >= CARAMBA_FORMAT_COUNT) {
-        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s: unknown format %d", name,
-                           static_cast<int>(t.format));
+    if (raw(t.format) < 0 || raw(t.format) >= CARAMBA_FORMAT_COUNT) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s: unknown format %d", name, raw(t.format));
     }
     if (expect_dim >= 0 && t.dim != expect_dim) {
         return make_status(CARAMBA_ERR_INVALID_ARGUMENT,

@@ -13,6 +13,16 @@
 
 namespace caramba::detail {
 
+// The integer in an enum object from a C caller, which may hold any value: loading an
+// out-of-range value as the C++ enum type is undefined, copying its bytes is not.
+template <class E>
+inline int raw(const E& e) {
+    static_assert(sizeof(E) == sizeof(int), "C enums are int-sized");
+    int v;
+    std::memcpy(&v, &e, sizeof v);
+    return v;
+}
+
 inline caramba_status ok_status() {
     caramba_status s;
     s.code = CARAMBA_OK;
@@ -136,7 +146,7 @@ const AttentionKernels* path_attention_kernels(caramba_path path);
 // Compiled-in SIMD variants report whether the running CPU supports them.
 bool simd_cpu_supported();
 const char* simd_isa_name();
-const char* path_name(caramba_path path);
+const char* path_name(int path);  // nullptr for an unknown value
 
 }  // namespace caramba::detail
 

@@ -11,14 +11,14 @@ using caramba::detail::ok_status;
 namespace {
 
 bool valid_format(caramba_format format) {
-    return static_cast<int>(format) >= 0 && static_cast<int>(format) < CARAMBA_FORMAT_COUNT;
+    const int v = caramba::detail::raw(format);
+    return v >= 0 && v < CARAMBA_FORMAT_COUNT;
 }
 
 caramba_status pick_codec(caramba_path path, const caramba::detail::RowCodec** codec) {
     using namespace caramba::detail;
-    if (path_name(path) == nullptr) {
-        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "path: unknown value %d",
-                           static_cast<int>(path));
+    if (path_name(raw(path)) == nullptr) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "path: unknown value %d", raw(path));
     }
     *codec = path_codec(path);
     if (*codec == nullptr) {
@@ -36,7 +36,7 @@ extern "C" {
 const float* caramba_nf4_codebook(void) { return caramba::detail::kNf4Codebook; }
 
 const char* caramba_format_name(caramba_format format) {
-    switch (format) {
+    switch (caramba::detail::raw(format)) {
         case CARAMBA_FORMAT_F32: return "f32";
         case CARAMBA_FORMAT_F16: return "f16";
         case CARAMBA_FORMAT_Q8_0: return "q8_0";
@@ -61,7 +61,7 @@ caramba_status caramba_format_parse(const char* name, caramba_format* format) {
 }
 
 int64_t caramba_format_block_elems(caramba_format format) {
-    switch (format) {
+    switch (caramba::detail::raw(format)) {
         case CARAMBA_FORMAT_F32:
         case CARAMBA_FORMAT_F16: return 1;
         case CARAMBA_FORMAT_Q8_0: return CARAMBA_QK8_0;
@@ -72,7 +72,7 @@ int64_t caramba_format_block_elems(caramba_format format) {
 }
 
 int64_t caramba_format_block_bytes(caramba_format format) {
-    switch (format) {
+    switch (caramba::detail::raw(format)) {
         case CARAMBA_FORMAT_F32: return 4;
         case CARAMBA_FORMAT_F16: return 2;
         case CARAMBA_FORMAT_Q8_0: return sizeof(caramba_block_q8_0);
@@ -86,7 +86,7 @@ caramba_status caramba_row_bytes(caramba_format format, int64_t n, int64_t* byte
     if (bytes == nullptr) return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "bytes must be non-null");
     if (!valid_format(format)) {
         return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "format: unknown value %d",
-                           static_cast<int>(format));
+                           caramba::detail::raw(format));
     }
     const int64_t be = caramba_format_block_elems(format);
     if (n <= 0 || n % be != 0) {

@@ -228,3 +228,24 @@ def test_matches_the_caramba_torch_reference() -> None:
         got = backend.dba_decode_attention(*args)
         torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
     del rng
+
+
+def test_concurrent_calls_from_python_threads_agree() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(12)
+    q = rng.standard_normal((2, 8, 64)).astype(np.float32)
+    _, k, _ = make_cache(rng, "q4_0", 2, 2, 300, 64)
+    _, v, _ = make_cache(rng, "q8_0", 2, 2, 300, 64)
+    lengths = np.array([300, 123], np.int32)
+
+    def call(_: int) -> np.ndarray:
+        return backend.decode_attention(
+            q, k, v, lengths, scale=0.125, k_format="q4_0", v_format="q8_0",
+            num_splits=4, num_threads=2,
+        )  # fmt: skip
+
+    expected = call(0)
+    with ThreadPoolExecutor(4) as pool:  # the GIL is released inside: calls overlap
+        for out in pool.map(call, range(40)):
+            assert np.array_equal(out, expected)
