@@ -1,10 +1,19 @@
 """Small models trained on real English (weights cached under CARAMBA_CACHE after the first
-run) and the corpus's held-out text."""
+run), the corpus's held-out text, and one intra-op thread: these models are tiny, and on a
+shared machine a second OpenMP thread costs far more in synchronisation than it computes."""
 
 import pytest
 import torch
 
 from caramba.infer import tiny
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +28,6 @@ def val_tokens(english):
 
 @pytest.fixture(scope="session")
 def standard_model(english):
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     return tiny.tiny_model(tiny.STANDARD, data=english)
 
 

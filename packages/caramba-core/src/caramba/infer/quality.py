@@ -50,7 +50,8 @@ def mean_kl(reference: torch.Tensor, candidate: torch.Tensor) -> float:
     """Mean over rows of KL(softmax(reference) || softmax(candidate)), in nats."""
     p = F.log_softmax(reference.float(), dim=-1)
     q = F.log_softmax(candidate.float(), dim=-1)
-    return (p.exp() * (p - q)).sum(-1).mean().item()
+    # KL is non-negative; float rounding can give -1e-8 for identical distributions.
+    return max((p.exp() * (p - q)).sum(-1).mean().item(), 0.0)
 
 
 @dataclass(frozen=True)

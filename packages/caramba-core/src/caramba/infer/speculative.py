@@ -55,6 +55,7 @@ class SpeculativeConfig:
     patience: int = 4
     warmup: int = 4
     ema: float = 0.3  # weight of the newest round in the running acceptance estimate
+    cost_ratio: float | None = None  # draft step / target pass time; None: measured
 
     def __post_init__(self) -> None:
         if not 1 <= self.spec_k_min <= self.spec_k <= self.spec_k_max:
@@ -254,7 +255,10 @@ class SpeculativeGenerator:
                     if done:
                         break
                 alpha = (1 - sc.ema) * alpha + sc.ema * (a / k_now)
-                cost = 0.7 * cost + 0.3 * ((t1 - t0) / k_now) / max(t2 - t1, 1e-9)
+                if sc.cost_ratio is not None:
+                    cost = sc.cost_ratio
+                else:
+                    cost = 0.7 * cost + 0.3 * ((t1 - t0) / k_now) / max(t2 - t1, 1e-9)
                 if sc.adaptive:
                     k = best_k(alpha, cost, sc.spec_k_min, sc.spec_k_max)
                 low = low + 1 if alpha < sc.disable_below else 0
