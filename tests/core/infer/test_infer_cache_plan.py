@@ -121,6 +121,17 @@ def test_stale_plans_and_new_keys_are_reprobed(standard_model, val_tokens, tmp_p
     assert len(plans) == 2
 
 
+def test_other_budgets_or_gates_are_reprobed(standard_model, val_tokens, tmp_path):
+    Generator(standard_model, auto(tmp_path), probe=val_tokens).generate(PROMPT)
+    tight = Generator(standard_model, auto(tmp_path, cache_budget_mb=2 / 1024,
+                                           max_needle_kl=1.0), probe=val_tokens)
+    tight.generate(PROMPT)
+    assert tight.cache_decision.source == "probe"
+    with pytest.raises(CacheBudgetError):
+        Generator(standard_model, auto(tmp_path, cache_budget_mb=1e-6),
+                  probe=val_tokens).generate(PROMPT)
+
+
 def test_changed_weights_change_the_key(standard_model):
     before = cache_plan.model_hash(standard_model)
     weight = standard_model.topology.layers[-1].weight

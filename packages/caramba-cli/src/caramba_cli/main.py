@@ -11,7 +11,9 @@ import typer
 
 from caramba_cli import __version__
 from caramba_cli.commands import data as data_commands
+from caramba_cli.commands.chat import chat_command
 from caramba_cli.commands.compile import compile_command
+from caramba_cli.commands.generate import generate_command
 from caramba_cli.commands.presets import presets_command
 from caramba_cli.commands.run import run_command
 from caramba_cli.guard import DEBUG, stderr
@@ -26,6 +28,8 @@ app = typer.Typer(
 app.command("run")(run_command)
 app.command("compile")(compile_command)
 app.command("presets")(presets_command)
+app.command("generate")(generate_command)
+app.command("chat")(chat_command)
 app.add_typer(data_commands.app, name="data")
 
 

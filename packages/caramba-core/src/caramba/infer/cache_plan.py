@@ -74,6 +74,7 @@ class CacheDecision:
     decided_at: float
     reason: str
     candidates: list[Candidate] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # what the choice depended on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,7 +85,8 @@ class CacheDecision:
                                        "reason")}
         if not isinstance(fields["kinds"], dict) or fields["kind"] not in KINDS:
             raise ValueError("malformed kinds")
-        decision = cls(**fields, candidates=[Candidate(**c) for c in data.get("candidates", [])])
+        decision = cls(**fields, candidates=[Candidate(**c) for c in data.get("candidates", [])],
+                       settings=dict(data.get("settings") or {}))
         float(decision.decided_at)
         return decision
 
@@ -102,6 +104,19 @@ class CacheDecision:
 
     def stale(self, interval_s: float | None, now: float | None = None) -> bool:
         return interval_s is not None and (now or time.time()) - self.decided_at > interval_s
+
+    def reusable(self, config: GenerateConfig, probe: torch.Tensor | None) -> bool:
+        """Fresh enough, and decided under the same budget, gates and probe availability."""
+        return (not self.stale(config.cache_plan_probe_interval_s)
+                and self.settings == selection_settings(config, probe))
+
+
+def selection_settings(config: GenerateConfig, probe: torch.Tensor | None) -> dict[str, Any]:
+    """The settings a decision depends on besides its key; a change means re-probing."""
+    return {"cache_budget_mb": config.cache_budget_mb, "max_delta_nll": config.max_delta_nll,
+            "max_ppl_ratio": config.max_ppl_ratio, "max_needle_kl": config.max_needle_kl,
+            "cache_auto_benchmark": config.cache_auto_benchmark,
+            "probe": probe is not None}
 
 
 # ---------------------------------------------------------------------- keys
@@ -140,6 +155,7 @@ class PlanStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._warned = False
 
     def load(self) -> dict[str, Any]:
         if not self.path.exists():
@@ -153,6 +169,9 @@ class PlanStore:
             return document["plans"]
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError,
                 AttributeError) as exc:
+            if self._warned:
+                return {}
+            self._warned = True
             log.warning("cache plan file %s is unreadable or corrupt (%s): ignoring it, "
                         "re-probing, and rewriting it", self.path, exc)
             return {}
@@ -190,6 +209,8 @@ def candidates(model: torch.nn.Module) -> list[Candidate]:
     for kind in KINDS:
         kinds = {name: "fp16" for name in names
                  if not all(supports(kind, *layer[name]) for layer in shapes if name in layer)}
+        if names and len(kinds) == len(names):
+            continue  # nothing this kind can store: it would just be fp16 again
         label = kind + (f" ({', '.join(f'{n} fp16' for n in kinds)})" if kinds else "")
         spec = CacheSpec(kind=kind, kinds=kinds)
         out.append(Candidate(label, kind, kinds, bytes_per_token(shapes, spec)))
@@ -202,19 +223,20 @@ def decide_cache(model: torch.nn.Module, config: GenerateConfig, *, batch: int, 
     """The cache decision for this model, device, dtype and shape: reused or measured."""
     param = next(model.parameters())
     key = plan_key(model, param.device, param.dtype, batch, capacity)
-    interval = config.cache_plan_probe_interval_s
-    if previous is not None and previous.key == key and not previous.stale(interval):
+    if previous is not None and previous.key == key and previous.reusable(config, probe):
         return previous
     store = PlanStore(config.cache_plan_path) if config.cache_plan_path else None
     if store is not None:
         found = store.get(key)
-        if found is not None and not found.stale(interval):
+        if found is not None and found.reusable(config, probe):
             found.source = "persisted"
             log.info("%s", found.summary())
             return found
         if found is not None:
-            log.info("cache plan for %s is older than %.0f s: re-probing", key, interval)
+            log.info("cache plan for %s is stale or was chosen under other settings: "
+                     "re-probing", key)
     decision = measure(model, config, key=key, batch=batch, capacity=capacity, probe=probe)
+    decision.settings = selection_settings(config, probe)
     log.info("%s", decision.summary())
     if store is not None:
         store.put(decision)

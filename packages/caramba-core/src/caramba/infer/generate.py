@@ -159,7 +159,6 @@ class Generator:
             stats.stop_reason = "context" if cfg.max_new_tokens else "max_new_tokens"
             return
         spec = self.cache_spec(B, T + room)
-        stats.cache_kinds = {name: spec.kind_for(name) for name in ("k", "v", "k_sem", "k_geo")}
         rng = None
         if cfg.temperature > 0:
             rng = torch.Generator(device=self.device)
@@ -169,35 +168,38 @@ class Generator:
         seen = tokens if cfg.repetition_penalty != 1.0 else None
 
         started = time.perf_counter()
-        ctx = spec.context()
-        logits = prefill(self.model, tokens, ctx, self.plan)
         first_at = None
-        stats.stop_reason = "max_new_tokens" if room == cfg.max_new_tokens else "context"
-        for step in range(room):
-            token = next_token(logits, cfg, seen, rng)
-            if stop.numel():
-                hit = torch.isin(token[:, 0], stop)
-                token = torch.where(done[:, None], stop[:1].expand_as(token), token)
-                done |= hit
-            if first_at is None:
-                first_at = time.perf_counter()
-            stats.new_tokens += 1
-            yield token
-            if stop.numel() and bool(done.all()):
-                stats.stop_reason = "stop_token"
-                break
-            if seen is not None:
-                seen = torch.cat((seen, token), dim=1)
-            if step + 1 < room:
-                logits = decode_one(self.model, token, ctx)
-        end = time.perf_counter()
-        stats.prefill_s = (first_at or end) - started
-        stats.decode_s = end - (first_at or end)
-        stats.cache_bytes = spec.nbytes
-        stats.cache_bytes_per_token = spec.bytes_per_token
-        log.info("generated %d tokens (%s), %.1f tokens/s, cache %s, %d bytes/token",
-                 stats.new_tokens, stats.stop_reason, stats.tokens_per_s, stats.cache_kinds,
-                 stats.cache_bytes_per_token)
+        try:
+            ctx = spec.context()
+            logits = prefill(self.model, tokens, ctx, self.plan)
+            stats.cache_kinds = spec.caches[0].kinds if spec.caches else {}
+            stats.stop_reason = "max_new_tokens" if room == cfg.max_new_tokens else "context"
+            for step in range(room):
+                token = next_token(logits, cfg, seen, rng)
+                if stop.numel():
+                    hit = torch.isin(token[:, 0], stop)
+                    token = torch.where(done[:, None], stop[:1].expand_as(token), token)
+                    done |= hit
+                if first_at is None:
+                    first_at = time.perf_counter()
+                stats.new_tokens += 1
+                yield token
+                if stop.numel() and bool(done.all()):
+                    stats.stop_reason = "stop_token"
+                    break
+                if seen is not None:
+                    seen = torch.cat((seen, token), dim=1)
+                if step + 1 < room:
+                    logits = decode_one(self.model, token, ctx)
+        finally:  # also when the caller stops iterating early
+            end = time.perf_counter()
+            stats.prefill_s = (first_at or end) - started
+            stats.decode_s = end - (first_at or end)
+            stats.cache_bytes = spec.nbytes
+            stats.cache_bytes_per_token = spec.bytes_per_token
+            log.info("generated %d tokens (%s), %.1f tokens/s, cache %s, %d bytes/token",
+                     stats.new_tokens, stats.stop_reason or "stopped by caller",
+                     stats.tokens_per_s, stats.cache_kinds, stats.cache_bytes_per_token)
 
     def generate(self, prompt: torch.Tensor | list[int]) -> torch.Tensor:
         """prompt (B, T) or (T,) -> (B, T + new tokens). A stop token ends a row (it is kept

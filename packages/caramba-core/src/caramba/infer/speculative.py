@@ -216,69 +216,71 @@ class SpeculativeGenerator:
                 return True
             return False
 
-        token = int(last[0, 0])
-        done = emit(token)
-        if token not in stop or keep_stop:
-            yield token
-        speculating = True
-        while not done:
-            n = t_ctx.position  # tokens in the target cache
-            if speculating:
-                k_now = max(1, min(k, room - emitted))
-                t0 = time.perf_counter()
-                drafts, q = self._draft(d_ctx, pending, k_now, rng)
-                t1 = time.perf_counter()
-                verify = torch.cat((last, drafts), dim=1)
-                p_logits = self.target.model(verify, t_ctx)[0]
-                t_ctx.position += verify.shape[1]
-                t2 = time.perf_counter()
-                p = probabilities(p_logits, cfg)[None]
-                accepted, nxt = accept_drafts(p, q, drafts, rng)
-                a = int(accepted[0])
-                stats.rounds += 1
-                stats.proposed += k_now
-                stats.accepted += a
-                stats.spec_k_history.append(k_now)
-                n_new = n + 1 + a
-                t_spec.truncate(n_new)
-                t_ctx.position = n_new
-                keep = min(n_new, d_ctx.position)  # all accepted: the draft lacks d_k
-                d_spec.truncate(keep)
-                d_ctx.position = keep
-                out = drafts[0, :a].tolist() + [int(nxt[0])]
-                last = nxt.view(1, 1)
-                pending = torch.cat((verify[:, keep - n : 1 + a], last), dim=1)
-                for token in out:
+        try:
+            token = int(last[0, 0])
+            done = emit(token)
+            if token not in stop or keep_stop:
+                yield token
+            speculating = True
+            while not done:
+                n = t_ctx.position  # tokens in the target cache
+                if speculating:
+                    k_now = max(1, min(k, room - emitted))
+                    t0 = time.perf_counter()
+                    drafts, q = self._draft(d_ctx, pending, k_now, rng)
+                    t1 = time.perf_counter()
+                    verify = torch.cat((last, drafts), dim=1)
+                    p_logits = self.target.model(verify, t_ctx)[0]
+                    t_ctx.position += verify.shape[1]
+                    t2 = time.perf_counter()
+                    p = probabilities(p_logits, cfg)[None]
+                    accepted, nxt = accept_drafts(p, q, drafts, rng)
+                    a = int(accepted[0])
+                    stats.rounds += 1
+                    stats.proposed += k_now
+                    stats.accepted += a
+                    stats.spec_k_history.append(k_now)
+                    n_new = n + 1 + a
+                    t_spec.truncate(n_new)
+                    t_ctx.position = n_new
+                    keep = min(n_new, d_ctx.position)  # all accepted: the draft lacks d_k
+                    d_spec.truncate(keep)
+                    d_ctx.position = keep
+                    out = drafts[0, :a].tolist() + [int(nxt[0])]
+                    last = nxt.view(1, 1)
+                    pending = torch.cat((verify[:, keep - n : 1 + a], last), dim=1)
+                    for token in out:
+                        done = emit(token)
+                        if token not in stop or keep_stop:
+                            yield token
+                        if done:
+                            break
+                    alpha = (1 - sc.ema) * alpha + sc.ema * (a / k_now)
+                    if sc.cost_ratio is not None:
+                        cost = sc.cost_ratio
+                    else:
+                        cost = 0.7 * cost + 0.3 * ((t1 - t0) / k_now) / max(t2 - t1, 1e-9)
+                    if sc.adaptive:
+                        k = best_k(alpha, cost, sc.spec_k_min, sc.spec_k_max)
+                    low = low + 1 if alpha < sc.disable_below else 0
+                    if stats.rounds >= sc.warmup and low >= sc.patience:
+                        speculating = False
+                        stats.fell_back_at = emitted
+                        log.info("speculative decoding off after %d rounds: acceptance %.2f < %.2f",
+                                 stats.rounds, alpha, sc.disable_below)
+                else:
+                    logits = decode_one(self.target.model, last, t_ctx)
+                    last = _sample(logits, cfg, rng)
+                    token = int(last[0, 0])
                     done = emit(token)
                     if token not in stop or keep_stop:
                         yield token
-                    if done:
-                        break
-                alpha = (1 - sc.ema) * alpha + sc.ema * (a / k_now)
-                if sc.cost_ratio is not None:
-                    cost = sc.cost_ratio
-                else:
-                    cost = 0.7 * cost + 0.3 * ((t1 - t0) / k_now) / max(t2 - t1, 1e-9)
-                if sc.adaptive:
-                    k = best_k(alpha, cost, sc.spec_k_min, sc.spec_k_max)
-                low = low + 1 if alpha < sc.disable_below else 0
-                if stats.rounds >= sc.warmup and low >= sc.patience:
-                    speculating = False
-                    stats.fell_back_at = emitted
-                    log.info("speculative decoding off after %d rounds: acceptance %.2f < %.2f",
-                             stats.rounds, alpha, sc.disable_below)
-            else:
-                logits = decode_one(self.target.model, last, t_ctx)
-                last = _sample(logits, cfg, rng)
-                token = int(last[0, 0])
-                done = emit(token)
-                if token not in stop or keep_stop:
-                    yield token
-        stats.decode_s = time.perf_counter() - first_at
-        log.info("speculative: %d tokens, acceptance %.2f over %d rounds, %.1f tokens/s%s",
-                 stats.new_tokens, stats.acceptance_rate, stats.rounds, stats.tokens_per_s,
-                 "" if stats.fell_back_at is None else
-                 f", plain decoding from token {stats.fell_back_at}")
+        finally:  # also when the caller stops iterating early
+            stats.decode_s = time.perf_counter() - first_at
+            log.info("speculative: %d tokens, acceptance %.2f over %d rounds, %.1f tokens/s%s",
+                     stats.new_tokens, stats.acceptance_rate, stats.rounds, stats.tokens_per_s,
+                     "" if stats.fell_back_at is None else
+                     f", plain decoding from token {stats.fell_back_at}")
 
     @torch.no_grad()
     def _draft(self, ctx: Any, pending: torch.Tensor, k: int, rng: torch.Generator | None
