@@ -31,6 +31,12 @@ if [ -f packages/caramba-kernels/pyproject.toml ]; then
   $PIP install --no-build-isolation -e packages/caramba-kernels
 fi
 
+# Triton runs its kernels' tests on the CPU under TRITON_INTERPRET=1; wheels exist for
+# Linux x86_64/aarch64 only, so elsewhere those tests skip with a reason.
+if [ "$(uname -s)" = "Linux" ]; then
+  $PIP install "triton>=3.2" || echo "==> triton unavailable here: its interpreter tests will skip"
+fi
+
 echo "==> installing test tools and the example plugin used by tests"
 $PIP install "pytest>=8" -e tests/plugins/caramba-example-plugin
 touch "$VENV/.caramba-installed"
