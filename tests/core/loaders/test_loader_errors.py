@@ -8,12 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from loader_fixtures import teacher_path, tiny_hf_weights, tiny_vocab, write_tiny_gguf
-
 from caramba.errors import CheckpointError, InputError
 from caramba.loaders import load_gguf, load_pretrained, permute_qk, save_hf_folder, unpermute_qk
 from caramba.loaders.convert import main as convert_main
 from caramba.loaders.llama import hf_state_dict
+from loader_fixtures import teacher_path, tiny_hf_weights, tiny_vocab, write_tiny_gguf
 
 VOCAB = len(tiny_vocab())
 
@@ -211,3 +210,28 @@ def test_gguf_without_the_suffix_is_recognised_by_its_magic(tmp_path):
     with pytest.raises(CheckpointError, match=r"teacher\.bin: tensor 'token_embd\.weight' ends at "
                        r"byte 31,866,688 but the file has only 2,000,000 bytes"):
         load_pretrained(copy)
+
+
+def test_sharded_hf_checkpoint_loads_through_its_index(tmp_path, weights):
+    from safetensors.torch import load_file, save_file
+
+    model = load_gguf(write_tiny_gguf(tmp_path / "t.gguf", weights))
+    folder = save_hf_folder(model, tmp_path / "hf")
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": names[::2],
+              "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        save_file({k: state[k] for k in keys}, str(folder / shard))
+    index = {"metadata": {}, "weight_map": {k: s for s, keys in shards.items() for k in keys}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    loaded = load_pretrained(folder)
+    assert all(torch.equal(a, b) for a, b in zip(
+        loaded.model.state_dict().values(), model.model.state_dict().values(), strict=True))
+    # A shape error names the shard that holds the tensor.
+    bad = {k: state[k] for k in shards["model-00002-of-00002.safetensors"]}
+    bad[names[1]] = torch.zeros(3)
+    save_file(bad, str(folder / "model-00002-of-00002.safetensors"))
+    with pytest.raises(CheckpointError, match=rf"'{names[1]} in model-00002-of-00002"):
+        load_pretrained(folder)

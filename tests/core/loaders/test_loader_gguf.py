@@ -7,15 +7,6 @@ import re
 
 import pytest
 import torch
-from loader_fixtures import (
-    TEACHER_REF,
-    interleaved_reference_logits,
-    perplexity,
-    teacher_path,
-    torch_threads,
-    windows_of,
-)
-
 from caramba.data.corpora import VAL_DOCUMENTS, load_corpus
 from caramba.layers.attention import AttentionLayer
 from caramba.layers.embedding import TokenEmbedder
@@ -27,6 +18,14 @@ from caramba.models.language_model import LanguageModel
 from caramba.topologies.nested import NestedTopology
 from caramba.topologies.residual import ResidualTopology
 from caramba.topologies.stacked import StackedTopology
+from loader_fixtures import (
+    TEACHER_REF,
+    interleaved_reference_logits,
+    perplexity,
+    teacher_path,
+    torch_threads,
+    windows_of,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -189,7 +188,7 @@ def test_skipping_the_qk_unpermutation_ruins_perplexity(teacher, kjv_windows, kj
         bad = perplexity(teacher.model, kjv_windows[:2])
     finally:
         with torch.no_grad():
-            for a, (q, k) in zip(attentions, saved):
+            for a, (q, k) in zip(attentions, saved, strict=True):
                 a.wq.weight.copy_(q)
                 a.wk.weight.copy_(k)
     good = perplexity(teacher.model, kjv_windows[:2])

@@ -14,10 +14,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from loader_fixtures import TEACHER_REF, torch_threads, teacher_path
-
 from caramba.data.corpora import load_corpus
 from caramba.loaders import Pretrained, load_pretrained
+from loader_fixtures import TEACHER_REF, teacher_path, torch_threads
 
 llama_cpp = pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
@@ -37,7 +36,7 @@ def teacher() -> Pretrained:
 @pytest.fixture(scope="module")
 def llm():
     return llama_cpp.Llama(model_path=str(teacher_path()), n_ctx=512, n_batch=512,
-                           logits_all=True, n_threads=1, verbose=False)
+                           logits_all=True, n_threads=2, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,7 @@ def passages() -> list[str]:
     mark = next(d.text for d in load_corpus("kjv").val if d.name == "kjv/Mark")
     hamlet = next(d.text for d in load_corpus("shakespeare").val if d.name.endswith("hamlet"))
     start = hamlet.index("To be, or not to be")
-    return [mark[:800], hamlet[start:start + 600]]
+    return [mark[:500], hamlet[start:start + 300]]
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

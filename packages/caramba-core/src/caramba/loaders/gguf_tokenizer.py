@@ -84,7 +84,9 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], source: str) -> Tokenizer:
     for merge in merges:
         left, sep, right = merge.partition(" ")
         if not sep or left not in vocab or right not in vocab or " " in right:
-            raise CheckpointError(f"{source}: malformed BPE merge {merge!r} in tokenizer.ggml.merges")
+            raise CheckpointError(
+                f"{source}: malformed BPE merge {merge!r} in tokenizer.ggml.merges"
+            )
         pairs.append((left, right))
 
     make_pre, ignore_merges = PRE_TOKENIZERS[pre]
