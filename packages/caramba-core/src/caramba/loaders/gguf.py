@@ -171,8 +171,8 @@ def architecture(meta: dict[str, Any], tensor_names: set[str], path: Path) -> Ll
     if arch not in SUPPORTED_ARCHITECTURES:
         raise CheckpointError(
             f"{path}: architecture {arch!r} is not supported; caramba loads GGUF files of "
-            f"architecture {', '.join(map(repr, SUPPORTED_ARCHITECTURES))} (Llama 1/2/3, "
-            "SmolLM, Mistral-style models converted as llama)."
+            f"architecture {', '.join(map(repr, SUPPORTED_ARCHITECTURES))} (Llama-style "
+            "decoders such as SmolLM2, with a byte-level BPE vocabulary and no RoPE scaling)."
         )
 
     def get(key: str, default: Any = None) -> Any:
