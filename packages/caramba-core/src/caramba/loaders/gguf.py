@@ -160,6 +160,9 @@ def metadata(reader: Any) -> dict[str, Any]:
     """All key/value metadata as Python values (the `GGUF.*` header fields left out)."""
     out = {}
     for key, field in reader.fields.items():
+        if not hasattr(field, "contents"):  # gguf-py releases before ReaderField.contents()
+            raise InputError("the installed `gguf` package is too old to read metadata values.",
+                             hint="pip install -U 'gguf>=0.17'")
         if not key.startswith("GGUF."):
             out[key] = field.contents()
     return out
