@@ -28,13 +28,15 @@ def test_decision_is_queryable_with_every_candidates_figures(standard_model, val
     d = gen.cache_decision
     assert d.source == "probe" and d.kind in ("q8_0", "q4_0", "nf4", "fp16", "fp32")
     labels = [c.label for c in d.candidates]
-    assert labels == ["fp32", "fp16", "q8_0", "q4_0", "nf4"]
+    assert labels == ["fp32", "fp16", "q8_0", "q8_0 no-tail", "q4_0", "q4_0 no-tail", "nf4",
+                      "nf4 no-tail"]
     for c in d.candidates:
         assert c.bytes_per_token > 0 and c.passed is not None
         if c.kind in ("q8_0", "q4_0", "nf4"):
             assert set(c.quality) >= {"delta_nll", "ppl_ratio", "needle_kl"}
-    # Default gates pass every kind on this model; without benchmarking the smallest wins.
-    assert d.label == "nf4" and "smallest" in d.reason
+    # Default gates pass every kind on this model; without benchmarking the smallest wins
+    # (on a tie in size, the one with the exact tail).
+    assert d.label == "nf4" and d.block_tokens == 32 and "smallest" in d.reason
     assert gen.last_stats.cache_kinds["k"] == "nf4"
     assert "cache nf4 (probe" in d.summary()
 
@@ -46,7 +48,8 @@ def test_gates_reject_what_exceeds_them(standard_model, val_tokens):
     gen.generate(PROMPT)
     d = gen.cache_decision
     failed = {c.label: c.reason for c in d.candidates if not c.passed}
-    assert set(failed) == {"q4_0", "nf4"} and d.label == "q8_0"
+    assert {"q4_0", "nf4", "q4_0 no-tail", "nf4 no-tail"} <= set(failed)
+    assert "q8_0" not in failed and d.label == "q8_0"
     assert all("needle KL" in reason for reason in failed.values())
 
     gen = Generator(standard_model, auto(max_ppl_ratio=0.5), probe=val_tokens)
@@ -63,7 +66,7 @@ def test_budget_filters_and_too_small_budget_is_a_clear_error(standard_model, va
     gen.generate(PROMPT)
     d = gen.cache_decision
     over = [c.label for c in d.candidates if not c.fits_budget]
-    assert over == ["fp32", "fp16", "q8_0"] and d.label in ("q4_0", "nf4")
+    assert over == ["fp32", "fp16", "q8_0", "q8_0 no-tail"] and d.label in ("q4_0", "nf4")
     with pytest.raises(CacheBudgetError, match=r"too small for any cache kind: 1 sequence\(s\) "
                                                r"x 9 tokens need at least 0.00"):
         Generator(standard_model, auto(cache_budget_mb=1e-6), probe=val_tokens).generate(PROMPT)
@@ -164,6 +167,7 @@ def test_corrupt_plan_files_are_logged_and_reprobed(standard_model, val_tokens, 
 
 def test_dba_candidates_fall_back_per_path(dba_model):
     labels = {c.label: c.kinds for c in candidates(dba_model)}
+    assert labels["nf4 (k_sem fp16) no-tail"] == {"k_sem": "fp16"}
     assert labels["nf4 (k_sem fp16)"] == {"k_sem": "fp16"}
     assert labels["q8_0"] == {}
 

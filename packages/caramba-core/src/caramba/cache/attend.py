@@ -18,36 +18,46 @@ def exact_attention(
     scale: float | None = None,
     causal: bool = True,
     dropout_p: float = 0.0,
-    span: int | None = None,
+    length: int | None = None,
 ) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v for q (B, Hq, T, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv).
 
-    The T queries sit at positions S - T .. S - 1 (the newest tokens), so with `causal`
-    query i sees keys 0 .. S - T + i. Query head h reads KV head h // (Hq / Hkv), as in
-    Llama 2. `span` > S pads the keys to that length and masks the padding (decode-plan
-    bucketing: same result, fewer distinct shapes). scale None means 1/sqrt(D).
+    The first `length` keys are real (all S if None); the rest are padding from decode-plan
+    bucketing and are masked. The T queries are the newest tokens, at positions length - T ..
+    length - 1, so with `causal` query i sees keys 0 .. length - T + i. Query head h reads
+    KV head h // (Hq / Hkv), as in Llama 2. scale None means 1/sqrt(D).
     """
     T, S = q.shape[2], k.shape[2]
-    past = S - T
+    n = S if length is None else length
+    past = n - T
     if k.shape[1] != q.shape[1]:
         group = q.shape[1] // k.shape[1]
+        if T == 1 and not dropout_p:
+            return _grouped_decode(q, k, v, group, scale, n)
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     mask = None
-    is_causal = causal and past == 0 and T > 1
-    if causal and past > 0 and T > 1:
+    is_causal = causal and past == 0 and T > 1 and n == S
+    if causal and T > 1 and not is_causal:
         # Query i sits at cache position past + i and sees keys 0 .. past + i.
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=past)
-    if span is not None and span > S:
-        k = F.pad(k, (0, 0, 0, span - S))
-        v = F.pad(v, (0, 0, 0, span - S))
-        valid = torch.arange(span, device=q.device) < S
-        if is_causal:
-            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=past)
-            is_causal = False
-        mask = valid.expand(T, span) if mask is None else F.pad(mask, (0, span - S))
+    if n < S:
+        valid = torch.arange(S, device=q.device) < n
+        mask = valid.expand(T, S) if mask is None else mask & valid
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
     )
+
+
+def _grouped_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: int,
+                    scale: float | None, n: int) -> torch.Tensor:
+    """One query per head under GQA: stack a KV head's `group` queries as rows of one head
+    instead of repeating its keys and values `group` times (no K/V copy at long context)."""
+    B, Hq, _, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    mask = (torch.arange(S, device=q.device) < n).expand(group, S) if n < S else None
+    out = F.scaled_dot_product_attention(q.reshape(B, Hkv, group, D), k, v, attn_mask=mask,
+                                         scale=scale)
+    return out.reshape(B, Hq, 1, v.shape[-1])
 
 
 def dba_qk(

@@ -101,8 +101,10 @@ class LayerKVCache(_CacheBase):
                 self.k.fmt.name, self.v.fmt.name)
             return out.unsqueeze(2).to(q.dtype)
         self.exact_calls += 1
-        return exact_attention(q, self.k.read(q.dtype), self.v.read(q.dtype), scale=scale,
-                               causal=causal, dropout_p=dropout_p, span=self._span(q.shape[2]))
+        span = self._span(q.shape[2])
+        return exact_attention(q, self.k.read(q.dtype, span), self.v.read(q.dtype, span),
+                               scale=scale, causal=causal, dropout_p=dropout_p,
+                               length=self.length)
 
 
 class DecoupledKVCache(_CacheBase):
@@ -133,8 +135,8 @@ class DecoupledKVCache(_CacheBase):
                 self.v.fmt.name)
             return out.unsqueeze(2).to(q_sem.dtype)
         self.exact_calls += 1
-        dtype = q_sem.dtype
-        q, k = dba_qk(q_sem, q_geo, self.k_sem.read(dtype), self.k_geo.read(dtype),
+        dtype, span = q_sem.dtype, self._span(q_sem.shape[2])
+        q, k = dba_qk(q_sem, q_geo, self.k_sem.read(dtype, span), self.k_geo.read(dtype, span),
                       scale_sem, scale_geo)
-        return exact_attention(q, k, self.v.read(dtype), scale=1.0, causal=causal,
-                               dropout_p=dropout_p, span=self._span(q.shape[2]))
+        return exact_attention(q, k, self.v.read(dtype, span), scale=1.0, causal=causal,
+                               dropout_p=dropout_p, length=self.length)

@@ -108,6 +108,7 @@ class CacheTensor:
                 f"{self.name}: {self.length} + {T} tokens exceed the cache's max_len "
                 f"{self.max_len}"
             )
+        self.reserve(self.length + T)  # storage always spans every held token, tail too
         if not self.fmt.quantized:
             self._append_plain(x)
         elif self.block_tokens == 0:
@@ -185,23 +186,29 @@ class CacheTensor:
 
     # ------------------------------------------------------------------ reading
 
-    def read(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """All held tokens (B, H, length, D): dequantized storage, then the exact tail."""
+    def read(self, dtype: torch.dtype | None = None, span: int | None = None) -> torch.Tensor:
+        """Held tokens (B, H, n, D): dequantized storage with the exact tail in place.
+
+        n = length, or with `span` (decode-plan bucketing) n = max(length, min(span,
+        capacity)): rows past the length are padding — finite, meaningless, to be masked —
+        which costs nothing extra because storage already extends that far.
+        """
         dtype = dtype or self.dtype
         if self._grad_values is not None:
             return self._grad_values.to(dtype)
-        stored = self.storage[:, :, : self.stored]
-        if self.fmt.quantized and self.stored == 0:
-            values = torch.zeros(self.batch, self.heads, 0, self.head_dim, device=self.device)
-        elif self.fmt.quantized:
-            # Backends read C-contiguous blocks; the copy is of the (small) quantized bytes.
-            values = get_backend(self.device).dequantize(
-                self.fmt.name, stored.contiguous(), self.row_dim)
-        else:
-            values = stored
+        n = self.length if span is None else max(min(span, self.capacity), self.length)
+        rows = self.storage[:, :, :n]
+        if not self.fmt.quantized:
+            return self._from_rows(rows).to(dtype)
+        if n == 0:
+            return torch.zeros(self.batch, self.heads, 0, self.head_dim, device=self.device,
+                               dtype=dtype)
+        # Backends read C-contiguous blocks; the copy is of the (small) quantized bytes.
+        values = get_backend(self.device).dequantize(self.fmt.name, rows.contiguous(),
+                                                     self.row_dim)
         values = self._from_rows(values).to(dtype)
         if self.pending:
-            values = torch.cat((values, self.tail[:, :, : self.pending].to(dtype)), dim=2)
+            values[:, :, self.stored : self.length] = self.tail[:, :, : self.pending]
         return values
 
     @property

@@ -54,6 +54,7 @@ class Candidate:
     kind: str
     kinds: dict[str, str]
     bytes_per_token: int
+    block_tokens: int = 32  # exact (full-precision) tail of a quantized cache; 0: none
     cache_mb: float = 0.0
     fits_budget: bool = True
     quality: dict[str, float] | None = None
@@ -75,6 +76,7 @@ class CacheDecision:
     reason: str
     candidates: list[Candidate] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)  # what the choice depended on
+    block_tokens: int = 32
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,7 +88,8 @@ class CacheDecision:
         if not isinstance(fields["kinds"], dict) or fields["kind"] not in KINDS:
             raise ValueError("malformed kinds")
         decision = cls(**fields, candidates=[Candidate(**c) for c in data.get("candidates", [])],
-                       settings=dict(data.get("settings") or {}))
+                       settings=dict(data.get("settings") or {}),
+                       block_tokens=int(data.get("block_tokens", 32)))
         float(decision.decided_at)
         return decision
 
@@ -116,7 +119,7 @@ def selection_settings(config: GenerateConfig, probe: torch.Tensor | None) -> di
     return {"cache_budget_mb": config.cache_budget_mb, "max_delta_nll": config.max_delta_nll,
             "max_ppl_ratio": config.max_ppl_ratio, "max_needle_kl": config.max_needle_kl,
             "cache_auto_benchmark": config.cache_auto_benchmark,
-            "probe": probe is not None}
+            "cache_block_tokens": config.cache_block_tokens, "probe": probe is not None}
 
 
 # ---------------------------------------------------------------------- keys
@@ -201,8 +204,14 @@ class PlanStore:
 # ---------------------------------------------------------------------- deciding
 
 
-def candidates(model: torch.nn.Module) -> list[Candidate]:
-    """One candidate per kind; tensors a kind cannot store fall back to fp16 (per path)."""
+def candidates(model: torch.nn.Module, block_tokens: int = 32) -> list[Candidate]:
+    """One candidate per kind; tensors a kind cannot store fall back to fp16 (per path).
+
+    Quantized kinds come twice when block_tokens > 0: with the exact tail (recent tokens in
+    full precision; decode steps take the exact path) and without it ("no tail": every token
+    quantized on arrival, so per-head caches decode through the fused kernels). Which is
+    faster depends on the device; the gates and the benchmark decide.
+    """
     shapes = cache_shapes(model)
     names = sorted({name for layer in shapes for name in layer})
     out = []
@@ -213,7 +222,14 @@ def candidates(model: torch.nn.Module) -> list[Candidate]:
             continue  # nothing this kind can store: it would just be fp16 again
         label = kind + (f" ({', '.join(f'{n} fp16' for n in kinds)})" if kinds else "")
         spec = CacheSpec(kind=kind, kinds=kinds)
-        out.append(Candidate(label, kind, kinds, bytes_per_token(shapes, spec)))
+        size = bytes_per_token(shapes, spec)
+        if kind in QUANTIZED_KINDS:
+            if block_tokens:
+                out.append(Candidate(label, kind, kinds, size, block_tokens))
+            out.append(Candidate(label + (" no-tail" if block_tokens else ""), kind, kinds,
+                                 size, 0))
+        else:
+            out.append(Candidate(label, kind, kinds, size, 0))
     return out
 
 
@@ -246,7 +262,7 @@ def decide_cache(model: torch.nn.Module, config: GenerateConfig, *, batch: int, 
 def measure(model: torch.nn.Module, config: GenerateConfig, *, key: str, batch: int,
             capacity: int, probe: torch.Tensor | None) -> CacheDecision:
     """Budget filter, quality gates, micro-benchmark: the full auto selection."""
-    cands = candidates(model)
+    cands = candidates(model, config.cache_block_tokens)
     for c in cands:
         c.cache_mb = c.bytes_per_token * capacity * batch / 2**20
         if config.cache_budget_mb is not None and c.cache_mb > config.cache_budget_mb:
@@ -266,14 +282,14 @@ def measure(model: torch.nn.Module, config: GenerateConfig, *, key: str, batch: 
         _benchmark(model, alive, batch, probe)
         best = max(c.tokens_per_s or 0.0 for c in alive)
         near = [c for c in alive if (c.tokens_per_s or 0.0) >= best * (1 - SPEED_TIE)]
-        chosen = min(near, key=lambda c: c.bytes_per_token)
+        chosen = min(near, key=lambda c: (c.bytes_per_token, -c.block_tokens))
         reason = (f"fastest passing candidate ({chosen.tokens_per_s:.1f} tokens/s; within "
                   f"{SPEED_TIE:.0%} of the best, the smallest cache wins)")
     else:
-        chosen = min(alive, key=lambda c: c.bytes_per_token)
+        chosen = min(alive, key=lambda c: (c.bytes_per_token, -c.block_tokens))
         reason = "smallest passing candidate" + ("" if len(alive) > 1 else " (only one passed)")
     return CacheDecision(chosen.kind, chosen.kinds, chosen.label, key, "probe", time.time(),
-                         reason, cands)
+                         reason, cands, block_tokens=chosen.block_tokens)
 
 
 def _quality_gates(model: torch.nn.Module, config: GenerateConfig, cands: list[Candidate],
@@ -300,7 +316,8 @@ def _quality_gates(model: torch.nn.Module, config: GenerateConfig, cands: list[C
         return
     reference = QualityProbe(model, sample, CacheSpec(kind="fp16"))
     for c in lossy:
-        figures = reference.measure(CacheSpec(kind=c.kind, kinds=c.kinds))
+        figures = reference.measure(CacheSpec(kind=c.kind, kinds=c.kinds,
+                                              block_tokens=c.block_tokens))
         c.quality = figures.to_dict()
         failures = []
         if figures.delta_nll > config.max_delta_nll:
@@ -327,7 +344,7 @@ def _benchmark(model: torch.nn.Module, cands: list[Candidate], batch: int,
         context = torch.randint(0, vocab, (batch, BENCH_CONTEXT), generator=g).to(param.device)
     for c in cands:
         spec = CacheSpec(kind=c.kind, kinds=c.kinds, capacity=BENCH_CONTEXT + BENCH_STEPS + 2,
-                         plan=DecodePlan("auto"))
+                         block_tokens=c.block_tokens, plan=DecodePlan("auto"))
         ctx = spec.context()
         logits = prefill(model, context, ctx, spec.plan)
         token = logits.argmax(-1, keepdim=True)

@@ -111,6 +111,7 @@ class Generator:
     def cache_spec(self, batch: int, capacity: int) -> CacheSpec:
         """A fresh CacheSpec for `batch` sequences of up to `capacity` tokens."""
         kind, kinds = self.config.cache_kind, dict(self.config.cache_kinds)
+        block_tokens = self.config.cache_block_tokens
         if kind == "auto":
             from caramba.infer.cache_plan import decide_cache
 
@@ -118,8 +119,9 @@ class Generator:
                                     probe=self.probe, previous=self.cache_decision)
             self.cache_decision = decision
             kind, kinds = decision.kind, {**decision.kinds, **kinds}
+            block_tokens = decision.block_tokens
         return CacheSpec(kind=kind, kinds=kinds, capacity=capacity, max_len=self.max_seq_len,
-                         block_tokens=self.config.cache_block_tokens, plan=self.plan)
+                         block_tokens=block_tokens, plan=self.plan)
 
     def _budget(self, prompt_len: int) -> int:
         if self.max_seq_len is not None and prompt_len > self.max_seq_len:
