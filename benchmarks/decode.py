@@ -89,20 +89,21 @@ def kv_bytes(archs: list[str]) -> list[dict]:
 
 @torch.no_grad()
 def decode_row(arch: str, kind: str, context: int, steps: int, device: torch.device,
-               dtype: torch.dtype, block_tokens: int = 32, rounds: int = 3) -> dict:
+               dtype: torch.dtype, block_tokens: int = 32, rounds: int = 3,
+               batch: int = 1) -> dict:
     layer = layer_for(arch, device, dtype)
     spec = spec_for(layer, kind, capacity=context + rounds * steps + 4, block_tokens=block_tokens,
                     plan=DecodePlan("auto"))
     ctx = spec.context(position=context)
-    cache = spec.make(layer.cache_shapes(), 1, device, dtype)
+    cache = spec.make(layer.cache_shapes(), batch, device, dtype)
     ctx.set_module_state(layer, cache)
-    g = torch.Generator(device="cpu").manual_seed(0)
+    torch.manual_seed(0)
     for start in range(0, context, 2048):  # synthetic keys/values: timing does not depend
         n = min(2048, context - start)     # on their values
-        parts = [torch.randn(1, h, n, d, generator=g).to(device, dtype)
+        parts = [torch.randn(batch, h, n, d, device=device, dtype=dtype)
                  for h, d in layer.cache_shapes().values()]
         cache.append(*parts)
-    x = torch.randn(1, 1, D_MODEL, generator=g).to(device, dtype)
+    x = torch.randn(batch, 1, D_MODEL, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(3):  # warm-up
         layer(x, ctx)
@@ -118,7 +119,8 @@ def decode_row(arch: str, kind: str, context: int, steps: int, device: torch.dev
         elapsed = min(elapsed, time.perf_counter() - started)
     path = "kernel" if cache.kernel_calls > cache.exact_calls else "exact"
     return {"arch": arch, "cache": label(spec), "kind": kind, "context": context,
-            "block_tokens": block_tokens, "tokens_per_s": steps / elapsed, "rounds": rounds,
+            "batch": batch, "block_tokens": block_tokens, "rounds": rounds,
+            "tokens_per_s": batch * steps / elapsed,
             "ms_per_token": 1000 * elapsed / steps, "path": path,
             "kv_bytes_per_token": cache.bytes_per_token, "kv_bytes_allocated": cache.nbytes}
 
@@ -273,14 +275,16 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     out = [f"# Decode benchmark ({m['device_name']})", "",
            f"torch {m['torch']}, {m['threads']} intra-op thread(s), kernel backend "
-           f"{m['kernel_backend']}, dtype {m['dtype']}; {m['when']}.", "",
+           f"{m['kernel_backend']}, dtype {m['dtype']}, batch {m.get('batch', 1)}; "
+           f"{m['when']}.", "",
            "## KV-cache bytes per token per layer (Llama-3.2-1B widths)", "",
            "| arch | cache | bytes/token/layer | × fewer than standard fp16 | 16 layers @ 8k (MB) |",
            "|---|---|---:|---:|---:|"]
     for r in result["kv_bytes"]:
         out.append(f"| {r['arch']} | {r['cache']} | {r['bytes_per_token_per_layer']} | "
                    f"{r['x_fewer_than_standard_fp16']:.2f} | {r['model_mb_at_8k']:.1f} |")
-    out += ["", "## Decode tokens/s of one attention layer (context pre-filled)", "",
+    out += ["", "## Decode tokens/s of one attention layer (context pre-filled; tokens/s "
+            "counts every sequence of the batch)", "",
             "| arch | cache | context | tokens/s | ms/token | path | KV bytes/token |",
             "|---|---|---:|---:|---:|---|---:|"]
     for r in result["decode"]:
@@ -345,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--large", action="store_true", help="512..16k, fp32 rows too")
     ap.add_argument("--steps", type=int, default=16, help="timed decode steps per round")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per row; the best counts")
+    ap.add_argument("--batch", type=int, default=1, help="sequences decoded together")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads (0: torch default)")
     ap.add_argument("--archs", default="standard,dba,dba-v1024,dba-v384")
     ap.add_argument("--no-speculative", dest="speculative", action="store_false")
@@ -374,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                     f" CPU ({torch.get_num_threads()} threads used)",
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "kernel_backend": getattr(get_backend(device), "name", "?"),
-                    "dtype": str(dtype).removeprefix("torch."),
+                    "dtype": str(dtype).removeprefix("torch."), "batch": args.batch,
                     "when": time.strftime("%Y-%m-%d %H:%M")},
         "kv_bytes": kv_bytes(archs), "decode": [], "notes": []}
     print(json.dumps(result["machine"]), flush=True)
@@ -382,13 +387,13 @@ def main(argv: list[str] | None = None) -> int:
         for arch in archs:
             for kind in kinds:
                 row = decode_row(arch, kind, context, args.steps, device, dtype,
-                                 rounds=args.rounds)
+                                 rounds=args.rounds, batch=args.batch)
                 result["decode"].append(row)
                 print(json.dumps(row), flush=True)
             if arch == "standard":  # every token quantized on arrival: the kernel path
                 for kind in ("q8_0", "q4_0"):
                     row = decode_row(arch, kind, context, args.steps, device, dtype,
-                                     block_tokens=0, rounds=args.rounds)
+                                     block_tokens=0, rounds=args.rounds, batch=args.batch)
                     result["decode"].append(row)
                     print(json.dumps(row), flush=True)
     if args.speculative:
@@ -420,6 +425,13 @@ def notes(result: dict) -> list[str]:
         "nf4 blocks hold 64 values; DBA's 32-value semantic rows cannot be nf4 and stay fp16 "
         "(shown in the cache column).",
     ]
+    out.append("Rows time the whole layer step: projections (smaller in DBA: its query/key "
+               "widths are 384 instead of 2048 + 512, and its value/output width is attn_dim) "
+               "plus the cache append and attention. 'exact' rows dequantize the whole cache "
+               "every step; compare them with the 'kernel' rows of the same kind.")
+    if result["machine"]["device"].startswith("cuda"):
+        out.append("On CUDA a batch of 1 is launch-bound (about 1 ms per layer step whatever "
+                   "the cache); run with --batch 32 to see memory traffic.")
     if result["machine"]["device"] == "cpu":
         out.append("CPU figures come from a shared 2-core machine under load from other jobs; "
                    "one intra-op thread (a second OpenMP thread was ~100x slower under "
