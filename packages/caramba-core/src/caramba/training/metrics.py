@@ -4,6 +4,8 @@ A target's runs share one file; each record names its run. Train records:
     {"run", "step", "loss", "lr", "grad_norm", "tokens_per_s", "tokens", "elapsed_s"}
 Eval records:
     {"kind": "eval", "run", "step", "val_loss", "val_ppl"}
+Trainers may add records of their own kind through `log` (the upcycle trainer's
+{"kind": "blockwise", "run", "step", "block", "l1", ...}).
 `step` counts optimizer updates completed. A line cut short by a crash is dropped the next
 time the file is rewritten; readers should skip lines that do not parse.
 """
@@ -66,6 +68,10 @@ class MetricsWriter:
     def log_eval(self, *, step: int, val_loss: float, val_ppl: float) -> None:
         self._write({"kind": "eval", "run": self.run_id, "step": step, "val_loss": val_loss,
                      "val_ppl": val_ppl})
+
+    def log(self, **fields: Any) -> None:
+        """A record of a trainer's own kind (e.g. kind="blockwise"); `run` is added."""
+        self._write({"run": self.run_id, **fields})
 
     def close(self) -> None:
         if self._handle is not None:

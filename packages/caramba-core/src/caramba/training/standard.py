@@ -60,6 +60,7 @@ class TrainerContext:
     resume: bool = False
     instrument: str = "rich"  # rich | plain | none
     keep_checkpoints: int = 2
+    base_dir: Path | None = None  # the manifest's folder: relative paths in a run resolve here
 
 
 @dataclass(frozen=True)
@@ -85,14 +86,20 @@ class RunResult:
 
 
 class StandardTrainer:
-    """Trains `ctx.model` for one run at a time: `StandardTrainer(ctx).run(run_spec)`."""
+    """Trains `ctx.model` for one run at a time: `StandardTrainer(ctx).run(run_spec)`.
+
+    Subclasses change what a step optimizes through `phase`, `build_optimizer` and
+    `make_loop` (the upcycle trainer's global phase does), and keep everything else.
+    """
+
+    phase = "standard"
 
     def __init__(self, ctx: TrainerContext) -> None:
         self.ctx = ctx
 
     def run(self, run: RunSpec) -> RunResult:
         cfg = run.train
-        if cfg.phase != "standard":
+        if cfg.phase != self.phase:
             raise InputError(
                 f"run {run.id!r}: train.phase is {cfg.phase!r}, which trainer.standard does "
                 "not handle.", hint="set train.phase: standard or choose the matching trainer.")
@@ -103,7 +110,7 @@ class StandardTrainer:
 
         model = self.ctx.model.to(device)
         model.train()
-        optimizer = build_adamw(model, cfg, device)
+        optimizer = self.build_optimizer(model, run, device)
         scaler = grad_scaler(device, dtype)
         manager = CheckpointManager(
             self.ctx.run_dir / "checkpoints" / run.id, keep=self.ctx.keep_checkpoints)
@@ -113,13 +120,14 @@ class StandardTrainer:
         if latest is None:
             manager.clear()  # a fresh start must not leave an older timeline's checkpoints
             metrics.truncate_after(0)
+            self.prepare_fresh(model, run, device)
             state = TrainingState(0, 0, 0.0, run.id, self.ctx.plan_hash)
         else:
-            finished = self._finished_result(latest, run, model)
+            finished = finished_result(latest, run, model, self.ctx.plan_hash)
             if finished is not None:
                 return finished
             state = load_checkpoint(latest, model, optimizer, plan_hash=self.ctx.plan_hash)
-            _restore_rng(latest, state)
+            restore_rng(latest, state)
             if scaler is not None and "grad_scaler" in state.extra:
                 scaler.load_state_dict(state.extra["grad_scaler"])
             metrics.truncate_after(state.step)
@@ -129,40 +137,59 @@ class StandardTrainer:
         if latest is not None:
             progress.message(f"resumed from {latest} (step {state.step})")
         try:
-            loop = _Loop(self.ctx, run, model, optimizer, scaler, device, dtype,
-                         manager, metrics, progress, state)
+            loop = self.make_loop(run, model, optimizer, scaler, device, dtype,
+                                  manager, metrics, progress, state)
             result = loop.train()
         finally:
             progress.close()
             metrics.close()
         return result
 
-    def _finished_result(self, latest: Path, run: RunSpec, model: torch.nn.Module
-                         ) -> RunResult | None:
-        """If the latest checkpoint is this run's end, load its weights and its result."""
-        document = read_state(latest)
-        if document["run_id"] != run.id:
-            raise CheckpointError(
-                f"{latest} belongs to run {document['run_id']!r}, not {run.id!r}.",
-                hint=RESET_HINT)
-        step = document["step"]
-        if step > run.steps:
-            raise CheckpointError(
-                f"{latest} is at step {step}, beyond this run's {run.steps} steps.",
-                hint=RESET_HINT)
-        result = (document.get("extra") or {}).get("result")
-        if step < run.steps or result is None:
-            return None
-        load_checkpoint(latest, model, plan_hash=self.ctx.plan_hash)
-        try:
-            done = RunResult.from_json(result)
-        except TypeError as exc:
-            raise CheckpointError(f"{latest}/state.json has a malformed result: {exc}.",
-                                  hint=RESET_HINT) from exc
-        return RunResult(**{**asdict(done), "checkpoint": latest, "resumed_from_step": step})
+    def build_optimizer(self, model: torch.nn.Module, run: RunSpec,
+                        device: torch.device) -> torch.optim.Optimizer:
+        return build_adamw(model, run.train, device)
+
+    def prepare_fresh(self, model: torch.nn.Module, run: RunSpec, device: torch.device) -> None:
+        """Called when a run starts from scratch (not resumed), before its first step."""
+
+    def make_loop(self, run: RunSpec, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler | None, device: torch.device,
+                  dtype: torch.dtype, manager: CheckpointManager, metrics: MetricsWriter,
+                  progress: ProgressDisplay, state: TrainingState) -> TrainLoop:
+        return TrainLoop(self.ctx, run, model, optimizer, scaler, device, dtype,
+                         manager, metrics, progress, state)
 
 
-def _restore_rng(latest: Path, state: TrainingState) -> None:
+def finished_result(latest: Path, run: RunSpec, model: torch.nn.Module,
+                    plan_hash: str) -> RunResult | None:
+    """If the latest checkpoint is this run's end, load its weights and its result.
+
+    A trainer whose run length is not `run.steps` records its own in extra["total_steps"].
+    """
+    document = read_state(latest)
+    if document["run_id"] != run.id:
+        raise CheckpointError(
+            f"{latest} belongs to run {document['run_id']!r}, not {run.id!r}.",
+            hint=RESET_HINT)
+    step = document["step"]
+    total = (document.get("extra") or {}).get("total_steps", run.steps)
+    if step > total:
+        raise CheckpointError(
+            f"{latest} is at step {step}, beyond this run's {total} steps.",
+            hint=RESET_HINT)
+    result = (document.get("extra") or {}).get("result")
+    if step < total or result is None:
+        return None
+    load_checkpoint(latest, model, plan_hash=plan_hash)
+    try:
+        done = RunResult.from_json(result)
+    except TypeError as exc:
+        raise CheckpointError(f"{latest}/state.json has a malformed result: {exc}.",
+                              hint=RESET_HINT) from exc
+    return RunResult(**{**asdict(done), "checkpoint": latest, "resumed_from_step": step})
+
+
+def restore_rng(latest: Path, state: TrainingState) -> None:
     try:
         restore_rng_state(state.rng)
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
@@ -170,8 +197,12 @@ def _restore_rng(latest: Path, state: TrainingState) -> None:
                               hint=RESET_HINT) from exc
 
 
-class _Loop:
-    """One training session of one run: the step loop and its bookkeeping."""
+class TrainLoop:
+    """One training session of one run: the step loop and its bookkeeping.
+
+    `loss(x, y)` is what a step minimizes and `extra_state()` what a checkpoint keeps
+    beyond the standard fields; subclasses override them.
+    """
 
     def __init__(self, ctx: TrainerContext, run: RunSpec, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
@@ -246,7 +277,7 @@ class _Loop:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             with autocast(self.device, self.dtype):
-                loss = self.ctx.objective(self.forward(x), y)
+                loss = self.loss(x, y)
             scaled = loss / accum if accum > 1 else loss
             if self.scaler is not None:
                 scaled = self.scaler.scale(scaled)
@@ -270,6 +301,14 @@ class _Loop:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The scalar a step minimizes for one micro-batch (runs under autocast)."""
+        return self.ctx.objective(self.forward(x), y)
+
+    def extra_state(self) -> dict[str, Any]:
+        """Trainer-specific entries of the checkpoint's `extra` (JSON values)."""
+        return {}
 
     def _first_compiled_step(self, split: Any, want_norm: bool) -> torch.Tensor | None:
         """torch.compile compiles lazily, in the first forward: turn its failure into advice."""
@@ -334,6 +373,7 @@ class _Loop:
             "recent_losses": list(self.recent),
             "last_val_loss": self.last_val,
             "train_s": self._train_s(),
+            **self.extra_state(),
         }
         if self.scaler is not None:
             extra["grad_scaler"] = self.scaler.state_dict()
@@ -383,4 +423,5 @@ def _grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
-__all__ = ["RECENT_LOSSES", "RunResult", "StandardTrainer", "TrainerContext"]
+__all__ = ["RECENT_LOSSES", "RunResult", "StandardTrainer", "TrainLoop", "TrainerContext",
+           "finished_result", "restore_rng"]
