@@ -30,7 +30,6 @@ import torch
 
 from caramba.cache import CacheSpec, DecodePlan, bytes_per_token
 from caramba.layers.attention import AttentionLayer
-from caramba.layers.base import ForwardContext
 
 RESULTS = Path(__file__).parent / "results"
 D_MODEL, HEADS, KV_HEADS, LAYERS = 2048, 32, 8, 16  # Llama-3.2-1B
@@ -278,8 +277,8 @@ def markdown(result: dict) -> str:
            f"{m['kernel_backend']}, dtype {m['dtype']}, batch {m.get('batch', 1)}; "
            f"{m['when']}.", "",
            "## KV-cache bytes per token per layer (Llama-3.2-1B widths)", "",
-           "| arch | cache | bytes/token/layer | × fewer than standard fp16 | 16 layers @ 8k (MB) |",
-           "|---|---|---:|---:|---:|"]
+           "| arch | cache | bytes/token/layer | × fewer than standard fp16 | "
+           "16 layers @ 8k (MB) |", "|---|---|---:|---:|---:|"]
     for r in result["kv_bytes"]:
         out.append(f"| {r['arch']} | {r['cache']} | {r['bytes_per_token_per_layer']} | "
                    f"{r['x_fewer_than_standard_fp16']:.2f} | {r['model_mb_at_8k']:.1f} |")

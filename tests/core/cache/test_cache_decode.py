@@ -97,7 +97,8 @@ def test_decode_plans_bucket_shapes_without_changing_results(model, val_tokens, 
         # Padding changes float rounding by ~1e-7, which can move a later layer's key across
         # a q8_0 rounding boundary (one quantization step): a small, bounded difference.
         torch.testing.assert_close(a, b, rtol=0, atol=1e-3)
-        assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.99  # the exact path padded keys to the buckets: few distinct lengths
+        assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.99
+        # The exact path padded keys to the buckets: few distinct lengths.
         assert len(plain.plan.spans) > 150
         assert len(bucketed.plan.spans) <= 8
 

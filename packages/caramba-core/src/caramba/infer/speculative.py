@@ -311,10 +311,3 @@ def _draw(probs: torch.Tensor, cfg: GenerateConfig, rng: torch.Generator | None
 def _sample(logits: torch.Tensor, cfg: GenerateConfig, rng: torch.Generator | None
             ) -> torch.Tensor:
     return _draw(probabilities(logits, cfg), cfg, rng)
-
-
-def expected_tokens_per_round(alpha: float, k: int) -> float:
-    """(1 - alpha^(k+1)) / (1 - alpha): tokens one round yields at acceptance rate alpha."""
-    return k + 1 if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha) if alpha > 0 else 1.0
-
-
