@@ -1,4 +1,10 @@
-"""Prefill and decode speed (tokens/s) over prompt and generation lengths."""
+"""Prefill and decode speed (tokens/s) over prompt and generation lengths.
+
+For each (model, prompt length) the prompt is prefilled once into KV caches of `cache_kind`;
+each warmup and timed run then decodes `gen_len` tokens greedily from that context and the
+caches are truncated back to the prompt afterwards, so long contexts cost one prefill, not
+one per run. Decode speed at a long context is where a smaller KV cache shows.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,11 @@ import time
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from caramba.benchmarks.base import BenchmarkConfig, BenchmarkResult
-from caramba.layers.base import ForwardContext
+from caramba.cache.kinds import check_kind
+from caramba.cache.spec import CacheSpec
 
 
 class LatencyConfig(BenchmarkConfig):
@@ -17,8 +24,14 @@ class LatencyConfig(BenchmarkConfig):
     prompt_lengths: list[int] = Field([64, 256], description="prompt tokens (prefill)")
     generation_lengths: list[int] = Field([32], description="tokens decoded one at a time")
     batch_size: int = Field(1, ge=1, description="sequences decoded together")
-    warmup_runs: int = Field(1, ge=0, description="untimed runs first")
-    timed_runs: int = Field(3, ge=1, description="timed runs; the median is reported")
+    warmup_runs: int = Field(1, ge=0, description="untimed decode runs first")
+    timed_runs: int = Field(3, ge=1, description="timed decode runs; the median is reported")
+    cache_kind: str = Field("fp32", description="KV-cache kind: fp32, fp16, q8_0, q4_0, nf4")
+
+    @field_validator("cache_kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        return check_kind(value)
 
 
 def _sync(device: torch.device) -> None:
@@ -27,28 +40,38 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def _time_once(model: Any, prompt: torch.Tensor, steps: int) -> tuple[float, float]:
-    """Seconds for the prefill and for `steps` single-token decode steps (greedy)."""
+def _measure(model: Any, prompt: torch.Tensor, gen_lengths: list[int], config: LatencyConfig
+             ) -> tuple[float, dict[int, float]]:
+    """Prefill seconds, and the median decode seconds for each generation length."""
     device = prompt.device
-    ctx = ForwardContext(position=0, state={})
+    spec = CacheSpec(kind=config.cache_kind, capacity=prompt.shape[1] + max(gen_lengths, default=0))
+    ctx = spec.context()
     _sync(device)
     start = time.perf_counter()
     logits = model(prompt, ctx)
     _sync(device)
     prefill = time.perf_counter() - start
-    token = logits[:, -1:].argmax(-1)
-    position = prompt.shape[1]
-    start = time.perf_counter()
-    for _ in range(steps):
-        ctx.position = position
-        token = model(token, ctx)[:, -1:].argmax(-1)
-        position += 1
-    _sync(device)
-    return prefill, time.perf_counter() - start
+    first = logits[:, -1:].argmax(-1)
+    decode: dict[int, float] = {}
+    for steps in gen_lengths:
+        times = []
+        for _ in range(config.warmup_runs + config.timed_runs):
+            spec.truncate(prompt.shape[1])
+            ctx.position, token = prompt.shape[1], first
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                token = model(token, ctx)[:, -1:].argmax(-1)
+                ctx.position += 1
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        timed = sorted(times[config.warmup_runs:])
+        decode[steps] = timed[len(timed) // 2]
+    return prefill, decode
 
 
 class LatencyBenchmark:
-    """Median prefill tokens/s and decode tokens/s (with the model's incremental cache)."""
+    """Prefill tokens/s and median decode tokens/s with the model's KV caches."""
 
     Config = LatencyConfig
 
@@ -56,27 +79,38 @@ class LatencyBenchmark:
             device: torch.device) -> BenchmarkResult:
         result = BenchmarkResult(bench_id)
         generator = torch.Generator().manual_seed(0)
+        prompts = {n: data.val.batch(config.batch_size, n, generator)[0]
+                   for n in config.prompt_lengths}
+        longest = max(config.prompt_lengths)
         for name, model in models.items():
+            was_training = model.training
             model.eval()
-            for prompt_len in config.prompt_lengths:
-                x, _ = data.val.batch(config.batch_size, prompt_len, generator)
-                prompt = x.to(device)
-                for gen_len in config.generation_lengths:
-                    for _ in range(config.warmup_runs):
-                        _time_once(model, prompt, gen_len)
-                    runs = sorted(_time_once(model, prompt, gen_len)
-                                  for _ in range(config.timed_runs))
-                    prefill, decode = runs[len(runs) // 2]
-                    tokens = config.batch_size
-                    result.rows.append({
+            if config.warmup_runs:  # first calls pay for allocation and kernel selection
+                _measure(model, prompts[min(prompts)].to(device), [1], config)
+            rows = []
+            for prompt_len, prompt in prompts.items():
+                prefill, decode = _measure(model, prompt.to(device),
+                                           config.generation_lengths, config)
+                tokens = config.batch_size
+                for gen_len, seconds in decode.items():
+                    rows.append({
                         "model": name, "prompt_len": prompt_len, "gen_len": gen_len,
-                        "batch_size": tokens,
+                        "batch_size": tokens, "cache_kind": config.cache_kind,
+                        "prefill_s": prefill, "decode_s": seconds,
                         "prefill_tokens_per_s": tokens * prompt_len / prefill,
-                        "decode_tokens_per_s": tokens * gen_len / decode if gen_len else 0.0,
+                        "decode_tokens_per_s": tokens * gen_len / seconds if gen_len else 0.0,
                     })
-            rows = [r for r in result.rows if r["model"] == name]
+            model.train(was_training)
+            result.rows += rows
             result.summary[name] = {
                 "decode_tokens_per_s": min(r["decode_tokens_per_s"] for r in rows),
                 "prefill_tokens_per_s": min(r["prefill_tokens_per_s"] for r in rows),
+                "long_context_decode_tokens_per_s": max(
+                    (r for r in rows if r["prompt_len"] == longest),
+                    key=lambda r: r["gen_len"])["decode_tokens_per_s"],
+                "long_context": longest,
             }
+        result.compare(decode_speedup=("decode_tokens_per_s", "ratio"),
+                       long_context_decode_speedup=("long_context_decode_tokens_per_s", "ratio"),
+                       prefill_speedup=("prefill_tokens_per_s", "ratio"))
         return result

@@ -1,4 +1,5 @@
-"""Held-out perplexity over deterministic validation windows."""
+"""Held-out perplexity over deterministic validation windows (teacher and student on the
+very same windows, with their ratio, after an upcycle)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,17 @@ class PerplexityBenchmark:
             loss = evaluate(model, NextTokenCrossEntropy(), split, batch_size=config.batch_size,
                             block_size=config.block_size, max_batches=config.num_batches,
                             device=device, dtype=torch.float32)
+            tokens = _tokens(split, config)
             result.rows.append({"model": name, "split": config.split,
-                                "block_size": config.block_size, "loss": loss,
-                                "perplexity": perplexity(loss)})
-            result.summary[name] = {"loss": loss, "perplexity": perplexity(loss)}
+                                "block_size": config.block_size, "tokens": tokens,
+                                "loss": loss, "perplexity": perplexity(loss)})
+            result.summary[name] = {"loss": loss, "perplexity": perplexity(loss),
+                                    "tokens": tokens}
+        result.compare(perplexity_ratio=("perplexity", "ratio"), delta_nll=("loss", "delta"))
         return result
+
+
+def _tokens(split: Any, config: PerplexityConfig) -> int:
+    """How many next-token predictions the evaluation scored."""
+    return sum(y.numel() for _, y in split.iter_eval_batches(
+        config.batch_size, config.block_size, config.num_batches))

@@ -33,6 +33,7 @@ def run_benchmarks(specs: list[BenchmarkSpec], models: dict[str, Any], data: Any
             raise InputError(f"benchmark {spec.id!r} names models {unknown}; this target has "
                              f"{sorted(models)}.")
         result = bench.run(spec.id, config, chosen, data, device)
+        result.kind = kind
         result.write_csv(out_dir / f"{spec.id}.csv")
         results.append(result)
     return results

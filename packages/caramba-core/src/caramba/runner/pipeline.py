@@ -1,5 +1,6 @@
 """Run a compiled plan: for each experiment target build the data and model, run the
-trainer for every run, then sample, evaluate and write the report and plots."""
+trainer for every run (then that run's verify blocks), sample, benchmark (teacher and
+student when the trainer has a teacher) and write the report, CSVs, plots and tables."""
 
 from __future__ import annotations
 
@@ -7,22 +8,26 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
 from rich.text import Text
 
+from caramba.benchmarks.artifacts import write_benchmark_artifacts
 from caramba.benchmarks.runner import run_benchmarks
 from caramba.compiler.plan import Plan, TargetPlan
 from caramba.errors import InputError
 from caramba.manifest.load import ResolvedManifest
-from caramba.manifest.schema import ExperimentTarget
+from caramba.manifest.schema import ExperimentTarget, RunSpec
 from caramba.models.definition import ModelDefinition
 from caramba.registry import DATASETS, OBJECTIVES, SYSTEMS, TRAINERS
 from caramba.runner.artifacts import TargetArtifacts
 from caramba.runner.plots import loss_curve_png
 from caramba.runner.sampling import sample_texts
+
+if TYPE_CHECKING:
+    from caramba.verify.checks import Verification
 
 
 @dataclass(frozen=True)
@@ -89,9 +94,12 @@ def run_experiment(resolved: ResolvedManifest, plan: Plan, target: TargetPlan,
     trainer = TRAINERS.get(spec.trainer)(TrainerContext(
         model=model, objective=objective, data=data, runtime=spec.runtime,
         run_dir=artifacts.root, plan_hash=plan.hash, resume=options.resume,
-        instrument=spec.logging.instrument,
+        instrument=spec.logging.instrument, base_dir=resolved.file.parent,
     ))
-    results = [trainer.run(run.spec) for run in target.runs]
+    results, verifications = [], []
+    for run in target.runs:
+        results.append(trainer.run(run.spec))
+        verifications += _verify(run.spec, trainer, model, data, console)
     final = results[-1]
 
     device = next(model.parameters()).device
@@ -106,12 +114,16 @@ def run_experiment(resolved: ResolvedManifest, plan: Plan, target: TargetPlan,
         for s in samples:
             console.print(Text.assemble((s.prompt, "bold"), s.completion.rstrip()), "")
 
-    bench_results = run_benchmarks(list(spec.benchmarks), {"model": model}, data, device,
-                                   artifacts.root)
+    teacher = getattr(trainer, "teacher", None)
+    models = {"model": model} if teacher is None else {"teacher": teacher, "student": model}
+    bench_results = run_benchmarks(list(spec.benchmarks), models, data, device, artifacts.root)
     for bench in bench_results:
         console.print(f"benchmark {bench.id}: " + "; ".join(
-            f"{name} " + ", ".join(f"{k} {v:,.2f}" for k, v in values.items())
+            f"{name} " + ", ".join(f"{k} {v:,.2f}" for k, v in values.items()
+                                   if isinstance(v, (int, float)))
             for name, values in bench.summary.items()))
+    figures = write_benchmark_artifacts(bench_results, artifacts.root,
+                                        f"{plan.manifest_name} / {target.name}")
 
     records = read_records(artifacts.metrics)
     loss_curve_png(records, artifacts.loss_curve, f"{plan.manifest_name} / {target.name}")
@@ -128,11 +140,18 @@ def run_experiment(resolved: ResolvedManifest, plan: Plan, target: TargetPlan,
         "tokens_seen": sum(r.tokens_seen for r in results),
         "wall_s": time.perf_counter() - started,
         "runs": [r.to_json() for r in results],
+        "verification": [v.to_json() for v in verifications],
         "samples": [{"prompt": s.prompt, "completion": s.completion} for s in samples],
         "benchmarks": {b.id: b.summary for b in bench_results},
         "artifacts": {"metrics": artifacts.metrics.name, "loss_curve": artifacts.loss_curve.name,
-                      "plan": artifacts.plan.name, "manifest": artifacts.resolved_manifest.name},
+                      "plan": artifacts.plan.name, "manifest": artifacts.resolved_manifest.name,
+                      **{f"{b.id}_csv": f"{b.id}.csv" for b in bench_results if b.rows},
+                      **{path.stem: path.name for path in figures}},
     }
+    if teacher is not None:
+        from caramba.upcycle.summary import upcycle_summary
+
+        report["upcycle"] = upcycle_summary(trainer, model)
     artifacts.write_report(report)
     console.rule("report")
     console.print(
@@ -144,3 +163,32 @@ def run_experiment(resolved: ResolvedManifest, plan: Plan, target: TargetPlan,
     if not math.isfinite(final.final_val_loss):
         console.print("[yellow]warning: validation loss is not finite[/]")
     return report
+
+
+def _verify(run: RunSpec, trainer: Any, model: torch.nn.Module, data: Any,
+            console: Console) -> list[Verification]:
+    """The run's verify blocks against the trainer's teacher (if it has one)."""
+    if not run.verify:
+        return []
+    from caramba.verify.run import verify_run
+
+    results = verify_run(run, student=model, teacher=getattr(trainer, "teacher", None),
+                         data=data, tokenizer=data.tokenizer,
+                         device=next(model.parameters()).device)
+    for result in results:
+        status = "[green]passed[/]" if result.passed else "[yellow]failed[/]"
+        console.print(f"verify {run.id}/{result.type}: {status} " + ", ".join(
+            f"{k} {v:.4g}" for k, v in _flat(result.metrics).items()))
+        for failure in result.failures:
+            console.print(f"  [yellow]{failure}[/]")
+    return results
+
+
+def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict) and not key.endswith("per_layer_mean_l1"):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = value
+    return out

@@ -17,11 +17,13 @@ next-token CE, optionally plus KL to the teacher's logits, through the standard 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
 from torch import nn
 
+from caramba.atomic import atomic_write_json
 from caramba.devices import resolve_device
 from caramba.errors import InputError
 from caramba.manifest.schema import UPCYCLE_PHASES, RunSpec
@@ -32,6 +34,8 @@ from caramba.upcycle.blockwise import BlockwisePhase
 from caramba.upcycle.distill import GlobalPhase
 from caramba.upcycle.surgery import SurgeryReport, upcycle_weights
 from caramba.upcycle.teacher import check_data, load_teacher
+
+SURGERY_FILE = "surgery.json"  # in the target's run folder
 
 
 class UpcycleTrainer:
@@ -60,7 +64,7 @@ class UpcycleTrainer:
             init = self._surgery if first else None
             return BlockwisePhase(self.ctx, teacher, init).run(run)
         calibrate = self._calibrated_surgery if first else None
-        return GlobalPhase(self.ctx, teacher, calibrate).run(run)  # type: ignore[return-value]
+        return GlobalPhase(self.ctx, teacher, calibrate).run(run)
 
     def _load(self, ref: str) -> LanguageModel:
         if self.teacher is None or ref != self.teacher_ref:
@@ -74,6 +78,14 @@ class UpcycleTrainer:
         assert self.teacher is not None
         self.surgery = upcycle_weights(self.teacher, self.ctx.model, covariances=covariances,
                                        teacher_name=f"the teacher {self.teacher_ref}")
+        atomic_write_json(self.ctx.run_dir / SURGERY_FILE, self.surgery.to_json())
+
+    def surgery_json(self) -> dict[str, Any] | None:
+        """What the surgery did, also when it happened in an earlier (resumed) session."""
+        if self.surgery is not None:
+            return self.surgery.to_json()
+        path = self.ctx.run_dir / SURGERY_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
 
     @torch.no_grad()
     def _calibrated_surgery(self, model: nn.Module, run: RunSpec, device: torch.device) -> None:

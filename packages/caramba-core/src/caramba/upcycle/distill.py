@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from caramba.manifest.schema import RunSpec
-from caramba.training.standard import StandardTrainer, TrainerContext, TrainLoop
+from caramba.training.standard import RunResult, StandardTrainer, TrainerContext, TrainLoop
 from caramba.upcycle.surgery import attention_layers
 
 
@@ -58,7 +58,7 @@ class GlobalPhase(StandardTrainer):
         super().__init__(ctx)
         self.teacher, self.init_student = teacher, init_student
 
-    def run(self, run: RunSpec) -> object:
+    def run(self, run: RunSpec) -> RunResult:
         frozen = []
         if run.train.trainable == "attention":
             keep = {id(p) for _, layer in attention_layers(self.ctx.model)
