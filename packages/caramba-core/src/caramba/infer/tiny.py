@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
 import torch.nn.functional as F
 
 from caramba.data.tokens import TokenData, TokenDatasetSource
@@ -94,19 +96,19 @@ def tiny_model(cfg: TinyConfig = TinyConfig(), *, data: TokenData | None = None,
     """A TinyConfig model trained on the English corpus (weights cached on disk), in eval mode."""
     torch.manual_seed(cfg.seed)
     model = LanguageModelSystem.build(definition(cfg))
-    path = cache_dir() / "tiny-models" / f"{cfg.mode}-{cfg.key()}.pt"
+    path = cache_dir() / "tiny-models" / f"{cfg.mode}-{cfg.key()}.safetensors"
     if use_cache and path.is_file():
         try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            load_model(model, str(path))  # safetensors: no pickle, shared (tied) tensors handled
             return model.eval()
-        except (RuntimeError, OSError, ValueError) as exc:
+        except (RuntimeError, OSError, ValueError, SafetensorError) as exc:
             log.warning("tiny model cache %s unreadable (%s); retraining", path, exc)
     data = data or english(cfg.vocab_size)
     train(model, data, cfg)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp-{id(model)}")
-        torch.save(model.state_dict(), tmp)
+        save_model(model, str(tmp))
         tmp.replace(path)
     return model.eval()
 
