@@ -55,7 +55,7 @@ def test_surgery_is_far_closer_to_the_teacher_than_random_init() -> None:
     random_init = student(LAYERS)
     upcycle_weights(teacher, random_init)  # copies everything else ...
     fresh = student(LAYERS, seed=1)  # ... so reset the attention layers to random
-    for (name, layer), (_, other) in zip(random_init.named_modules(), fresh.named_modules(),
+    for (_, layer), (_, other) in zip(random_init.named_modules(), fresh.named_modules(),
                                          strict=True):
         if getattr(layer, "mode", None) == "dba":
             layer.load_state_dict(other.state_dict())

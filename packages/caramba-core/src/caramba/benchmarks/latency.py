@@ -1,9 +1,10 @@
 """Prefill and decode speed (tokens/s) over prompt and generation lengths.
 
-For each (model, prompt length) the prompt is prefilled once into KV caches of `cache_kind`;
-each warmup and timed run then decodes `gen_len` tokens greedily from that context and the
-caches are truncated back to the prompt afterwards, so long contexts cost one prefill, not
-one per run. Decode speed at a long context is where a smaller KV cache shows.
+For each (model, prompt length) the prompt is prefilled into fresh KV caches of `cache_kind`
+(warmup + timed runs, median reported); then each warmup and timed run decodes `gen_len`
+tokens greedily from the last prefill's context, and the caches are truncated back to the
+prompt afterwards, so every decode run starts from the same context without a new
+prefill. Decode speed at a long context is where a smaller KV cache shows.
 """
 
 from __future__ import annotations
@@ -42,21 +43,24 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def _measure(model: Any, prompt: torch.Tensor, gen_lengths: list[int], config: LatencyConfig
              ) -> tuple[float, dict[int, float]]:
-    """Prefill seconds, and the median decode seconds for each generation length."""
+    """Median prefill seconds, and the median decode seconds for each generation length."""
     device = prompt.device
-    spec = CacheSpec(kind=config.cache_kind, capacity=prompt.shape[1] + max(gen_lengths, default=0))
-    ctx = spec.context()
-    _sync(device)
-    start = time.perf_counter()
-    logits = model(prompt, ctx)
-    _sync(device)
-    prefill = time.perf_counter() - start
+    capacity = prompt.shape[1] + max(gen_lengths, default=0)
+    prefills = []
+    for _ in range(config.warmup_runs + config.timed_runs):
+        spec = CacheSpec(kind=config.cache_kind, capacity=capacity)
+        ctx = spec.context()
+        _sync(device)
+        start = time.perf_counter()
+        logits = model(prompt, ctx)
+        _sync(device)
+        prefills.append(time.perf_counter() - start)
     first = logits[:, -1:].argmax(-1)
     decode: dict[int, float] = {}
     for steps in gen_lengths:
         times = []
         for _ in range(config.warmup_runs + config.timed_runs):
-            spec.truncate(prompt.shape[1])
+            spec.truncate(prompt.shape[1])  # back to the prompt: same context every run
             ctx.position, token = prompt.shape[1], first
             _sync(device)
             start = time.perf_counter()
@@ -65,9 +69,13 @@ def _measure(model: Any, prompt: torch.Tensor, gen_lengths: list[int], config: L
                 ctx.position += 1
             _sync(device)
             times.append(time.perf_counter() - start)
-        timed = sorted(times[config.warmup_runs:])
-        decode[steps] = timed[len(timed) // 2]
-    return prefill, decode
+        decode[steps] = _median(times[config.warmup_runs:])
+    return _median(prefills[config.warmup_runs:]), decode
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
 
 
 class LatencyBenchmark:
@@ -85,8 +93,6 @@ class LatencyBenchmark:
         for name, model in models.items():
             was_training = model.training
             model.eval()
-            if config.warmup_runs:  # first calls pay for allocation and kernel selection
-                _measure(model, prompts[min(prompts)].to(device), [1], config)
             rows = []
             for prompt_len, prompt in prompts.items():
                 prefill, decode = _measure(model, prompt.to(device),

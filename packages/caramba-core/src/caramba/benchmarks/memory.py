@@ -7,7 +7,8 @@ tensor a kind cannot hold (DBA's semantic keys are often narrower than a 32-valu
 block) falls back to fp16, as a CacheSpec with per-tensor kinds would store it; the row
 says which tensors fell back. Measured: one real prefill of `measure_length` tokens into
 fp16 caches (allocated bytes), the weights, and peak memory — CUDA's peak allocation on a
-GPU, the process's peak resident set on CPU (whole process, not only this model).
+GPU (`peak_allocated_bytes`), the process's peak resident set on CPU
+(`process_peak_rss_bytes`: the whole process, teacher and student together, not one model).
 """
 
 from __future__ import annotations
@@ -60,11 +61,11 @@ def spec_with_fallback(shapes: list[dict[str, tuple[int, int]]], kind: str
     return CacheSpec(kind=kind, kinds=dict.fromkeys(fallback, "fp16")), fallback
 
 
-def _peak_bytes(device: torch.device) -> int:
+def _peak(device: torch.device) -> dict[str, int]:
     if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
+        return {"peak_allocated_bytes": int(torch.cuda.max_memory_allocated(device))}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB
+    return {"process_peak_rss_bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
 
 
 @torch.no_grad()
@@ -72,10 +73,11 @@ def _measure(model: Any, data: Any, config: MemoryConfig, device: torch.device) 
     x, _ = data.val.batch(config.batch_size, config.measure_length,
                           torch.Generator().manual_seed(0))
     spec = CacheSpec(kind="fp16", capacity=config.measure_length)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # this model's peak, not the process's
     model(x.to(device), spec.context())
     return {"measured_tokens": config.measure_length, "measured_cache_bytes": spec.nbytes,
-            "measured_bytes_per_token": spec.bytes_per_token,
-            "peak_bytes": _peak_bytes(device)}
+            "measured_bytes_per_token": spec.bytes_per_token, **_peak(device)}
 
 
 class MemoryBenchmark:

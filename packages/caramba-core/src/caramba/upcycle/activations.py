@@ -50,8 +50,9 @@ class SecondMoments:
         self.counts: dict[str, int] = {}
 
     def add(self, name: str, x: torch.Tensor) -> None:
-        flat = x.reshape(-1, x.shape[-1]).to(torch.float64)
-        moment = flat.T @ flat
+        # float32 products (one batch's sum is accurate enough), float64 running sums.
+        flat = x.reshape(-1, x.shape[-1]).float()
+        moment = (flat.T @ flat).double()
         self.sums[name] = self.sums[name] + moment if name in self.sums else moment
         self.counts[name] = self.counts.get(name, 0) + flat.shape[0]
 

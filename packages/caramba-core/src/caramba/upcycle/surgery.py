@@ -15,9 +15,10 @@ x_m^T W_q,h^T R(-Δθ) W_k,g x_n / sqrt(d), Δ = m - n, where R rotates every ro
   the ladder; `SurgeryReport.pair_energy` says how much score energy each teacher pair holds.
 * semantic (no RoPE): what the other pairs contribute, taken as if unrotated (Δ = 0), as
   one bilinear form per head A_h = sum_j W_q,hj^T W_k,gj. (Averaging R(-Δθ_j) over distances
-  up to 64 tokens measured no better on real text, and over 256 worse.) A group's heads share
-  their keys, so they are approximated together: stack L^T A_h L over the group, truncated SVD U S V^T to the
-  semantic width s, then W_k = S^½ V^T L^-1 and W_q,h = S^½ U_h^T L^-1 · sqrt(s/d).
+  up to 64 tokens measured no better on real text, and over 256 worse.) A group's heads
+  share their keys, so they are approximated together: stack L^T A_h L over the group,
+  truncated SVD U S V^T to the semantic width s, then W_k = S^½ V^T L^-1 and
+  W_q,h = S^½ U_h^T L^-1 · sqrt(s/d).
   L is the Cholesky factor of the second moment of the layer's input (identity without
   calibration data), so the truncation minimises the expected squared score error on real
   inputs rather than on weights alone.
