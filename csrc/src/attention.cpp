@@ -34,6 +34,8 @@ struct Plan {
 
 struct Layout {  // offsets in floats into the workspace
     size_t acc = 0, stats = 0, scratch = 0, scratch_stride = 0, total_bytes = 0;
+    // token path, per thread: a tile of dequantized rows and its transpose, after the scores
+    size_t rows = 0, kt = 0;
 };
 
 // ---- checks ------------------------------------------------------------------------------
@@ -53,9 +55,10 @@ int requested_threads(const caramba_decode_params& p) {
     return std::max(1, std::min(n, kMaxThreads));
 }
 
-Plan make_plan(const caramba_decode_params& p, int threads, int64_t max_len) {
+// The token path's work unit is a (batch, chunk): every KV head of a position is one row.
+Plan make_plan(const caramba_decode_params& p, int threads, int64_t max_len, bool token) {
     Plan plan;
-    const int64_t units = p.batch * p.num_kv_heads;
+    const int64_t units = token ? p.batch : p.batch * p.num_kv_heads;
     if (p.num_splits > 0) {
         plan.splits = std::min<int64_t>(p.num_splits, max_len);
     } else {
@@ -68,17 +71,27 @@ Plan make_plan(const caramba_decode_params& p, int threads, int64_t max_len) {
     return plan;
 }
 
-bool make_layout(const caramba_decode_params& p, const Plan& plan, int64_t dv, Layout* out) {
-    const size_t group = static_cast<size_t>(p.num_q_heads / p.num_kv_heads);
+// widest_row > 0: the token path, with rows of up to widest_row floats.
+bool make_layout(const caramba_decode_params& p, const Plan& plan, int64_t dv, int64_t widest_row,
+                 Layout* out) {
+    const bool token = widest_row > 0;
+    const size_t group = static_cast<size_t>(token ? p.num_q_heads : p.num_q_heads / p.num_kv_heads);
     size_t rows = 0, acc = 0, stats = 0, scratch = 0, all = 0;
     if (!mul_ok(static_cast<size_t>(p.batch), static_cast<size_t>(p.num_q_heads), &rows)) return false;
     if (!mul_ok(rows, static_cast<size_t>(plan.splits), &rows)) return false;
     if (!mul_ok(rows, static_cast<size_t>(dv), &acc)) return false;
     if (!mul_ok(rows, 2, &stats)) return false;
-    // Per thread: scores/probabilities (group x tile); running max, sum, rescale (group each).
-    const size_t per_thread = round_up(group * (kTileRows + 3), kAlign / sizeof(float));
-    if (!mul_ok(per_thread, static_cast<size_t>(plan.threads), &scratch)) return false;
+    // Per thread: scores/probabilities (heads x tile); running max, sum, rescale (heads each);
+    // token path: a tile of rows and its transpose.
+    const size_t align = kAlign / sizeof(float);
+    size_t tile = 0;
+    if (token && !mul_ok(round_up(static_cast<size_t>(widest_row), 8), kTileRows, &tile)) return false;
+    tile = round_up(tile, align);
     Layout l;
+    l.rows = round_up(group * (kTileRows + 3), align);
+    l.kt = l.rows + tile;
+    const size_t per_thread = l.kt + tile;
+    if (!mul_ok(per_thread, static_cast<size_t>(plan.threads), &scratch)) return false;
     l.acc = 0;
     l.stats = round_up(acc, kAlign / sizeof(float));
     l.scratch = l.stats + round_up(stats, kAlign / sizeof(float));
@@ -100,10 +113,14 @@ struct Job {
     caramba_kv_tensor v;
     const int32_t* lengths;
     caramba_output_tensor out;
+    caramba_lse_tensor lse;
     int64_t group, splits, dv;
     float* ws;
     Layout layout;
+    const RowCodec* codec;  // token path: dequantizes token-layout rows into the tile
 };
+
+bool is_token(const caramba_kv_tensor& t) { return raw(t.layout) == CARAMBA_KV_LAYOUT_TOKEN; }
 
 void run_chunk(void* ctx, int64_t item, int worker) {
     const Job& job = *static_cast<const Job*>(ctx);
@@ -170,6 +187,109 @@ void run_chunk(void* ctx, int64_t item, int worker) {
     }
 }
 
+// Dequantizes rows t0 .. t0+n-1 of a token-layout tensor (base = its batch's first row) into
+// rows (row_pad floats apart), zero-filling past row_elems and up to round_up(n, 8) rows.
+void fill_tile(const RowCodec& codec, const caramba_kv_tensor& t, const uint8_t* base, int64_t t0,
+               int n, int64_t row_elems, int64_t row_pad, float* rows) {
+    for (int i = 0; i < n; ++i) {
+        float* dst = rows + i * row_pad;
+        codec.dequantize(t.format, base + (t0 + i) * t.stride_s, row_elems, dst);
+        std::fill(dst + row_elems, dst + row_pad, 0.0f);
+    }
+    const int n_pad = (n + 7) / 8 * 8;
+    std::fill(rows + n * row_pad, rows + n_pad * row_pad, 0.0f);
+}
+
+// One (batch, chunk) when some tensor is in the token layout: each position's rows are
+// dequantized once (token layout) or read in place (head layout), for all query heads.
+void run_chunk_token(void* ctx, int64_t item, int worker) {
+    const Job& job = *static_cast<const Job*>(ctx);
+    const caramba_decode_params& p = *job.p;
+    const int64_t split = item % job.splits;
+    const int64_t b = item / job.splits;
+    const int64_t Hq = p.num_q_heads, Hkv = p.num_kv_heads, G = job.group;
+    const int nh = static_cast<int>(Hq), ng = static_cast<int>(G);
+
+    const int64_t len = job.lengths[b];
+    const int64_t chunk = (len + job.splits - 1) / job.splits;
+    const int64_t s0 = std::min(len, split * chunk);
+    const int64_t s1 = std::min(len, s0 + chunk);
+
+    const int64_t first_row = b * Hq * job.splits + split;
+    float* acc = job.ws + job.layout.acc + first_row * job.dv;
+    const int64_t acc_stride = job.splits * job.dv;
+    float* stats = job.ws + job.layout.stats + first_row * 2;
+    const int64_t stats_stride = job.splits * 2;
+    float* scratch = job.ws + job.layout.scratch + worker * job.layout.scratch_stride;
+    float* s = scratch;
+    float* m = s + Hq * kTileRows;
+    float* l = m + Hq;
+    float* alpha = l + Hq;
+    float* rows = scratch + job.layout.rows;
+    float* kt = scratch + job.layout.kt;
+
+    for (int64_t h = 0; h < Hq; ++h) {
+        std::fill(acc + h * acc_stride, acc + h * acc_stride + job.dv, 0.0f);
+        m[h] = -std::numeric_limits<float>::infinity();
+        l[h] = 0.0f;
+    }
+
+    const float* q_ptr[2];
+    const uint8_t* k_ptr[2];
+    for (int i = 0; i < job.n_terms; ++i) {
+        const ScoreTerm& term = job.terms[i];
+        q_ptr[i] = term.q.data + b * term.q.stride_b;
+        k_ptr[i] = static_cast<const uint8_t*>(term.k.data) + b * term.k.stride_b;
+    }
+    const uint8_t* v_ptr = static_cast<const uint8_t*>(job.v.data) + b * job.v.stride_b;
+    const int64_t v_elems = Hkv * job.dv, v_pad = (v_elems + 7) / 8 * 8;
+
+    for (int64_t t0 = s0; t0 < s1; t0 += kTileRows) {
+        const int n = static_cast<int>(std::min<int64_t>(kTileRows, s1 - t0));
+        for (int i = 0; i < job.n_terms; ++i) {
+            const ScoreTerm& term = job.terms[i];
+            const int64_t d = term.k.dim;
+            if (is_token(term.k)) {
+                const int64_t elems = Hkv * d, pad = (elems + 7) / 8 * 8;
+                fill_tile(*job.codec, term.k, k_ptr[i], t0, n, elems, pad, rows);
+                job.kernels->token_score(rows, pad, n, q_ptr[i], term.q.stride_h, nh, ng, d,
+                                         term.scale, s, kTileRows, i > 0, kt);
+            } else {
+                for (int64_t g = 0; g < Hkv; ++g) {
+                    job.kernels->score(term.k.format, k_ptr[i] + g * term.k.stride_h + t0 * term.k.stride_s,
+                                       term.k.stride_s, n, q_ptr[i] + g * G * term.q.stride_h,
+                                       term.q.stride_h, ng, d, term.scale, s + g * G * kTileRows,
+                                       kTileRows, i > 0);
+                }
+            }
+        }
+        job.kernels->softmax(s, kTileRows, n, nh, m, l, alpha);
+        for (int64_t h = 0; h < Hq; ++h) {
+            if (alpha[h] == 1.0f) continue;
+            float* a = acc + h * acc_stride;
+            for (int64_t i = 0; i < job.dv; ++i) a[i] *= alpha[h];
+        }
+        if (is_token(job.v)) {
+            fill_tile(*job.codec, job.v, v_ptr, t0, n, v_elems, v_pad, rows);
+            for (int64_t g = 0; g < Hkv; ++g) {
+                job.kernels->value(CARAMBA_FORMAT_F32, reinterpret_cast<const uint8_t*>(rows + g * job.dv),
+                                   v_pad * static_cast<int64_t>(sizeof(float)), n, s + g * G * kTileRows,
+                                   kTileRows, ng, job.dv, acc + g * G * acc_stride, acc_stride);
+            }
+        } else {
+            for (int64_t g = 0; g < Hkv; ++g) {
+                job.kernels->value(job.v.format, v_ptr + g * job.v.stride_h + t0 * job.v.stride_s,
+                                   job.v.stride_s, n, s + g * G * kTileRows, kTileRows, ng, job.dv,
+                                   acc + g * G * acc_stride, acc_stride);
+            }
+        }
+    }
+    for (int64_t h = 0; h < Hq; ++h) {
+        stats[h * stats_stride] = m[h];
+        stats[h * stats_stride + 1] = l[h];
+    }
+}
+
 void merge_row(void* ctx, int64_t row, int /*worker*/) {
     const Job& job = *static_cast<const Job*>(ctx);
     const caramba_decode_params& p = *job.p;
@@ -194,17 +314,20 @@ void merge_row(void* ctx, int64_t row, int /*worker*/) {
     }
     const float inv = 1.0f / total;
     for (int64_t j = 0; j < job.dv; ++j) out[j] *= inv;
+    if (job.lse.data != nullptr) {
+        job.lse.data[b * job.lse.stride_b + h * job.lse.stride_h] = m_max + std::log(total);
+    }
 }
 
 caramba_status decode(const caramba_decode_params* params, const ScoreTerm* terms, int n_terms,
                       const caramba_kv_tensor& v, const int32_t* lengths,
-                      const caramba_output_tensor& out) {
+                      const caramba_output_tensor& out, const caramba_lse_tensor& lse) {
     caramba_status st = check_params(params);
     if (st.code != CARAMBA_OK) return st;
     const caramba_decode_params& p = *params;
     static const char* const q_names[2][2] = {{"q", "q"}, {"q_sem", "q_geo"}};
     static const char* const k_names[2][2] = {{"k", "k"}, {"k_sem", "k_geo"}};
-    Span spans[6];
+    Span spans[7];
     int n_spans = 0;
     for (int i = 0; i < n_terms; ++i) {
         const char* qn = q_names[n_terms - 1][i];
@@ -226,12 +349,26 @@ caramba_status decode(const caramba_decode_params* params, const ScoreTerm* term
     if (lengths == nullptr) return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "lengths is NULL");
     spans[n_spans].lo = reinterpret_cast<const char*>(lengths);
     spans[n_spans++].hi = reinterpret_cast<const char*>(lengths + p.batch);
-    static const char* const span_names[2][6] = {{"q", "k", "v", "lengths", "", ""},
-                                                 {"q_sem", "k_sem", "q_geo", "k_geo", "v", "lengths"}};
+    static const char* const span_names[2][7] = {{"q", "k", "v", "lengths", "", "", ""},
+                                                 {"q_sem", "k_sem", "q_geo", "k_geo", "v", "lengths", ""}};
     for (int i = 0; i < n_spans; ++i) {
         if (overlaps(out_span, spans[i])) {
             return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "out overlaps %s in memory",
                                span_names[n_terms - 1][i]);
+        }
+    }
+    if (lse.data != nullptr) {
+        Span lse_span{nullptr, nullptr};
+        st = check_lse(lse, p, &lse_span);
+        if (st.code != CARAMBA_OK) return st;
+        if (overlaps(lse_span, out_span)) {
+            return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "lse overlaps out in memory");
+        }
+        for (int i = 0; i < n_spans; ++i) {
+            if (overlaps(lse_span, spans[i])) {
+                return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "lse overlaps %s in memory",
+                                   span_names[n_terms - 1][i]);
+            }
         }
     }
     int64_t max_len = 0;
@@ -247,21 +384,28 @@ caramba_status decode(const caramba_decode_params* params, const ScoreTerm* term
         work += static_cast<double>(lengths[b]);
     }
     int64_t dk_total = 0;
-    for (int i = 0; i < n_terms; ++i) dk_total += terms[i].k.dim;
+    int64_t widest_row = 0;  // > 0: some tensor is in the token layout
+    for (int i = 0; i < n_terms; ++i) {
+        dk_total += terms[i].k.dim;
+        if (is_token(terms[i].k)) widest_row = std::max(widest_row, p.num_kv_heads * terms[i].k.dim);
+    }
+    if (is_token(v)) widest_row = std::max(widest_row, p.num_kv_heads * v.dim);
     work *= static_cast<double>(p.num_q_heads) * static_cast<double>(dk_total + v.dim);
 
     const AttentionKernels* kernels = path_attention_kernels(p.path);
-    if (kernels == nullptr) {
+    const RowCodec* codec = path_codec(p.path);
+    if (kernels == nullptr || codec == nullptr) {
         return make_status(CARAMBA_ERR_UNSUPPORTED,
                            "path=%s: not available on this CPU/build (best SIMD here: %s)",
                            path_name(p.path), simd_isa_name());
     }
 
+    const bool token = widest_row > 0;
     int threads = requested_threads(p);
     if (p.num_threads == 0 && work < kSingleThreadWork) threads = 1;
-    const Plan plan = make_plan(p, threads, max_len);
+    const Plan plan = make_plan(p, threads, max_len, token);
     Layout layout;
-    if (!make_layout(p, plan, v.dim, &layout)) {
+    if (!make_layout(p, plan, v.dim, widest_row, &layout)) {
         return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "shapes too large: workspace size overflows");
     }
 
@@ -284,12 +428,13 @@ caramba_status decode(const caramba_decode_params* params, const ScoreTerm* term
     const size_t misalign = reinterpret_cast<uintptr_t>(base) % kAlign;
     float* ws = reinterpret_cast<float*>(base + (misalign ? kAlign - misalign : 0));
 
-    Job job{kernels, &p, {}, n_terms, v, lengths, out, p.num_q_heads / p.num_kv_heads,
-            plan.splits, v.dim, ws, layout};
+    Job job{kernels, &p, {}, n_terms, v, lengths, out, lse, p.num_q_heads / p.num_kv_heads,
+            plan.splits, v.dim, ws, layout, codec};
     for (int i = 0; i < n_terms; ++i) job.terms[i] = terms[i];
 
     ThreadPool& pool = ThreadPool::instance();
-    pool.run(plan.threads, p.batch * p.num_kv_heads * plan.splits, run_chunk, &job);
+    const int64_t units = token ? p.batch : p.batch * p.num_kv_heads;
+    pool.run(plan.threads, units * plan.splits, token ? run_chunk_token : run_chunk, &job);
     const int64_t rows = p.batch * p.num_q_heads;
     const int merge_threads = plan.splits > 1 && rows * plan.splits * v.dim > (1 << 16) ? plan.threads : 1;
     pool.run(merge_threads, rows, merge_row, &job);
@@ -324,14 +469,22 @@ void caramba_decode_params_init(caramba_decode_params* params) {
 
 caramba_status caramba_decode_workspace_bytes(const caramba_decode_params* params, int64_t dv,
                                               size_t* bytes) {
+    return caramba_decode_workspace_bytes_ex(params, dv, 0, bytes);
+}
+
+caramba_status caramba_decode_workspace_bytes_ex(const caramba_decode_params* params, int64_t dv,
+                                                 int64_t widest_row, size_t* bytes) {
     return guarded([&] {
         caramba_status st = check_params(params);
         if (st.code != CARAMBA_OK) return st;
         if (bytes == nullptr) return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "bytes is NULL");
         if (dv < 1) return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "dv must be >= 1");
-        const Plan plan = make_plan(*params, requested_threads(*params), params->max_seq_len);
+        if (widest_row < 0) {
+            return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "widest_row must be >= 0 (0 = head layout only)");
+        }
+        const Plan plan = make_plan(*params, requested_threads(*params), params->max_seq_len, widest_row > 0);
         Layout layout;
-        if (!make_layout(*params, plan, dv, &layout)) {
+        if (!make_layout(*params, plan, dv, widest_row, &layout)) {
             return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "shapes too large: workspace size overflows");
         }
         *bytes = layout.total_bytes;
@@ -345,7 +498,17 @@ caramba_status caramba_decode_attention(const caramba_decode_params* params,
                                         caramba_output_tensor out) {
     return guarded([&] {
         const ScoreTerm term{q, k, scale};
-        return decode(params, &term, 1, v, lengths, out);
+        return decode(params, &term, 1, v, lengths, out, caramba_lse_tensor{nullptr, 0, 0});
+    });
+}
+
+caramba_status caramba_decode_attention_lse(const caramba_decode_params* params,
+                                            caramba_query_tensor q, caramba_kv_tensor k,
+                                            caramba_kv_tensor v, const int32_t* lengths, float scale,
+                                            caramba_output_tensor out, caramba_lse_tensor lse) {
+    return guarded([&] {
+        const ScoreTerm term{q, k, scale};
+        return decode(params, &term, 1, v, lengths, out, lse);
     });
 }
 
@@ -357,7 +520,19 @@ caramba_status caramba_dba_decode_attention(const caramba_decode_params* params,
                                             caramba_output_tensor out) {
     return guarded([&] {
         const ScoreTerm terms[2] = {{q_sem, k_sem, scale_sem}, {q_geo, k_geo, scale_geo}};
-        return decode(params, terms, 2, v, lengths, out);
+        return decode(params, terms, 2, v, lengths, out, caramba_lse_tensor{nullptr, 0, 0});
+    });
+}
+
+caramba_status caramba_dba_decode_attention_lse(const caramba_decode_params* params,
+                                                caramba_query_tensor q_sem, caramba_query_tensor q_geo,
+                                                caramba_kv_tensor k_sem, caramba_kv_tensor k_geo,
+                                                caramba_kv_tensor v, const int32_t* lengths,
+                                                float scale_sem, float scale_geo,
+                                                caramba_output_tensor out, caramba_lse_tensor lse) {
+    return guarded([&] {
+        const ScoreTerm terms[2] = {{q_sem, k_sem, scale_sem}, {q_geo, k_geo, scale_geo}};
+        return decode(params, terms, 2, v, lengths, out, lse);
     });
 }
 

@@ -353,10 +353,104 @@ void softmax(float* s, int64_t s_stride, int n, int ng, float* m, float* l, floa
     }
 }
 
+// ---- token layout -------------------------------------------------------------------------
+// The tile of rows is transposed (8x8 blocks) so that one element of a row, for 8 positions,
+// is one vector: a head's score over the tile is then `dim` broadcast-FMAs per 8 positions,
+// whatever `dim` is, and heads of one KV head share the loaded vectors.
+
+inline void transpose8(__m256* r) {
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// kt[j*kTileRows + t] = rows[t*row_pad + j] for t < 8*nv, j < row_pad.
+void transpose_tile(const float* rows, int64_t row_pad, int nv, float* kt) {
+    for (int v = 0; v < nv; ++v) {
+        for (int64_t j = 0; j < row_pad; j += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rows + (8 * v + i) * row_pad + j);
+            transpose8(r);
+            for (int i = 0; i < 8; ++i) _mm256_store_ps(kt + (j + i) * kTileRows + 8 * v, r[i]);
+        }
+    }
+}
+
+// NH query heads reading the same KV columns col .. col+dim-1, NV vectors of positions.
+template <int NV, int NH>
+void token_heads(const float* kt, const float* q, int64_t q_stride, int64_t dim, float scale,
+                 float* s, int64_t s_stride, bool accumulate) {
+    __m256 acc[NH][NV];
+    for (int h = 0; h < NH; ++h)
+        for (int v = 0; v < NV; ++v) acc[h][v] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < dim; ++i) {
+        __m256 k[NV];
+        for (int v = 0; v < NV; ++v) k[v] = _mm256_load_ps(kt + i * kTileRows + 8 * v);
+        for (int h = 0; h < NH; ++h) {
+            const __m256 qi = _mm256_broadcast_ss(q + h * q_stride + i);
+            for (int v = 0; v < NV; ++v) acc[h][v] = _mm256_fmadd_ps(qi, k[v], acc[h][v]);
+        }
+    }
+    const __m256 sc = _mm256_set1_ps(scale);
+    for (int h = 0; h < NH; ++h) {
+        for (int v = 0; v < NV; ++v) {
+            float* dst = s + h * s_stride + 8 * v;
+            const __m256 x = _mm256_mul_ps(acc[h][v], sc);
+            _mm256_storeu_ps(dst, accumulate ? _mm256_add_ps(_mm256_loadu_ps(dst), x) : x);
+        }
+    }
+}
+
+template <int NV>
+void token_score_nv(const float* kt, const float* q, int64_t q_stride, int nh, int group,
+                    int64_t dim, float scale, float* s, int64_t s_stride, bool accumulate) {
+    int h = 0;
+    while (h < nh) {
+        const float* col = kt + (h / group) * dim * kTileRows;
+        if (h + 1 < nh && (h + 1) / group == h / group) {
+            token_heads<NV, 2>(col, q + h * q_stride, q_stride, dim, scale, s + h * s_stride,
+                               s_stride, accumulate);
+            h += 2;
+        } else {
+            token_heads<NV, 1>(col, q + h * q_stride, q_stride, dim, scale, s + h * s_stride,
+                               s_stride, accumulate);
+            h += 1;
+        }
+    }
+}
+
+static_assert(kTileRows == 32, "token_score handles up to 4 vectors of positions");
+
+void token_score(const float* rows, int64_t row_pad, int n_rows, const float* q,
+                 int64_t q_stride, int nh, int group, int64_t dim, float scale, float* s,
+                 int64_t s_stride, bool accumulate, float* scratch) {
+    const int nv = (n_rows + 7) / 8;
+    transpose_tile(rows, row_pad, nv, scratch);
+    switch (nv) {
+        case 1: token_score_nv<1>(scratch, q, q_stride, nh, group, dim, scale, s, s_stride, accumulate); break;
+        case 2: token_score_nv<2>(scratch, q, q_stride, nh, group, dim, scale, s, s_stride, accumulate); break;
+        case 3: token_score_nv<3>(scratch, q, q_stride, nh, group, dim, scale, s, s_stride, accumulate); break;
+        default: token_score_nv<4>(scratch, q, q_stride, nh, group, dim, scale, s, s_stride, accumulate); break;
+    }
+}
+
 }  // namespace
 
 const AttentionKernels* avx2_attention_kernels() {
-    static const AttentionKernels kernels{score, value, softmax};
+    static const AttentionKernels kernels{score, value, softmax, token_score};
     return &kernels;
 }
 

@@ -402,7 +402,7 @@ void value(caramba_format format, const uint8_t* rows, int64_t row_stride, int n
 const AttentionKernels* avx512_attention_kernels() {
     const AttentionKernels* avx2 = avx2_attention_kernels();
     if (avx2 == nullptr) return nullptr;
-    static const AttentionKernels kernels{score, value, avx2->softmax};
+    static const AttentionKernels kernels{score, value, avx2->softmax, avx2->token_score};
     return &kernels;
 }
 

@@ -95,8 +95,24 @@ void softmax_tile_scalar(float* s, int64_t s_stride, int n, int ng, float* m, fl
     }
 }
 
+void token_score_scalar(const float* rows, int64_t row_pad, int n_rows, const float* q,
+                        int64_t q_stride, int nh, int group, int64_t dim, float scale, float* s,
+                        int64_t s_stride, bool accumulate, float* /*scratch*/) {
+    for (int h = 0; h < nh; ++h) {
+        const float* qh = q + h * q_stride;
+        const int64_t col = (h / group) * dim;
+        for (int t = 0; t < n_rows; ++t) {
+            const float* k = rows + t * row_pad + col;
+            float dot = 0.0f;
+            for (int64_t i = 0; i < dim; ++i) dot += qh[i] * k[i];
+            float* dst = s + h * s_stride + t;
+            *dst = accumulate ? *dst + scale * dot : scale * dot;
+        }
+    }
+}
+
 const AttentionKernels& scalar_attention_kernels() {
-    static const AttentionKernels kernels{score, value, softmax_tile_scalar};
+    static const AttentionKernels kernels{score, value, softmax_tile_scalar, token_score_scalar};
     return kernels;
 }
 

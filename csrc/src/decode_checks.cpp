@@ -2,6 +2,7 @@
 
 #include "decode_checks.h"
 
+#include <cstdint>
 #include <utility>
 
 #include "internal.h"
@@ -71,18 +72,55 @@ caramba_status check_kv(const char* name, const caramba_kv_tensor& t, int64_t ex
                            "%s: dim %lld does not match the query's %lld", name,
                            static_cast<long long>(t.dim), static_cast<long long>(expect_dim));
     }
+    const int layout = raw(t.layout);
+    if (layout != CARAMBA_KV_LAYOUT_HEAD && layout != CARAMBA_KV_LAYOUT_TOKEN) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s: unknown layout %d", name, layout);
+    }
+    const bool token = layout == CARAMBA_KV_LAYOUT_TOKEN;
+    if (t.dim < 1) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s: dim must be >= 1, got %lld", name,
+                           static_cast<long long>(t.dim));
+    }
+    if (token && t.dim > INT64_MAX / p.num_kv_heads) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s: num_kv_heads * dim overflows", name);
+    }
+    // Token layout: one row holds every KV head's dim values (head g at [g*dim, (g+1)*dim)).
+    const int64_t row_elems = token ? p.num_kv_heads * t.dim : t.dim;
     int64_t row_bytes = 0;
-    caramba_status st = caramba_row_bytes(t.format, t.dim, &row_bytes);
+    caramba_status st = caramba_row_bytes(t.format, row_elems, &row_bytes);
     if (st.code != CARAMBA_OK) {
-        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s: %s", name, st.message);
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s: %s%s", name,
+                           token ? "token-layout row (num_kv_heads * dim values): " : "", st.message);
     }
     if (t.stride_b < 0 || t.stride_h < 0 || t.stride_s < 0) {
         return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "%s: strides must be >= 0", name);
     }
-    const int64_t last = (p.batch - 1) * t.stride_b + (p.num_kv_heads - 1) * t.stride_h +
+    const int64_t last = (p.batch - 1) * t.stride_b + (token ? 0 : (p.num_kv_heads - 1) * t.stride_h) +
                          (p.max_seq_len - 1) * t.stride_s + row_bytes;
     span->lo = static_cast<const char*>(t.data);
     span->hi = span->lo + last;
+    return ok_status();
+}
+
+caramba_status check_lse(const caramba_lse_tensor& t, const caramba_decode_params& p, Span* span) {
+    if (t.stride_b < 0 || t.stride_h < 0) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "lse: strides must be >= 0");
+    }
+    // Entries are written concurrently: distinct (b, h) must be distinct floats.
+    int64_t s_in = t.stride_h, n_in = p.num_q_heads, s_out = t.stride_b, n_out = p.batch;
+    if (s_in > s_out) {
+        std::swap(s_in, s_out);
+        std::swap(n_in, n_out);
+    }
+    const bool inner_ok = n_in == 1 || s_in >= 1;
+    const int64_t inner_extent = n_in == 1 ? 1 : (n_in - 1) * s_in + 1;
+    if (!inner_ok || !(n_out == 1 || s_out >= inner_extent)) {
+        return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "lse: strides (%lld, %lld) make entries overlap",
+                           static_cast<long long>(t.stride_b), static_cast<long long>(t.stride_h));
+    }
+    const int64_t last = (p.batch - 1) * t.stride_b + (p.num_q_heads - 1) * t.stride_h + 1;
+    span->lo = reinterpret_cast<const char*>(t.data);
+    span->hi = span->lo + last * static_cast<int64_t>(sizeof(float));
     return ok_status();
 }
 

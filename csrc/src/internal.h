@@ -135,7 +135,21 @@ struct AttentionKernels {
                   const float* p, int64_t p_stride, int ng, int64_t dim, float* acc,
                   int64_t acc_stride);
     void (*softmax)(float* s, int64_t s_stride, int n, int ng, float* m, float* l, float* alpha);
+    // Token-layout scores from a tile of dequantized rows. A row holds row_elems =
+    // (nh / group) * dim floats; rows are row_pad = round_up(row_elems, 8) floats apart and
+    // round_up(n_rows, 8) of them are present, zeros past n_rows rows and past row_elems.
+    // For every query head h < nh (reading KV head h / group) and t < n_rows:
+    //   s[h*s_stride + t] (+)= scale * dot(q + h*q_stride, rows + t*row_pad + (h / group)*dim)
+    // scratch: at least row_pad * kTileRows floats, 64-byte aligned.
+    void (*token_score)(const float* rows, int64_t row_pad, int n_rows, const float* q,
+                        int64_t q_stride, int nh, int group, int64_t dim, float scale, float* s,
+                        int64_t s_stride, bool accumulate, float* scratch);
 };
+
+// The scalar token-layout score (plain loops over the row-major tile), shared by scalar/NEON.
+void token_score_scalar(const float* rows, int64_t row_pad, int n_rows, const float* q,
+                        int64_t q_stride, int nh, int group, int64_t dim, float scale, float* s,
+                        int64_t s_stride, bool accumulate, float* scratch);
 
 // The scalar softmax step (std::exp), shared by the scalar and NEON tables.
 void softmax_tile_scalar(float* s, int64_t s_stride, int n, int ng, float* m, float* l, float* alpha);

@@ -160,24 +160,29 @@ Query query(nb::handle h, const char* name) {
     return q;
 }
 
+// A cache tensor (B, H1, S_max, stored) in format f. H1 > 1: the head layout (H1 KV heads,
+// rows of D values). H1 == 1: one row per token of `row` values; with the query's head dim D
+// that is Hkv = row / D heads (the token layout; Hkv == 1 reads the same in both layouts).
 struct Cache {
     RoArray a;
     caramba_format f;
-    int64_t Hkv, S, D;
+    int64_t H1 = 0, S = 0, row = 0;  // as stored
+    int64_t Hkv = 0, D = 0;          // resolved
+    bool token = false;
     caramba_kv_tensor tensor() const {
-        const int64_t row = static_cast<int64_t>(a.shape(3)) * ((a.dtype().bits + 7) / 8);
-        return {a.data(), f, D, Hkv * S * row, S * row, row};
+        const int64_t bytes = static_cast<int64_t>(a.shape(3)) * ((a.dtype().bits + 7) / 8);
+        return {a.data(), f, D, H1 * S * bytes, S * bytes, bytes,
+                token ? CARAMBA_KV_LAYOUT_TOKEN : CARAMBA_KV_LAYOUT_HEAD};
     }
 };
 
-// (B, Hkv, S_max, stored) in format f; D_expect < 0: the width is whatever the cache holds.
-Cache cache(nb::handle h, const char* name, const std::string& kind, const char* kind_name,
-            int64_t B, int64_t Hq, int64_t D_expect) {
+Cache cache(nb::handle h, const char* name, const std::string& kind, const char* kind_name, int64_t B) {
     const caramba_format f = parse_format(kind, kind_name);
-    Cache c{as_array<RoArray>(h, name), f, 0, 0, 0};
+    Cache c{as_array<RoArray>(h, name), f};
     check_dtype(c.a, name, storage_dtype(f), storage_dtype_name(f));
     if (c.a.ndim() != 4) {
-        value_error(fmt("%s: expected shape (B, Hkv, S_max, %s), got %s", name,
+        value_error(fmt("%s: expected shape (B, Hkv, S_max, %s) or, in the token layout, (B, 1, S_max, "
+                        "row), got %s", name,
                         f == CARAMBA_FORMAT_F32 || f == CARAMBA_FORMAT_F16 ? "D" : "bytes_per_row",
                         shape_str(c.a).c_str()));
     }
@@ -187,25 +192,71 @@ Cache cache(nb::handle h, const char* name, const std::string& kind, const char*
         value_error(fmt("%s: batch %lld does not match the query's %lld", name, (long long)c.a.shape(0),
                         (long long)B));
     }
-    c.Hkv = c.a.shape(1);
+    c.H1 = c.a.shape(1);
     c.S = c.a.shape(2);
+    c.row = logical_width(f, c.a.shape(3), name);
+    return c;
+}
+
+// Resolves a key cache against its query's head dim D; Hkv = the heads found so far (0: none).
+void resolve_key(Cache& c, const char* name, const std::string& kind, int64_t D, int64_t Hq,
+                 int64_t* Hkv, const char** first) {
+    if (c.H1 > 1 || c.row == D) {
+        check_width(c.f, D, name);
+        if (c.row != D) {
+            value_error(fmt("%s: rows hold %lld values in %s, the query has head dim %lld", name,
+                            (long long)c.row, kind.c_str(), (long long)D));
+        }
+        c.Hkv = c.H1;
+    } else {
+        if (c.row % D != 0) {
+            value_error(fmt("%s: a token-layout row (shape[1] == 1) holds %lld values, not a whole "
+                            "number of the query's head dim %lld; store %s in the head layout "
+                            "(B, Hkv, S_max, row) or make the row Hkv x %lld values",
+                            name, (long long)c.row, (long long)D, name, (long long)D));
+        }
+        c.Hkv = c.row / D;
+        c.token = true;
+    }
+    c.D = D;
+    if (*Hkv != 0 && c.Hkv != *Hkv) {
+        value_error(fmt("%s: %lld KV heads%s do not match %s's %lld", name, (long long)c.Hkv,
+                        c.token ? fmt(" (token layout: %lld values per row / head dim %lld)",
+                                      (long long)c.row, (long long)D).c_str() : "",
+                        *first, (long long)*Hkv));
+    }
     if (Hq % c.Hkv != 0) {
         value_error(fmt("%s: %lld KV heads do not divide the query's %lld heads", name, (long long)c.Hkv,
                         (long long)Hq));
     }
-    c.D = logical_width(f, c.a.shape(3), name);
-    if (D_expect >= 0) {
-        check_width(f, D_expect, name);
-        if (c.D != D_expect) {
-            value_error(fmt("%s: rows hold %lld values in %s, the query has head dim %lld", name,
-                            (long long)c.D, kind.c_str(), (long long)D_expect));
-        }
+    if (*Hkv == 0) {
+        *Hkv = c.Hkv;
+        *first = name;
     }
-    return c;
 }
 
-void same_grid(const Cache& a, const char* an, const Cache& b, const char* bn) {
-    if (a.Hkv != b.Hkv || a.S != b.S) {
+// The value cache: head layout (shape[1] == Hkv) or token layout (rows of Hkv x dv values).
+void resolve_value(Cache& c, int64_t Hkv, const char* keys) {
+    if (c.H1 > 1 || Hkv == 1) {
+        if (c.H1 != Hkv) {
+            value_error(fmt("v: %lld KV heads do not match %s's %lld", (long long)c.H1, keys,
+                            (long long)Hkv));
+        }
+        c.Hkv = c.H1;
+        c.D = c.row;
+    } else {
+        if (c.row % Hkv != 0) {
+            value_error(fmt("v: a token-layout row (shape[1] == 1) holds %lld values, which do not "
+                            "split into %s's %lld KV heads", (long long)c.row, keys, (long long)Hkv));
+        }
+        c.Hkv = Hkv;
+        c.D = c.row / Hkv;
+        c.token = true;
+    }
+}
+
+void same_length(const Cache& a, const char* an, const Cache& b, const char* bn) {
+    if (a.S != b.S) {
         value_error(fmt("%s: (heads, S_max) = (%lld, %lld) does not match %s's (%lld, %lld)", an,
                         (long long)a.Hkv, (long long)a.S, bn, (long long)b.Hkv, (long long)b.S));
     }
@@ -248,16 +299,28 @@ caramba_output_tensor output(nb::handle h, int64_t B, int64_t Hq, int64_t Dv, Rw
     return {static_cast<float*>(keep->data()), Dv, Hq * Dv, Dv};
 }
 
-caramba_decode_params params(int64_t B, int64_t Hq, const Cache& v, int num_splits, int num_threads,
-                             const std::string& path) {
+caramba_lse_tensor lse_output(nb::handle h, int64_t B, int64_t Hq, RwArray* keep) {
+    if (h.is_none()) return {nullptr, 0, 0};
+    *keep = as_array<RwArray>(h, "lse");
+    check_dtype(*keep, "lse", nb::dtype<float>(), "float32");
+    if (keep->ndim() != 2 || (int64_t)keep->shape(0) != B || (int64_t)keep->shape(1) != Hq) {
+        value_error(fmt("lse: expected shape (%lld, %lld), got %s", (long long)B, (long long)Hq,
+                        shape_str(*keep).c_str()));
+    }
+    check_layout(*keep, "lse");
+    return {static_cast<float*>(keep->data()), Hq, 1};
+}
+
+caramba_decode_params params(int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int num_splits,
+                             int num_threads, const std::string& path) {
     if (num_splits < 0) value_error(fmt("num_splits: expected an int >= 0 (0 = auto), got %d", num_splits));
     if (num_threads < 0) value_error(fmt("num_threads: expected an int >= 0 (0 = auto), got %d", num_threads));
     caramba_decode_params p;
     caramba_decode_params_init(&p);
     p.batch = B;
     p.num_q_heads = Hq;
-    p.num_kv_heads = v.Hkv;
-    p.max_seq_len = v.S;
+    p.num_kv_heads = Hkv;
+    p.max_seq_len = S;
     p.num_splits = num_splits;
     p.num_threads = num_threads;
     p.path = parse_path(path);
@@ -266,23 +329,28 @@ caramba_decode_params params(int64_t B, int64_t Hq, const Cache& v, int num_spli
 
 void decode(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handle lengths_obj,
             const std::string& k_format, const std::string& v_format, double scale, int num_splits,
-            int num_threads, const std::string& path, nb::handle out_obj) {
+            int num_threads, const std::string& path, nb::handle out_obj, nb::handle lse_obj) {
     const Query q = query(q_obj, "q");
-    const Cache k = cache(k_obj, "k", k_format, "k_format", q.B, q.H, q.D);
-    const Cache v = cache(v_obj, "v", v_format, "v_format", q.B, q.H, -1);
-    same_grid(v, "v", k, "k");
+    Cache k = cache(k_obj, "k", k_format, "k_format", q.B);
+    Cache v = cache(v_obj, "v", v_format, "v_format", q.B);
+    int64_t Hkv = 0;
+    const char* first = nullptr;
+    resolve_key(k, "k", k_format, q.D, q.H, &Hkv, &first);
+    resolve_value(v, Hkv, "k");
+    same_length(v, "v", k, "k");
     const float sc = finite_scale(scale, "scale");
     const RoArray l = as_array<RoArray>(lengths_obj, "lengths");
     const int32_t* lengths = lengths_ptr(l, q.B, k.S);
-    const caramba_decode_params p = params(q.B, q.H, v, num_splits, num_threads, path);
-    RwArray keep;
+    const caramba_decode_params p = params(q.B, q.H, Hkv, k.S, num_splits, num_threads, path);
+    RwArray keep, keep_lse;
     const caramba_output_tensor out = output(out_obj, q.B, q.H, v.D, &keep);
+    const caramba_lse_tensor lse = lse_output(lse_obj, q.B, q.H, &keep_lse);
     const caramba_query_tensor qt{static_cast<const float*>(q.a.data()), q.D, q.H * q.D, q.D};
     const caramba_kv_tensor kt = k.tensor(), vt = v.tensor();
     caramba_status st;
     {
         nb::gil_scoped_release release;
-        st = caramba_decode_attention(&p, qt, kt, vt, lengths, sc, out);
+        st = caramba_decode_attention_lse(&p, qt, kt, vt, lengths, sc, out, lse);
     }
     check(st);
 }
@@ -291,32 +359,38 @@ void dba_decode(nb::handle q_sem_obj, nb::handle q_geo_obj, nb::handle k_sem_obj
                 nb::handle v_obj, nb::handle lengths_obj, const std::string& k_sem_format,
                 const std::string& k_geo_format, const std::string& v_format, double scale_sem,
                 double scale_geo, int num_splits, int num_threads, const std::string& path,
-                nb::handle out_obj) {
+                nb::handle out_obj, nb::handle lse_obj) {
     const Query qs = query(q_sem_obj, "q_sem");
     const Query qg = query(q_geo_obj, "q_geo");
     if (qg.B != qs.B || qg.H != qs.H) {
         value_error(fmt("q_geo: (B, Hq) = (%lld, %lld) does not match q_sem's (%lld, %lld)", (long long)qg.B,
                         (long long)qg.H, (long long)qs.B, (long long)qs.H));
     }
-    const Cache ks = cache(k_sem_obj, "k_sem", k_sem_format, "k_sem_format", qs.B, qs.H, qs.D);
-    const Cache kg = cache(k_geo_obj, "k_geo", k_geo_format, "k_geo_format", qs.B, qs.H, qg.D);
-    same_grid(kg, "k_geo", ks, "k_sem");
-    const Cache v = cache(v_obj, "v", v_format, "v_format", qs.B, qs.H, -1);
-    same_grid(v, "v", ks, "k_sem");
+    Cache ks = cache(k_sem_obj, "k_sem", k_sem_format, "k_sem_format", qs.B);
+    Cache kg = cache(k_geo_obj, "k_geo", k_geo_format, "k_geo_format", qs.B);
+    Cache v = cache(v_obj, "v", v_format, "v_format", qs.B);
+    int64_t Hkv = 0;
+    const char* first = nullptr;
+    resolve_key(ks, "k_sem", k_sem_format, qs.D, qs.H, &Hkv, &first);
+    resolve_key(kg, "k_geo", k_geo_format, qg.D, qs.H, &Hkv, &first);
+    same_length(kg, "k_geo", ks, "k_sem");
+    resolve_value(v, Hkv, "the keys");
+    same_length(v, "v", ks, "k_sem");
     const float ss = finite_scale(scale_sem, "scale_sem");
     const float sg = finite_scale(scale_geo, "scale_geo");
     const RoArray l = as_array<RoArray>(lengths_obj, "lengths");
     const int32_t* lengths = lengths_ptr(l, qs.B, ks.S);
-    const caramba_decode_params p = params(qs.B, qs.H, v, num_splits, num_threads, path);
-    RwArray keep;
+    const caramba_decode_params p = params(qs.B, qs.H, Hkv, ks.S, num_splits, num_threads, path);
+    RwArray keep, keep_lse;
     const caramba_output_tensor out = output(out_obj, qs.B, qs.H, v.D, &keep);
+    const caramba_lse_tensor lse = lse_output(lse_obj, qs.B, qs.H, &keep_lse);
     const caramba_query_tensor qst{static_cast<const float*>(qs.a.data()), qs.D, qs.H * qs.D, qs.D};
     const caramba_query_tensor qgt{static_cast<const float*>(qg.a.data()), qg.D, qg.H * qg.D, qg.D};
     const caramba_kv_tensor kst = ks.tensor(), kgt = kg.tensor(), vt = v.tensor();
     caramba_status st;
     {
         nb::gil_scoped_release release;
-        st = caramba_dba_decode_attention(&p, qst, qgt, kst, kgt, vt, lengths, ss, sg, out);
+        st = caramba_dba_decode_attention_lse(&p, qst, qgt, kst, kgt, vt, lengths, ss, sg, out, lse);
     }
     check(st);
 }
@@ -399,10 +473,11 @@ NB_MODULE(_ext, m) {
           nb::arg("path"));
     m.def("decode_attention", &decode, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("lengths"),
           nb::arg("k_format"), nb::arg("v_format"), nb::arg("scale"), nb::arg("num_splits"),
-          nb::arg("num_threads"), nb::arg("path"), nb::arg("out"));
+          nb::arg("num_threads"), nb::arg("path"), nb::arg("out"), nb::arg("lse").none());
     m.def("dba_decode_attention", &dba_decode, nb::arg("q_sem"), nb::arg("q_geo"), nb::arg("k_sem"),
           nb::arg("k_geo"), nb::arg("v"), nb::arg("lengths"), nb::arg("k_sem_format"),
           nb::arg("k_geo_format"), nb::arg("v_format"), nb::arg("scale_sem"), nb::arg("scale_geo"),
-          nb::arg("num_splits"), nb::arg("num_threads"), nb::arg("path"), nb::arg("out"));
+          nb::arg("num_splits"), nb::arg("num_threads"), nb::arg("path"), nb::arg("out"),
+          nb::arg("lse").none());
     m.def("append", &append, nb::arg("kind"), nb::arg("cache"), nb::arg("rows"), nb::arg("lengths"));
 }

@@ -8,6 +8,12 @@ Results are new numpy arrays, written into `out=` when given. When the main inpu
 q, q_sem) is a torch tensor the result is a torch tensor sharing that memory, so the backend
 serves caramba's dispatch (`caramba.kernels.get_backend("cpu")`) unchanged.
 
+Decode caches may be in the head layout (B, Hkv, S_max, row of D values) or the token layout
+(B, 1, S_max, row of Hkv x D values: one row per token, head g at values [g*D, (g+1)*D), which
+may straddle quantization blocks), each tensor independently; Hkv is inferred (see
+caramba.kernels.dispatch). return_lse=True also returns the (B, Hq) float32 natural log of the
+softmax denominator, so partial results over disjoint positions merge exactly.
+
 `path` picks the implementation: "scalar" (the reference loops), "avx2" (AVX2+FMA+F16C),
 "avx512" (AVX-512 attention kernels), "neon", "simd" (the best of those the CPU has) or "auto"
 (= simd, else scalar); `backend.paths` lists what runs here, others raise ValueError. Decode
@@ -108,12 +114,37 @@ def _row_width(kind: str, stored: int, name: str) -> int:
     return stored // block_bytes * block
 
 
+def _value_width(v_format: str, v: Any, k_format: str, k: Any, k_name: str, D: int) -> int:
+    """Dv of the value cache: its row width (head layout) or row / Hkv (token layout), with Hkv
+    read off the first key cache (k) and its query's head dim D. Inconsistent shapes are left
+    to the extension, which names the argument."""
+    row_v = _row_width(v_format, _shape(v, "v", 4, "(B, Hkv, S_max, width)")[-1], "v")
+    hkv = int(_shape(k, k_name, 4, "(B, Hkv, S_max, width)")[1])
+    if int(v.shape[1]) != 1:
+        return row_v
+    if hkv == 1 and D > 0:
+        row_k = _row_width(k_format, int(k.shape[-1]), k_name)
+        hkv = row_k // D if row_k % D == 0 else 1
+    return row_v // hkv if row_v % hkv == 0 else row_v
+
+
 def _out(out: object, shape: tuple[int, ...], dtype: Any) -> Any:
     if out is None:
         return np.empty(shape, dtype=dtype)
     if isinstance(out, np.ndarray) and not out.flags.writeable:
         raise ValueError("out: the array is read-only")
     return _array(out, "out")
+
+
+def _lse(return_lse: object, lse_out: object, B: int, Hq: int) -> Any:
+    """The (B, Hq) float32 log-sum-exp array to fill, or None when not asked for."""
+    if not isinstance(return_lse, (bool, np.bool_)):
+        raise TypeError(f"return_lse: expected a bool, got {type(return_lse).__name__}")
+    if not return_lse:
+        if lse_out is not None:
+            raise ValueError("lse_out: given, but return_lse is False; pass return_lse=True")
+        return None
+    return _out(lse_out, (B, Hq), np.float32)
 
 
 def _result(out: Any, like: object) -> Any:
@@ -201,22 +232,27 @@ class CpuBackend:
         num_threads: int | None = 0,
         path: str = "auto",
         out: Any = None,
+        return_lse: bool = False,
+        lse_out: Any = None,
     ) -> Any:
-        """Decode attention: q (B, Hq, D) float32 over caches k (B, Hkv, S_max, ·), v (B, Hkv,
-        S_max, ·) in k_format / v_format, positions 0 .. lengths[b]-1 -> (B, Hq, Dv) float32."""
+        """Decode attention: q (B, Hq, D) float32 over caches k, v in k_format / v_format (head
+        layout (B, Hkv, S_max, ·) or token layout (B, 1, S_max, ·)), positions 0 .. lengths[b]-1
+        -> (B, Hq, Dv) float32, or (out, lse (B, Hq)) with return_lse=True."""
         if k_format is None or v_format is None:
             raise TypeError("k_format and v_format are required")
         _format(k_format, "k_format")
         _format(v_format, "v_format")
         qa, ka, va = _array(q, "q"), _array(k, "k"), _array(v, "v")
-        B, Hq, _ = _shape(qa, "q", 3, "(B, Hq, D)")
-        Dv = _row_width(v_format, _shape(va, "v", 4, "(B, Hkv, S_max, width)")[-1], "v")
+        B, Hq, D = _shape(qa, "q", 3, "(B, Hq, D)")
+        Dv = _value_width(v_format, va, k_format, ka, "k", D)
         res = _out(out, (B, Hq, Dv), np.float32)
+        lse = _lse(return_lse, lse_out, B, Hq)
         _ext.decode_attention(
             qa, ka, va, _array(lengths, "lengths"), k_format, v_format, _scale(scale, "scale"),
             _count(num_splits, "num_splits"), _count(num_threads, "num_threads"), _path(path), res,
+            lse,
         )  # fmt: skip
-        return _result(res, q)
+        return (_result(res, q), _result(lse, q)) if lse is not None else _result(res, q)
 
     def dba_decode_attention(
         self,
@@ -236,9 +272,12 @@ class CpuBackend:
         num_threads: int | None = 0,
         path: str = "auto",
         out: Any = None,
+        return_lse: bool = False,
+        lse_out: Any = None,
     ) -> Any:
         """DBA decode: score = scale_sem (q_sem . k_sem) + scale_geo (q_geo . k_geo), one
-        softmax, values from v -> (B, Hq, Dv) float32."""
+        softmax, values from v -> (B, Hq, Dv) float32, or (out, lse) with return_lse=True. Each
+        cache is in the head or the token layout independently."""
         if k_sem_format is None or k_geo_format is None or v_format is None:
             raise TypeError("k_sem_format, k_geo_format and v_format are required")
         for fmt, name in (
@@ -247,15 +286,17 @@ class CpuBackend:
             _format(fmt, name)
         qs, qg = _array(q_sem, "q_sem"), _array(q_geo, "q_geo")
         ks, kg, va = _array(k_sem, "k_sem"), _array(k_geo, "k_geo"), _array(v, "v")
-        B, Hq, _ = _shape(qs, "q_sem", 3, "(B, Hq, D_sem)")
-        Dv = _row_width(v_format, _shape(va, "v", 4, "(B, Hkv, S_max, width)")[-1], "v")
+        B, Hq, D_sem = _shape(qs, "q_sem", 3, "(B, Hq, D_sem)")
+        Dv = _value_width(v_format, va, k_sem_format, ks, "k_sem", D_sem)
         res = _out(out, (B, Hq, Dv), np.float32)
+        lse = _lse(return_lse, lse_out, B, Hq)
         _ext.dba_decode_attention(
             qs, qg, ks, kg, va, _array(lengths, "lengths"), k_sem_format, k_geo_format, v_format,
             _scale(scale_sem, "scale_sem"), _scale(scale_geo, "scale_geo"),
             _count(num_splits, "num_splits"), _count(num_threads, "num_threads"), _path(path), res,
+            lse,
         )  # fmt: skip
-        return _result(res, q_sem)
+        return (_result(res, q_sem), _result(lse, q_sem)) if lse is not None else _result(res, q_sem)
 
 
 backend = CpuBackend()
