@@ -65,39 +65,129 @@ def test_decode_kernels_agree_with_the_exact_path_on_the_same_cache(kind, decoup
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
 
 
+# Tiny models whose quantized caches use each row layout: per-head rows (head dims 64, 32)
+# and rows spanning all KV heads (per-head widths 16 / 4 + 8 + 16, narrower than a block).
+LAYOUT_MODELS = {
+    "standard-head": tiny.STANDARD,
+    "dba-head": tiny.DBA,
+    "standard-token": tiny.TinyConfig(n_heads=8, n_kv_heads=4),  # head dim 16
+    "dba-token": tiny.TinyConfig(mode="dba", n_heads=16, n_kv_heads=8, sem_dim=64,
+                                 geo_dim=128, attn_dim=256),  # per head 4 + 8, v 16
+}
+
+
+@pytest.fixture(scope="module")
+def layout_models():
+    return {name: fresh(cfg) for name, cfg in LAYOUT_MODELS.items()}
+
+
+def spec_for(model, kind, **extra):
+    """`kind` for every cached tensor that can hold it, fp16 for the rest (nf4's 64-value
+    blocks are wider than some tensors' rows)."""
+    from caramba.cache.kinds import supports
+
+    kinds = {n: "fp16" for layer in cache_shapes(model) for n, shape in layer.items()
+             if not supports(kind, *shape)}
+    return CacheSpec(kind=kind, kinds=kinds, **extra)
+
+
+@pytest.mark.parametrize("tail", [32, 0], ids=["tail", "no-tail"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_kernel_and_exact_decoding_agree_through_a_model(model, val_tokens, kind):
-    """Across steps a layer's keys can differ by one quantization step (a 1e-7 difference in
+@pytest.mark.parametrize("arch", list(LAYOUT_MODELS))
+def test_kernel_and_exact_decoding_agree_through_a_model(layout_models, val_tokens, arch,
+                                                         kind, tail):
+    """Every single-token step through the kernels (quantized prefix by the backend, the
+    full-precision tail exactly, merged by log-sum-exp) against the exact path on real text.
+    Across steps a layer's keys can differ by one quantization step (a 1e-7 difference in
     the previous layer lands on the other side of a rounding boundary), so the bound here is
     looser than float rounding; the greedy choices agree."""
+    model = layout_models[arch]
     tokens = val_tokens[200:296].view(2, 48)
-    kinds = {"k_sem": "fp16"} if kind == "nf4" else {}
-    fast = CacheSpec(kind=kind, kinds=kinds, block_tokens=0)
-    exact = CacheSpec(kind=kind, kinds=kinds, block_tokens=0, use_kernels=False)
+    fast = spec_for(model, kind, block_tokens=tail)
+    exact = spec_for(model, kind, block_tokens=tail, use_kernels=False)
     a = decode_logits(model, tokens, fast, prefill=8)
     b = decode_logits(model, tokens, exact, prefill=8)
-    assert all(c.kernel_calls > 0 for c in fast.caches)
-    assert all(c.kernel_calls == 0 for c in exact.caches)
+    layouts = {t.layout for c in fast.caches for t in c.tensors if t.fmt.quantized}
+    if kind in ("q8_0", "q4_0", "nf4"):
+        assert layouts == {arch.split("-")[1]}
+    steps = tokens.shape[1] - 8
+    for c in fast.caches:
+        assert c.exact_calls == 1  # the prefill; every decode step took the kernel path
+        quantized_tail = tail and kind not in ("fp32", "fp16")
+        # 8 prefilled + 40 decoded (lengths 9..48): the first block is quantized at length
+        # 32, so 9..31 are tail only, 32 is prefix only and 33..48 merge prefix and tail.
+        assert c.kernel_calls == (17 if quantized_tail else steps)
+        assert c.tail_calls == (steps - 1 if quantized_tail else 0)
+    assert all(c.kernel_calls == 0 and c.tail_calls == 0 for c in exact.caches)
     torch.testing.assert_close(a, b, rtol=0, atol=5e-3)
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.97
 
 
+def attend(cache, qs):
+    if len(qs) == 2:
+        return cache.attend(*qs, scale_sem=0.4, scale_geo=0.2)
+    return cache.attend(*qs)
+
+
+@pytest.mark.parametrize("kind", ["fp16", "q8_0", "q4_0", "nf4"])
+@pytest.mark.parametrize("layout", ["head", "token"])
+@pytest.mark.parametrize("decoupled", [False, True], ids=["standard", "dba"])
+def test_merged_decode_step_equals_the_exact_path_on_the_same_cache(kind, layout, decoupled):
+    """Identical stored values, 70 tokens (64 stored + 6 pending, or all stored): prefix
+    kernel + exact tail, merged, equals one exact softmax over everything to float rounding."""
+    from caramba.cache import DecoupledKVCache, LayerKVCache
+
+    torch.manual_seed(0)
+    Hkv, group = (2, 2) if layout == "head" else (8, 2)
+    if layout == "head":
+        widths = {"k_sem": 64, "k_geo": 64, "v": 64} if decoupled else {"k": 64, "v": 64}
+    else:
+        widths = {"k_sem": 8, "k_geo": 8, "v": 16} if decoupled else {"k": 8, "v": 16}
+    for tail in (32, 0):
+        tensors = {n: CacheTensor(kind, 2, Hkv, w, block_tokens=tail, name=n)
+                   for n, w in widths.items()}
+        for t in tensors.values():
+            assert t.layout == ("head" if kind == "fp16" else layout)
+            t.append(torch.randn(2, Hkv, 50, t.head_dim))
+            t.append(torch.randn(2, Hkv, 20, t.head_dim))
+        qs = [torch.randn(2, Hkv * group, 1, w) for n, w in widths.items() if n != "v"]
+        if decoupled:
+            cache = DecoupledKVCache(tensors["k_sem"], tensors["k_geo"], tensors["v"])
+        else:
+            cache = LayerKVCache(tensors["k"], tensors["v"])
+        fast = attend(cache, qs)
+        cache.use_kernels = False
+        slow = attend(cache, qs)
+        pending = kind != "fp16" and tail
+        assert (cache.kernel_calls, cache.tail_calls, cache.exact_calls) == (
+            1, int(bool(pending)), 1)
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["auto", "fixed"])
 @pytest.mark.parametrize("kind", ["fp32", "q8_0"])
-def test_decode_plans_bucket_shapes_without_changing_results(model, val_tokens, mode, kind):
+@pytest.mark.parametrize("kernels", [False, True], ids=["exact", "kernels"])
+def test_decode_plans_bucket_shapes_without_changing_results(model, val_tokens, mode, kind,
+                                                             kernels):
     tokens = val_tokens[400:600].view(1, 200)
-    plain = CacheSpec(kind=kind, plan=DecodePlan("none"))
-    bucketed = CacheSpec(kind=kind, plan=DecodePlan(mode, bucket=64))
+    plain = CacheSpec(kind=kind, plan=DecodePlan("none"), use_kernels=kernels)
+    bucketed = CacheSpec(kind=kind, plan=DecodePlan(mode, bucket=64), use_kernels=kernels)
     a = decode_logits(model, tokens, plain, prefill=4)
     b = decode_logits(model, tokens, bucketed, prefill=4)
     if kind == "fp32":
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         assert torch.equal(a.argmax(-1), b.argmax(-1))
     else:
-        # Padding changes float rounding by ~1e-7, which can move a later layer's key across
-        # a q8_0 rounding boundary (one quantization step): a small, bounded difference.
+        # Padding (exact path) or a different capacity (a backend may split the sequence by
+        # it) changes float rounding by ~1e-7, which can move a later layer's key across a
+        # q8_0 rounding boundary (one quantization step): a small, bounded difference.
         torch.testing.assert_close(a, b, rtol=0, atol=1e-3)
         assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.99
+    if kernels:
+        # Shapes the kernels saw: storage capacities, grown in few bucketed steps.
+        assert all(c.kernel_calls > 150 for c in bucketed.caches)
+        assert len(bucketed.plan.spans) <= 8
+    elif kind == "q8_0":
         # The exact path padded keys to the buckets: few distinct lengths.
         assert len(plain.plan.spans) > 150
         assert len(bucketed.plan.spans) <= 8

@@ -68,7 +68,11 @@ def test_quantized_kinds_keep_the_partial_block_exact(kind):
     assert torch.equal(t.storage[:, :, :64], quant.quantize(FORMAT[kind], x[:, :, :64]))
     expected = torch.cat((roundtrip(kind, x[:, :, :64]), x[:, :, 64:]), dim=2)
     assert torch.equal(t.read(), expected)
-    assert not t.kernel_ready
+    # The kernels read the 64 stored tokens; `recent` gives any later span exactly.
+    assert t.kernel_ready
+    assert torch.equal(t.recent(64), x[:, :, 64:])
+    assert torch.equal(t.recent(40), expected[:, :, 40:])
+    assert t.recent(70).shape == (2, 2, 0, 64)
 
 
 def test_without_a_tail_every_token_is_quantized_on_arrival():
@@ -91,6 +95,17 @@ def test_narrow_heads_use_rows_that_span_all_heads():
     deq = quant.dequantize("q8_0", quant.quantize("q8_0", rows[:, :32]), 32)
     expected = torch.cat((deq.reshape(2, 32, 8, 4).transpose(1, 2), x[:, :, 32:]), dim=2)
     assert torch.equal(t.read(), expected)
+
+
+def test_recent_reads_token_layout_storage_and_the_tail():
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 45, 4)
+    t = CacheTensor("q4_0", 1, 8, 4, block_tokens=32)
+    t.append(x)
+    assert (t.layout, t.stored, t.kernel_ready) == ("token", 32, True)
+    assert torch.equal(t.recent(10), t.read()[:, :, 10:])
+    with pytest.raises(ValueError, match=r"start 46 outside \[0, 45\]"):
+        t.recent(46)
 
 
 def test_unstorable_width_is_a_clear_error():

@@ -273,3 +273,163 @@ def test_bad_dba_input_names_the_argument() -> None:
         dba_decode_attention(*args[:9], "q8", "f32")
     with pytest.raises(ValueError, match=r"scale_geo: expected a finite float"):
         dba_decode_attention(*args[:7], float("inf"), *args[8:])
+
+
+# ------------------------------------------------------------------ token layout, return_lse
+
+
+def to_token(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, S, d) per-head rows -> (B, 1, S, H d): one row per token, head g at [g d, ...)."""
+    B, H, S, d = x.shape
+    return x.transpose(1, 2).reshape(B, 1, S, H * d).contiguous()
+
+
+def from_token(rows: torch.Tensor, H: int) -> torch.Tensor:
+    B, _, S, W = rows.shape
+    return rows.reshape(B, S, H, W // H).transpose(1, 2)
+
+
+def naive_lse(qs, ks, scales, lengths) -> torch.Tensor:
+    """float64 log sum exp of the scores over each sequence's positions, (B, Hq)."""
+    group = qs[0].shape[1] // ks[0].shape[1]
+    scores = 0
+    for q, k, scale in zip(qs, ks, scales, strict=True):
+        kk = k.double().repeat_interleave(group, dim=1)
+        scores = scores + (q.double()[:, :, None, :] * kk).sum(-1) * scale
+    mask = torch.arange(scores.shape[-1])[None, :] >= lengths.long()[:, None]
+    return torch.logsumexp(scores.masked_fill(mask[:, None, :], float("-inf")), dim=-1)
+
+
+def draw_layout_case(gen: torch.Generator, kind: str, dba: bool):
+    """A case whose tensors each pick the head or the token layout. Token-layout tensors
+    have per-head widths down to 4 values (DBA's semantic keys at Llama-3.2-1B widths), so
+    their rows straddle blocks; only Hkv x d must fill whole blocks."""
+
+    def pick(options):
+        return options[int(torch.randint(len(options), (1,), generator=gen))]
+
+    block = FORMATS[kind].block
+    B = int(torch.randint(1, 4, (1,), generator=gen))
+    Hkv = pick([1, 2, 4, 8, 16])
+    Hq = Hkv * pick([1, 2, 4])
+    S = int(torch.randint(1, 41, (1,), generator=gen))
+    lengths = torch.randint(1, S + 1, (B,), generator=gen, dtype=torch.int32)
+    lengths[int(torch.randint(B, (1,), generator=gen))] = pick([1, S])
+
+    def layout_and_dim():
+        options = [("head", d) for d in (32, 64, 128) if d % block == 0]
+        options += [("token", d) for d in (4, 8, 12, 16, 32) if (Hkv * d) % block == 0]
+        return pick(options)
+
+    tensors = [layout_and_dim() for _ in range(3 if dba else 2)]  # keys..., v
+    amp = float(torch.empty(1).uniform_(0.2, 3.0, generator=gen))
+    qs = [torch.randn(B, Hq, d, generator=gen) * amp for _, d in tensors[:-1]]
+    ks = [torch.randn(B, Hkv, S, d, generator=gen) for _, d in tensors[:-1]]
+    v = torch.randn(B, Hkv, S, tensors[-1][1], generator=gen) * amp
+    scales = [float(torch.empty(1).uniform_(0.3, 1.5, generator=gen)) / math.sqrt(d)
+              for _, d in tensors[:-1]]
+    layouts = [layout for layout, _ in tensors]
+    splits = pick([None, None, 1, 2, 3, 7, S + 3])
+    return qs, ks, v, lengths, scales, splits, layouts
+
+
+def store(kind: str, x: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(stored tensor, its dequantized values as (B, Hkv, S, d))."""
+    if layout == "head":
+        stored = quantize(kind, x)
+        return stored, dequantize(kind, stored, x.shape[-1])
+    stored = quantize(kind, to_token(x))
+    return stored, from_token(dequantize(kind, stored, x.shape[1] * x.shape[-1]), x.shape[1])
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("dba", [False, True], ids=["standard", "dba"])
+@pytest.mark.parametrize("kind", FORMAT_NAMES)
+def test_layouts_and_lse_match_float64_naive_on_random_shapes(kind: str, dba: bool) -> None:
+    """Any mix of head- and token-layout tensors, with return_lse: out and lse against float64
+    over the same dequantized values (float32 rounding bounds as in the module docstring;
+    lse = max + log(sum) adds (S + 4) 2^-24 and the rounding of the max)."""
+    gen = torch.Generator().manual_seed(1000 + 10 * FORMAT_NAMES.index(kind) + int(dba))
+    seen = set()
+    for case in range(300):
+        qs, ks, v, lengths, scales, splits, layouts = draw_layout_case(gen, kind, dba)
+        stored = [store(kind, x, layout) for x, layout in zip([*ks, v], layouts, strict=True)]
+        seen.update(layouts)
+        (k_st, k_deq), (v_st, v_deq) = zip(*stored[:-1], strict=True), stored[-1]
+        out, lse = run_reference_lse(kind, qs, list(k_st), v_st, lengths, scales, splits)
+        assert out.shape == (*qs[0].shape[:2], v.shape[-1]) and lse.shape == qs[0].shape[:2]
+        assert out.dtype == lse.dtype == torch.float32
+        group = qs[0].shape[1] // ks[0].shape[1]
+        S, D = v.shape[2], max(q.shape[-1] for q in qs)
+        sigma = score_magnitude(qs, list(k_deq), scales, group)
+        eps_s = (D + 4) * U * sigma
+        vmax = float(v_deq.abs().max())
+        fp32_tol = (math.expm1(2 * eps_s) + (S + 4) * U) * vmax * 4
+        err = float((out.double() - naive(qs, list(k_deq), scales, v_deq, lengths)).abs().max())
+        assert err <= fp32_tol, f"case {case} {layouts}: {err} > {fp32_tol}"
+        expected = naive_lse(qs, list(k_deq), scales, lengths)
+        lse_tol = (2 * eps_s + (S + 4) * U + U * sigma) * 4
+        lse_err = float((lse.double() - expected).abs().max())
+        assert lse_err <= lse_tol, f"case {case} {layouts}: lse {lse_err} > {lse_tol}"
+    assert seen == {"head", "token"}
+
+
+def run_reference_lse(kind, qs, ks_stored, v_stored, lengths, scales, splits):
+    if len(qs) == 1:
+        return decode_attention(qs[0], ks_stored[0], v_stored, lengths, scales[0], kind, kind,
+                                num_splits=splits, return_lse=True)
+    return dba_decode_attention(
+        qs[0], qs[1], ks_stored[0], ks_stored[1], v_stored, lengths, scales[0], scales[1],
+        kind, kind, kind, num_splits=splits, return_lse=True,
+    )  # fmt: skip
+
+
+def test_token_and_head_layouts_of_the_same_values_agree() -> None:
+    """f32 stores values exactly, so the two layouts of one cache give the same answer."""
+    gen = torch.Generator().manual_seed(5)
+    q, k = torch.randn(2, 8, 16, generator=gen), torch.randn(2, 4, 9, 16, generator=gen)
+    v = torch.randn(2, 4, 9, 8, generator=gen)
+    lengths = torch.tensor([9, 5], dtype=torch.int32)
+    head = decode_attention(q, k, v, lengths, 0.3, "f32", "f32", return_lse=True)
+    for kt, vt in ((to_token(k), v), (k, to_token(v)), (to_token(k), to_token(v))):
+        mixed = decode_attention(q, kt, vt, lengths, 0.3, "f32", "f32", return_lse=True)
+        torch.testing.assert_close(mixed, head, rtol=1e-6, atol=1e-6)
+    # Without return_lse the call answers as before: one tensor.
+    assert torch.equal(decode_attention(q, k, v, lengths, 0.3, "f32", "f32"), head[0])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.update(k=torch.randn(2, 1, 8, 40)),
+         r"k: a token-layout row \(shape\[1\] = 1\) holds 40 f32 values, not a whole number "
+         r"of the query's head dim 16"),
+        (lambda a: a.update(k=torch.randn(2, 1, 8, 48)),
+         r"k: 3 KV heads do not divide the query's 8 heads"),
+        (lambda a: a.update(v=torch.randn(2, 1, 8, 30)),
+         r"v: a token-layout row holds 30 f32 values, not a whole number of the keys' 4"),
+        (lambda a: a.update(v=torch.randn(2, 2, 8, 8)),
+         r"v: \(heads, S_max\) = \(2, 8\) does not match the keys' \(4, 8\)"),
+        (lambda a: a.update(k=quantize("q8_0", torch.randn(2, 1, 8, 96)), k_format="q8_0"),
+         r"k: 6 KV heads do not divide the query's 8 heads"),
+    ],
+)
+def test_bad_token_layout_input_names_the_argument(change, message: str) -> None:
+    args = dict(q=torch.randn(2, 8, 16), k=torch.randn(2, 1, 8, 64), v=torch.randn(2, 1, 8, 32),
+                lengths=torch.tensor([8, 3], dtype=torch.int32), scale=0.25, k_format="f32",
+                v_format="f32")
+    assert decode_attention(**args).shape == (2, 8, 8)  # token layout, Hkv = 64 / 16 = 4
+    change(args)
+    with pytest.raises(ValueError, match=message):
+        decode_attention(**args)
+
+
+def test_dba_keys_must_agree_on_kv_heads_across_layouts() -> None:
+    qs, qg = torch.randn(1, 8, 4), torch.randn(1, 8, 8)
+    ks = quantize("q8_0", torch.randn(1, 1, 6, 32))  # token layout: 8 heads x 4
+    kg = quantize("q8_0", torch.randn(1, 1, 6, 32))  # token layout: 4 heads x 8
+    v = torch.randn(1, 8, 6, 32)
+    lengths = torch.tensor([6], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"k_geo: \(heads, S_max\) = \(4, 6\) does not match "
+                                         r"k_sem's \(8, 6\)"):
+        dba_decode_attention(qs, qg, ks, kg, v, lengths, 0.5, 0.3, "q8_0", "q8_0", "f32")

@@ -141,3 +141,91 @@ def test_installed_entry_points_load_if_present() -> None:
         backend = KERNELS.get(name)
         for op in ("decode_attention", "dba_decode_attention", "quantize", "dequantize"):
             assert callable(getattr(backend, op, None)), f"{name} lacks {op}"
+
+
+# ------------------------------------------------------------------ call_decode
+
+
+class OldContractBackend:
+    """A backend written before return_lse and the token layout: the C++ and Triton
+    backends' decode signatures as they were (no return_lse keyword; per-head rows only)."""
+
+    name = "old"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def decode_attention(self, q, k, v, lengths, scale, k_format, v_format, *,
+                         num_splits=None):
+        self.calls += 1
+        if k.shape[1] == 1 and q.shape[-1] != k.shape[-1]:
+            raise ValueError(f"k: rows hold {k.shape[-1]} values, but the query has head dim "
+                             f"{q.shape[-1]}")
+        return reference.decode_attention(q, k, v, lengths, scale, k_format, v_format)
+
+
+class NewContractBackend(OldContractBackend):
+    name = "new"
+
+    def decode_attention(self, *args, num_splits=None, return_lse=False):
+        self.calls += 1
+        return reference.decode_attention(*args, return_lse=return_lse)
+
+
+def decode_args(token: bool):
+    """The same call every time, with keys per head or one row per token."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 8, 16, generator=gen)
+    k, v = torch.randn(2, 4, 10, 16, generator=gen), torch.randn(2, 4, 10, 8, generator=gen)
+    if token:
+        k = k.transpose(1, 2).reshape(2, 1, 10, 64).contiguous()
+    return (q, k, v, torch.tensor([10, 4], dtype=torch.int32), 0.25, "f32", "f32")
+
+
+def test_call_decode_serves_an_old_backend_through_the_reference_logged_once(caplog) -> None:
+    dispatch.reset()
+    old = OldContractBackend()
+    want = reference.decode_attention(*decode_args(False), return_lse=True)
+    with caplog.at_level(logging.WARNING, logger="caramba.kernels"):
+        for _ in range(3):
+            out, lse = dispatch.call_decode(old, "decode_attention", *decode_args(False),
+                                            return_lse=True)
+            assert torch.equal(out, want[0]) and torch.equal(lse, want[1])
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "cannot take decode_attention with return_lse" in warnings[0]
+    assert old.calls == 0  # the keyword was refused before the body ran
+    # Calls the old contract covers still go to the backend.
+    dispatch.call_decode(old, "decode_attention", *decode_args(False))
+    assert old.calls == 1
+    # The token layout without return_lse: refused (ValueError) once, then the reference.
+    for _ in range(2):
+        out = dispatch.call_decode(old, "decode_attention", *decode_args(True))
+        torch.testing.assert_close(out, want[0])
+    assert old.calls == 2
+    dispatch.reset()
+
+
+def test_call_decode_uses_a_backend_that_has_the_contract() -> None:
+    dispatch.reset()
+    new = NewContractBackend()
+    args = decode_args(True)
+    out, lse = dispatch.call_decode(new, "decode_attention", *args, return_lse=True)
+    want = reference.decode_attention(*args, return_lse=True)
+    assert new.calls == 1
+    torch.testing.assert_close(out, want[0])
+    torch.testing.assert_close(lse, want[1])
+    dispatch.call_decode(new, "decode_attention", *args, return_lse=True)
+    assert new.calls == 2
+
+
+def test_call_decode_still_reports_bad_input() -> None:
+    dispatch.reset()
+    q, k, v, lengths, scale, kf, vf = decode_args(True)
+    with pytest.raises(ValueError, match=r"lengths: every length must lie in \[1, 10\]"):
+        dispatch.call_decode(OldContractBackend(), "decode_attention", q, k, v,
+                             torch.tensor([11, 1], dtype=torch.int32), scale, kf, vf,
+                             return_lse=True)
+    with pytest.raises(ValueError, match=r"op: expected one of"):
+        dispatch.call_decode(reference, "attention", q, k, v, lengths, scale, kf, vf)
+    assert not dispatch._refused  # a refusal caused by bad input is not remembered
+    dispatch.reset()

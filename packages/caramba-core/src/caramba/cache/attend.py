@@ -1,7 +1,8 @@
 """The exact attention path: queries over all held keys through SDPA, GQA and causal masking.
 
 Used for training, for prefill and multi-token chunks (speculative verification), and for
-single-token decode whenever a cache cannot be read by the decode kernels directly.
+single-token decode when kernels are off. `partial_attention` is the small exact piece of a
+kernel decode step: the newest, still full-precision tokens, with their log-sum-exp.
 """
 
 from __future__ import annotations
@@ -76,3 +77,24 @@ def dba_qk(
     q = torch.cat((q_sem * scale_sem, q_geo * scale_geo), dim=-1)
     k = torch.cat((k_sem, k_geo), dim=-1)
     return q, k
+
+
+def partial_attention(
+    qs: list[torch.Tensor], ks: list[torch.Tensor], scales: list[float], v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One query per head over a few keys, all attended: (out (B, Hq, Dv), lse (B, Hq)),
+    float32, in the decode kernels' return_lse convention so the two merge exactly.
+
+    qs[i] (B, Hq, D_i) with ks[i] (B, Hkv, T, D_i) and scales[i]: score = sum_i scale_i
+    q_i . k_i (one pair: standard attention; two: DBA). v (B, Hkv, T, Dv). GQA: query head
+    h reads KV head h // (Hq / Hkv).
+    """
+    B, Hq = qs[0].shape[:2]
+    Hkv, T = v.shape[1], v.shape[2]
+    scores = torch.zeros(B, Hkv, Hq // Hkv, T, device=v.device, dtype=torch.float32)
+    for q, k, scale in zip(qs, ks, scales, strict=True):
+        qg = q.to(torch.float32).reshape(B, Hkv, Hq // Hkv, q.shape[-1])
+        scores = scores + (qg @ k.to(torch.float32).transpose(-1, -2)) * scale
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.softmax(scores, dim=-1) @ v.to(torch.float32)
+    return out.reshape(B, Hq, v.shape[-1]), lse.reshape(B, Hq)

@@ -1,10 +1,16 @@
 """A layer's KV cache: standard (k, v) and decoupled for DBA (k_sem, k_geo, v).
 
-Attention reads a cache through one method, `attend`. A single new token whose cache the
-decode kernels can read (every tensor in the per-head layout, no full-precision rows pending)
-goes through `caramba.kernels.dispatch` — so an installed C++ or Triton backend serves it;
-everything else (prefill, multi-token chunks, quantized caches with an exact tail) takes the
-exact path over the dequantized keys and values.
+Attention reads a cache through one method, `attend`. A single new token (decoding) goes
+through the decode kernels (`caramba.kernels.dispatch`, so an installed C++ or Triton backend
+serves it) in two exact pieces merged by log-sum-exp:
+
+    prefix  tokens 0 .. P-1 that every tensor holds in storage (quantized or plain, head or
+            token layout): the backend's fused decode, return_lse=True;
+    tail    tokens P .. length-1 that a quantized tensor still holds in full precision (fewer
+            than a block): `partial_attention` over those few rows.
+
+Prefill and multi-token chunks (speculative verification), autograd, and caches with kernels
+off take the exact path over the dequantized keys and values.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ import math
 
 import torch
 
-from caramba.cache.attend import dba_qk, exact_attention
+from caramba.cache.attend import dba_qk, exact_attention, partial_attention
 from caramba.cache.plan import DecodePlan
 from caramba.cache.tensor import CacheTensor
-from caramba.kernels.dispatch import get_backend
+from caramba.kernels.dispatch import call_decode, get_backend
+from caramba.kernels.merge import merge_partials
 
 
 def _row(q: torch.Tensor) -> torch.Tensor:
@@ -30,7 +37,11 @@ class _CacheBase:
     def __init__(self, plan: DecodePlan | None, use_kernels: bool) -> None:
         self.plan = plan or DecodePlan()
         self.use_kernels = use_kernels
-        self.kernel_calls = 0  # decode steps served by the kernels (for tests and reports)
+        # Decode steps by how they were served (for tests and reports): the backend read the
+        # stored prefix / the full-precision tail was attended exactly and merged / the whole
+        # step took the exact path.
+        self.kernel_calls = 0
+        self.tail_calls = 0
         self.exact_calls = 0
 
     @property
@@ -68,11 +79,31 @@ class _CacheBase:
             and all(t.kernel_ready for t in self.tensors)
         )
 
+    def _decode(self, op: str, qs: list[torch.Tensor], scales: list[float]) -> torch.Tensor:
+        """One decode step (qs: the (B, Hq, 1, D) queries, one per key tensor), prefix through
+        the backend and tail exactly, merged; returns (B, Hq, 1, Dv) in the query dtype."""
+        *keys, v = self.tensors
+        prefix = min(t.stored for t in self.tensors)  # what every tensor holds in storage
+        rows = [_row(q) for q in qs]
+        out = lse = None
+        if prefix:
+            self.kernel_calls += 1
+            lengths = torch.full((rows[0].shape[0],), prefix, dtype=torch.int32,
+                                 device=rows[0].device)
+            views = [t.kernel_view() for t in self.tensors]
+            out, lse = call_decode(
+                get_backend(rows[0].device), op, *rows, *views, lengths, *scales,
+                *(t.fmt.name for t in self.tensors), return_lse=True)
+        if prefix < self.length:
+            self.tail_calls += 1
+            tail = partial_attention(rows, [k.recent(prefix) for k in keys], scales,
+                                     v.recent(prefix))
+            out, lse = tail if out is None else merge_partials(out, lse, *tail)
+        assert out is not None
+        return out.unsqueeze(2).to(qs[0].dtype)
+
     def _span(self, T: int) -> int | None:
         return self.plan.span(self.length) if T == 1 else None
-
-    def _lengths(self, q: torch.Tensor) -> torch.Tensor:
-        return torch.full((q.shape[0],), self.length, dtype=torch.int32, device=q.device)
 
 
 class LayerKVCache(_CacheBase):
@@ -94,12 +125,8 @@ class LayerKVCache(_CacheBase):
         """Attention of q (B, Hq, T, D) — the newest T tokens, already appended — over the
         cache; returns (B, Hq, T, Dv)."""
         if self._kernel_step(q):
-            self.kernel_calls += 1
-            out = get_backend(q.device).decode_attention(
-                _row(q), self.k.kernel_view(), self.v.kernel_view(),
-                self._lengths(q), 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale,
-                self.k.fmt.name, self.v.fmt.name)
-            return out.unsqueeze(2).to(q.dtype)
+            scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+            return self._decode("decode_attention", [q], [scale])
         self.exact_calls += 1
         span = self._span(q.shape[2])
         return exact_attention(q, self.k.read(q.dtype, span), self.v.read(q.dtype, span),
@@ -127,13 +154,7 @@ class DecoupledKVCache(_CacheBase):
                scale_geo: float, causal: bool = True, dropout_p: float = 0.0) -> torch.Tensor:
         """score = (q_sem . k_sem) scale_sem + (q_geo . k_geo) scale_geo, one softmax."""
         if self._kernel_step(q_sem):
-            self.kernel_calls += 1
-            out = get_backend(q_sem.device).dba_decode_attention(
-                _row(q_sem), _row(q_geo), self.k_sem.kernel_view(),
-                self.k_geo.kernel_view(), self.v.kernel_view(), self._lengths(q_sem),
-                scale_sem, scale_geo, self.k_sem.fmt.name, self.k_geo.fmt.name,
-                self.v.fmt.name)
-            return out.unsqueeze(2).to(q_sem.dtype)
+            return self._decode("dba_decode_attention", [q_sem, q_geo], [scale_sem, scale_geo])
         self.exact_calls += 1
         dtype, span = q_sem.dtype, self._span(q_sem.shape[2])
         q, k = dba_qk(q_sem, q_geo, self.k_sem.read(dtype, span), self.k_geo.read(dtype, span),

@@ -1,9 +1,9 @@
 """One cached stream of per-head vectors (B, H, n, D), stored in one cache kind.
 
-Storage is a (B, Hs, capacity, W) tensor in the kernels' layout: Hs = H rows per token
-("head" layout, what the decode kernels read) or Hs = 1 row spanning all heads ("token"
-layout, for per-head widths smaller than a quantization block). Capacity grows
-geometrically, so appending a token is amortised O(1) and never reallocates per token.
+Storage is a (B, Hs, capacity, W) tensor in one of the decode kernels' two layouts: Hs = H
+rows per token ("head" layout) or Hs = 1 row spanning all heads ("token" layout, for
+per-head widths smaller than a quantization block). Capacity grows geometrically, so
+appending a token is amortised O(1) and never reallocates per token.
 
 Quantized kinds keep the newest, not yet full block of `block_tokens` tokens in full
 precision (the activations' dtype) and quantize a block in one call when it fills. Recent
@@ -211,10 +211,35 @@ class CacheTensor:
             values[:, :, self.stored : self.length] = self.tail[:, :, : self.pending]
         return values
 
+    def recent(self, start: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Tokens start .. length-1 as (B, H, n, D): rows already in storage dequantized,
+        pending ones from the exact tail. Cheap for the few tokens a decode step needs."""
+        dtype = dtype or self.dtype
+        if not 0 <= start <= self.length:
+            raise ValueError(f"{self.name}: start {start} outside [0, {self.length}]")
+        if self._grad_values is not None:
+            return self._grad_values[:, :, start:].to(dtype)
+        parts = []
+        if start < self.stored:
+            rows = self.storage[:, :, start : self.stored]
+            if self.fmt.quantized:
+                rows = get_backend(self.device).dequantize(self.fmt.name, rows.contiguous(),
+                                                           self.row_dim)
+            parts.append(self._from_rows(rows).to(dtype))
+        if self.pending:
+            first = max(start - self.stored, 0)
+            parts.append(self.tail[:, :, first : self.pending].to(dtype))
+        if not parts:
+            return torch.zeros(self.batch, self.heads, 0, self.head_dim, device=self.device,
+                               dtype=dtype)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
     @property
     def kernel_ready(self) -> bool:
-        """Whether the decode kernels can read every held token straight from `storage`."""
-        return self.layout == "head" and self.pending == 0 and self._grad_values is None
+        """Whether the decode kernels can read the stored tokens straight from `storage`
+        (either layout; the pending tail is attended separately and merged by log-sum-exp).
+        False only for a plain cache holding an autograd graph."""
+        return self._grad_values is None
 
     def kernel_view(self) -> torch.Tensor:
         """The whole storage, (B, Hs, capacity, W) and contiguous, for the decode kernels:

@@ -7,6 +7,7 @@ reference; every backend is tested against the functions exported here.
 from caramba.kernels.decode import dba_decode_attention, decode_attention
 from caramba.kernels.dispatch import get_backend, reference
 from caramba.kernels.formats import FORMATS, NF4_CODEBOOK, Format, bytes_per_row, get_format
+from caramba.kernels.merge import merge_partials
 from caramba.kernels.quant import append, dequantize, quantize
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "dequantize",
     "get_backend",
     "get_format",
+    "merge_partials",
     "quantize",
     "reference",
 ]

@@ -7,9 +7,18 @@ are merged by log-sum-exp — the flash-decoding scheme, kept here so split-K ke
 reference whose only difference from the unsplit answer is float32 rounding.
 
 Shapes (GQA: query head h reads KV head h // (Hq / Hkv)):
-    q (B, Hq, D) float            k (B, Hkv, S_max, storage_width(k_format, D))
-    v (B, Hkv, S_max, storage_width(v_format, Dv))        lengths int32 (B,), 1 <= len <= S_max
-    -> (B, Hq, Dv) float32
+    q (B, Hq, D) float         lengths int32 (B,), 1 <= len <= S_max
+    each cache tensor, independently, in one of two layouts (W = storage width of a row):
+      head   (B, Hkv, S_max, W)  one row of D values per (token, KV head)
+      token  (B, 1, S_max, W)    one row of Hkv x D values per token, KV head g at values
+                                 [g D, (g + 1) D) — rows may straddle block boundaries. Used
+                                 for per-head widths narrower than a quantization block.
+    Hkv is shape[1] of a head-layout key, row_values // D of a token-layout one; a
+    token-layout value tensor has Dv = row_values // Hkv. shape[1] == 1 with Hkv == 1 reads
+    the same either way.
+    -> (B, Hq, Dv) float32, and with return_lse also lse (B, Hq) float32 = log sum_s
+       exp(score_s) over the attended positions, so partial results over disjoint key sets
+       merge exactly (`caramba.kernels.merge.merge_partials`).
 DBA: score = (q_sem . k_sem) * scale_sem + (q_geo . k_geo) * scale_geo, one softmax.
 """
 
@@ -22,6 +31,17 @@ import torch
 
 from caramba.kernels.formats import get_format, logical_width
 from caramba.kernels.quant import _check_lengths, dequantize
+
+
+@dataclass(frozen=True)
+class CacheArg:
+    """One validated cache tensor: its per-head width and whether it is token-layout."""
+
+    name: str
+    tensor: torch.Tensor
+    kind: str
+    dim: int  # values per KV head
+    token: bool
 
 
 @dataclass(frozen=True)
@@ -56,34 +76,71 @@ def _check_query(q: object, argument: str) -> torch.Tensor:
     return q
 
 
-def _check_cache(
-    x: object, argument: str, kind: str, fmt_argument: str, like: torch.Tensor, D: int | None
-) -> int:
-    """Validate one cache tensor against the query `like`; return its logical row width."""
+def _check_storage(
+    x: object, argument: str, kind: str, fmt_argument: str, like: torch.Tensor
+) -> tuple[torch.Tensor, int]:
+    """Checks every layout shares; returns the tensor and the values one row holds."""
     fmt = get_format(kind, argument=fmt_argument)
     x = _tensor(x, argument, 4)
     if x.dtype != fmt.dtype:
         raise ValueError(f"{argument}: a {kind} cache holds {fmt.dtype}, got {x.dtype}")
     if x.device != like.device:
         raise ValueError(f"{argument}: on {x.device}, but the query is on {like.device}")
-    B, Hq = like.shape[:2]
-    if x.shape[0] != B:
-        raise ValueError(f"{argument}: batch {x.shape[0]} does not match the query's {B}")
-    if x.shape[1] == 0 or Hq % x.shape[1]:
-        raise ValueError(f"{argument}: {x.shape[1]} KV heads do not divide the query's {Hq} heads")
+    if x.shape[0] != like.shape[0]:
+        raise ValueError(f"{argument}: batch {x.shape[0]} does not match the query's "
+                         f"{like.shape[0]}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{argument}: no KV heads (shape[1] = 0)")
     if x.shape[2] == 0:
         raise ValueError(f"{argument}: the cache is empty (S_max = 0)")
-    width = logical_width(kind, x.shape[3], argument=argument)
-    if D is not None:
-        if D % fmt.block:
+    return x, logical_width(kind, x.shape[3], argument=argument)
+
+
+def _check_key(
+    x: object, argument: str, kind: str, fmt_argument: str, q: torch.Tensor
+) -> tuple[CacheArg, int]:
+    """A key tensor read by query q (B, Hq, D); returns it and the KV heads it implies."""
+    x, row = _check_storage(x, argument, kind, fmt_argument, q)
+    D, Hq, block = q.shape[-1], q.shape[1], get_format(kind).block
+    if x.shape[1] == 1 and row != D:  # token layout: one row holds every KV head's D values
+        if row % D:
             raise ValueError(
-                f"{argument}: head dim {D} is not a multiple of the {kind} block size {fmt.block}"
+                f"{argument}: a token-layout row (shape[1] = 1) holds {row} {kind} values, "
+                f"not a whole number of the query's head dim {D}"
             )
-        if width != D:
+        Hkv, token = row // D, True
+    else:
+        Hkv, token = x.shape[1], False
+    if Hq % Hkv:
+        raise ValueError(f"{argument}: {Hkv} KV heads do not divide the query's {Hq} heads")
+    if not token:
+        if D % block:
             raise ValueError(
-                f"{argument}: rows hold {width} values in {kind}, but the query has head dim {D}"
+                f"{argument}: head dim {D} is not a multiple of the {kind} block size {block}"
             )
-    return width
+        if row != D:
+            raise ValueError(
+                f"{argument}: rows hold {row} values in {kind}, but the query has head dim {D}"
+            )
+    return CacheArg(argument, x, kind, D, token), Hkv
+
+
+def _check_value(
+    x: object, kind: str, like: torch.Tensor, Hkv: int, S_max: int
+) -> CacheArg:
+    x, row = _check_storage(x, "v", kind, "v_format", like)
+    if x.shape[2] != S_max or x.shape[1] not in (Hkv, 1):
+        raise ValueError(
+            f"v: (heads, S_max) = {tuple(x.shape[1:3])} does not match the keys' "
+            f"{(Hkv, S_max)} (or (1, {S_max}) in the token layout)"
+        )
+    token = x.shape[1] != Hkv
+    if token and row % Hkv:
+        raise ValueError(
+            f"v: a token-layout row holds {row} {kind} values, not a whole number of the "
+            f"keys' {Hkv} KV heads"
+        )
+    return CacheArg("v", x, kind, row // Hkv if token else row, token)
 
 
 def _check_scale(scale: object, argument: str) -> float:
@@ -110,12 +167,13 @@ def check_decode_args(
     v: object,
     v_format: str,
     lengths: object,
-) -> DecodeShape:
-    """Validate a decode call: queries [(name, q)], keys [(name, k, kind, fmt_name)] paired."""
+) -> tuple[DecodeShape, list[CacheArg], CacheArg]:
+    """Validate a decode call: queries [(name, q)], keys [(name, k, kind, fmt_name)] paired.
+
+    Returns the sizes, the keys and the values with their layouts."""
     qs = [_check_query(q, name) for name, q in queries]
     first = qs[0]
-    for name, q in queries[1:]:
-        assert isinstance(q, torch.Tensor)
+    for (name, _), q in zip(queries[1:], qs[1:], strict=True):
         if q.shape[:2] != first.shape[:2]:
             raise ValueError(
                 f"{name}: batch and heads {tuple(q.shape[:2])} do not match "
@@ -123,46 +181,48 @@ def check_decode_args(
             )
         if q.device != first.device:
             raise ValueError(f"{name}: on {q.device}, but {queries[0][0]} is on {first.device}")
-    S_max = Hkv = None
+    checked: list[CacheArg] = []
+    Hkv = S_max = 0
     for q, (name, k, kind, fmt_arg) in zip(qs, keys, strict=True):
-        _check_cache(k, name, kind, fmt_arg, q, q.shape[-1])
-        assert isinstance(k, torch.Tensor)
-        if S_max is None:
-            Hkv, S_max = k.shape[1], k.shape[2]
-        elif (k.shape[1], k.shape[2]) != (Hkv, S_max):
+        arg, heads = _check_key(k, name, kind, fmt_arg, q)
+        if not checked:
+            Hkv, S_max = heads, arg.tensor.shape[2]
+        elif (heads, arg.tensor.shape[2]) != (Hkv, S_max):
             raise ValueError(
-                f"{name}: (heads, S_max) = {tuple(k.shape[1:3])} does not match "
+                f"{name}: (heads, S_max) = {(heads, arg.tensor.shape[2])} does not match "
                 f"{keys[0][0]}'s {(Hkv, S_max)}"
             )
-    Dv = _check_cache(v, "v", v_format, "v_format", first, None)
-    assert isinstance(v, torch.Tensor) and Hkv is not None and S_max is not None
-    if (v.shape[1], v.shape[2]) != (Hkv, S_max):
-        raise ValueError(
-            f"v: (heads, S_max) = {tuple(v.shape[1:3])} does not match the keys' {(Hkv, S_max)}"
-        )
+        checked.append(arg)
+    value = _check_value(v, v_format, first, Hkv, S_max)
     B, Hq = first.shape[:2]
     _check_lengths(lengths, B, S_max)
-    return DecodeShape(B=B, Hq=Hq, Hkv=Hkv, S_max=S_max, Dv=Dv)
+    return DecodeShape(B=B, Hq=Hq, Hkv=Hkv, S_max=S_max, Dv=value.dim), checked, value
 
 
-def _scores(q: torch.Tensor, k: torch.Tensor, kind: str, shape: DecodeShape, S: int):
+def _read(arg: CacheArg, shape: DecodeShape, S: int) -> torch.Tensor:
+    """The first S positions of a cache tensor as (B, Hkv, S, d) float32, either layout."""
+    if not arg.token:
+        return dequantize(arg.kind, arg.tensor[:, :, :S], arg.dim)
+    rows = dequantize(arg.kind, arg.tensor[:, :, :S], shape.Hkv * arg.dim)  # (B, 1, S, Hkv d)
+    return rows.reshape(shape.B, S, shape.Hkv, arg.dim).transpose(1, 2)
+
+
+def _scores(q: torch.Tensor, k: CacheArg, shape: DecodeShape, S: int) -> torch.Tensor:
     """(B, Hkv, group, S) float32 dot products of each query head with its KV head's keys."""
-    kd = dequantize(kind, k[:, :, :S], q.shape[-1])
     qg = q.to(torch.float32).reshape(shape.B, shape.Hkv, shape.group, q.shape[-1])
-    return qg @ kd.transpose(-1, -2)
+    return qg @ _read(k, shape, S).transpose(-1, -2)
 
 
 def _attend(
     scores: torch.Tensor,
-    v: torch.Tensor,
-    v_format: str,
+    v: CacheArg,
     lengths: torch.Tensor,
     shape: DecodeShape,
     num_splits: int,
-) -> torch.Tensor:
-    """Masked softmax(scores) @ V, unsplit or split-K with a log-sum-exp merge."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked softmax(scores) @ V and the log-sum-exp of the scores, unsplit or split-K."""
     S = scores.shape[-1]
-    vd = dequantize(v_format, v[:, :, :S], shape.Dv)  # (B, Hkv, S, Dv)
+    vd = _read(v, shape, S)  # (B, Hkv, S, Dv)
     pos = torch.arange(S, device=scores.device)
     valid = pos[None, :] < lengths.to(scores.device, torch.long)[:, None]  # (B, S)
     scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
@@ -170,6 +230,7 @@ def _attend(
     vd = vd.masked_fill(~valid[:, None, :, None], 0.0)
     if num_splits == 1:
         out = torch.softmax(scores, dim=-1) @ vd
+        lse = torch.logsumexp(scores, dim=-1)
     else:
         chunk = -(-S // num_splits)
         pad = chunk * num_splits - S
@@ -185,8 +246,10 @@ def _attend(
         o_part = torch.einsum("bhgpc,bhpcd->bhgpd", p, vc)
         m_all = m.amax(dim=-1, keepdim=True)  # finite: every length >= 1
         w = torch.exp(m - m_all)  # 0 for empty chunks
-        out = (w[..., None] * o_part).sum(dim=-2) / (w * l_part).sum(dim=-1)[..., None]
-    return out.reshape(shape.B, shape.Hq, shape.Dv)
+        total = (w * l_part).sum(dim=-1)
+        out = (w[..., None] * o_part).sum(dim=-2) / total[..., None]
+        lse = m_all[..., 0] + torch.log(total)
+    return out.reshape(shape.B, shape.Hq, shape.Dv), lse.reshape(shape.B, shape.Hq)
 
 
 def decode_attention(
@@ -199,14 +262,19 @@ def decode_attention(
     v_format: str,
     *,
     num_splits: int | None = None,
-) -> torch.Tensor:
-    """Standard / GQA decode attention: softmax(q . k * scale) @ v over each sequence's prefix."""
-    shape = check_decode_args([("q", q)], [("k", k, k_format, "k_format")], v, v_format, lengths)
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Standard / GQA decode attention: softmax(q . k * scale) @ v over each sequence's prefix
+    (and its log-sum-exp with `return_lse`)."""
+    shape, (key,), value = check_decode_args(
+        [("q", q)], [("k", k, k_format, "k_format")], v, v_format, lengths
+    )
     scale = _check_scale(scale, "scale")
     splits = _check_splits(num_splits)
     S = int(lengths.max())
-    scores = _scores(q, k, k_format, shape, S) * scale
-    return _attend(scores, v, v_format, lengths, shape, splits)
+    scores = _scores(q, key, shape, S) * scale
+    out, lse = _attend(scores, value, lengths, shape, splits)
+    return (out, lse) if return_lse else out
 
 
 def dba_decode_attention(
@@ -223,9 +291,10 @@ def dba_decode_attention(
     v_format: str,
     *,
     num_splits: int | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Decoupled (DBA) decode: semantic and geometric scores summed before one softmax."""
-    shape = check_decode_args(
+    shape, (sem, geo), value = check_decode_args(
         [("q_sem", q_sem), ("q_geo", q_geo)],
         [
             ("k_sem", k_sem, k_sem_format, "k_sem_format"),
@@ -240,7 +309,7 @@ def dba_decode_attention(
     splits = _check_splits(num_splits)
     S = int(lengths.max())
     scores = (
-        _scores(q_sem, k_sem, k_sem_format, shape, S) * scale_sem
-        + _scores(q_geo, k_geo, k_geo_format, shape, S) * scale_geo
+        _scores(q_sem, sem, shape, S) * scale_sem + _scores(q_geo, geo, shape, S) * scale_geo
     )
-    return _attend(scores, v, v_format, lengths, shape, splits)
+    out, lse = _attend(scores, value, lengths, shape, splits)
+    return (out, lse) if return_lse else out
