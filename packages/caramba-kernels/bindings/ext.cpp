@@ -374,7 +374,7 @@ void dba_decode(nb::handle q_sem_obj, nb::handle q_geo_obj, nb::handle k_sem_obj
     resolve_key(ks, "k_sem", k_sem_format, qs.D, qs.H, &Hkv, &first);
     resolve_key(kg, "k_geo", k_geo_format, qg.D, qs.H, &Hkv, &first);
     same_length(kg, "k_geo", ks, "k_sem");
-    resolve_value(v, Hkv, "the keys");
+    resolve_value(v, Hkv, first);
     same_length(v, "v", ks, "k_sem");
     const float ss = finite_scale(scale_sem, "scale_sem");
     const float sg = finite_scale(scale_geo, "scale_geo");
