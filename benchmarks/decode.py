@@ -3,10 +3,12 @@ cache kind, and speculative decoding with a small draft model on real text. One 
 every ratio from figures measured in this run.
 
 Attention rows use the Llama-3.2-1B attention widths (d_model 2048, 32 query heads, 8 KV heads
-of 64; DBA sem_dim 128, geo_dim 256 summed over heads, i.e. 4 + 8 per head). A row times one
-attention layer's decode step (projections, cache append, attention over the context) with
-its cache pre-filled to the context length; the cache goes through the same code as
-generation (caramba.cache; decode kernels via caramba.kernels.dispatch where addressable).
+of 64; DBA sem_dim 128, geo_dim 256 summed over heads, i.e. 4 + 8 per head). The headline DBA
+setting is HEADLINE (see ARCHS for why). A row times one attention layer's decode step
+(projections, cache append, attention over the context) with its cache pre-filled to the
+context length; the cache goes through the same code as generation (caramba.cache: every
+single-token step reads the stored prefix through caramba.kernels.dispatch and merges the
+full-precision tail exactly).
 
     python benchmarks/decode.py                  # CPU default: a few minutes
     python benchmarks/decode.py --large          # contexts 512 .. 16k, fp32 too
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -33,6 +36,15 @@ from caramba.layers.attention import AttentionLayer
 
 RESULTS = Path(__file__).parent / "results"
 D_MODEL, HEADS, KV_HEADS, LAYERS = 2048, 32, 8, 16  # Llama-3.2-1B
+# DBA at the seed's widths: AttentionLayerConfig(d_model 2048, 32 heads, 8 KV heads, sem_dim
+# 128, geo_dim 256). The seed does not give the value width of that layer; its
+# DecoupledLayerKVCache example stores v_dim 256 values per token. attn_dim 1024 is the value
+# width that gives this cache 256 values per token (1024 / 32 heads = 32 per head x 8 KV
+# heads), so "dba-v1024" is the headline setting the issue's targets are judged on.
+# "dba" (attn_dim = d_model: 512 values per token, no value bottleneck) is kept to show what
+# the key paths alone save; "dba-v384" (96 values per token) reproduces the seed's 384
+# bytes/token fp16 figure.
+HEADLINE = "dba-v1024"
 ARCHS = {
     "standard": dict(mode="gqa"),
     "dba": dict(mode="dba", sem_dim=128, geo_dim=256),  # attn_dim = d_model (the default)
@@ -116,6 +128,8 @@ def decode_row(arch: str, kind: str, context: int, steps: int, device: torch.dev
             ctx.position += 1
         sync()
         elapsed = min(elapsed, time.perf_counter() - started)
+    # Every timed step is single-token: it reads the stored prefix through the kernels
+    # ("kernel"), unless the cache is off the kernel path ("exact": dequantize + SDPA).
     path = "kernel" if cache.kernel_calls > cache.exact_calls else "exact"
     return {"arch": arch, "cache": label(spec), "kind": kind, "context": context,
             "batch": batch, "block_tokens": block_tokens, "rounds": rounds,
@@ -275,7 +289,10 @@ def markdown(result: dict) -> str:
     out = [f"# Decode benchmark ({m['device_name']})", "",
            f"torch {m['torch']}, {m['threads']} intra-op thread(s), kernel backend "
            f"{m['kernel_backend']}, dtype {m['dtype']}, batch {m.get('batch', 1)}; "
-           f"{m['when']}.", "",
+           f"{m['when']}." + (f" Load average (1 min) {m['loadavg_start']:.2f} at the start, "
+                              f"{m['loadavg_end']:.2f} at the end."
+                              if "loadavg_end" in m else ""), "",
+           f"Headline DBA setting: {m.get('headline', HEADLINE)} (seed widths; see Notes).", "",
            "## KV-cache bytes per token per layer (Llama-3.2-1B widths)", "",
            "| arch | cache | bytes/token/layer | × fewer than standard fp16 | "
            "16 layers @ 8k (MB) |", "|---|---|---:|---:|---:|"]
@@ -318,19 +335,24 @@ def targets(result: dict, context: int) -> list[dict]:
     kv = {(r["arch"], r["kind"]): r for r in result["kv_bytes"]}
     std = kv["standard", "fp16"]["bytes_per_token_per_layer"]
     out = []
-    for arch in ("dba", "dba-v1024", "dba-v384"):
+    def name(arch: str) -> str:
+        return f"{arch} (headline, seed widths)" if arch == HEADLINE else arch
+
+    order = (HEADLINE, *(a for a in ("dba", "dba-v1024", "dba-v384") if a != HEADLINE))
+    for arch in order:
         if (arch, "q8_0") in kv:
             ratio = std / kv[arch, "q8_0"]["bytes_per_token_per_layer"]
-            out.append({"what": f"{arch} q8_0 KV bytes vs standard fp16", "value": ratio,
+            out.append({"what": f"{name(arch)} q8_0 KV bytes vs standard fp16", "value": ratio,
                         "target": 5.0, "met": ratio >= 5.0})
     speed = {(r["arch"], r["kind"], r["context"], r["block_tokens"]): r["tokens_per_s"]
              for r in result["decode"]}
     base = speed.get(("standard", "fp16", context, 32))
-    for arch in ("dba", "dba-v1024", "dba-v384"):
+    for arch in order:
         fast = speed.get((arch, "q8_0", context, 32))
         if base and fast:
-            out.append({"what": f"{arch} q8_0 decode tokens/s at {context} vs standard fp16",
-                        "value": fast / base, "target": 1.5, "met": fast / base >= 1.5})
+            out.append({"what": f"{name(arch)} q8_0 decode tokens/s at {context} vs standard "
+                                f"fp16", "value": fast / base, "target": 1.5,
+                        "met": fast / base >= 1.5})
     for r in result.get("speculative", []):
         ok = r["speedup"] >= 1.5 and r["acceptance"] >= 0.6
         out.append({"what": f"speculative {r['target']} + {r['draft']}", "value": r["speedup"],
@@ -379,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "kernel_backend": getattr(get_backend(device), "name", "?"),
                     "dtype": str(dtype).removeprefix("torch."), "batch": args.batch,
-                    "when": time.strftime("%Y-%m-%d %H:%M")},
+                    "when": time.strftime("%Y-%m-%d %H:%M"), "headline": HEADLINE,
+                    "loadavg_start": os.getloadavg()[0]},
         "kv_bytes": kv_bytes(archs), "decode": [], "notes": []}
     print(json.dumps(result["machine"]), flush=True)
     for context in contexts:
@@ -395,8 +418,11 @@ def main(argv: list[str] | None = None) -> int:
                                      block_tokens=0, rounds=args.rounds, batch=args.batch)
                     result["decode"].append(row)
                     print(json.dumps(row), flush=True)
+    result["machine"]["loadavg_end"] = os.getloadavg()[0]
     if args.speculative:
         result["speculative"] = speculative_rows(args)
+    else:
+        keep_speculative(result, args.out / f"decode_{args.tag or device.type}.json")
     ref_context = 8192 if 8192 in contexts else max(contexts)
     result["targets"] = targets(result, ref_context)
     result["notes"] = notes(result)
@@ -408,19 +434,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def keep_speculative(result: dict, previous: Path) -> None:
+    """A decode-only run (--no-speculative) keeps the speculative rows of the results file it
+    replaces, saying when they were measured."""
+    try:
+        old = json.loads(previous.read_text())
+    except (OSError, ValueError):
+        return
+    if old.get("speculative"):
+        result["speculative"] = old["speculative"]
+        result["speculative_from"] = old.get("speculative_from") or old["machine"]["when"]
+
+
 def notes(result: dict) -> list[str]:
     out = [
-        "DBA's per-head key widths at these settings are 4 (semantic) and 8 (geometric) values: "
-        "narrower than a 32-value quantization block, so quantized DBA keys are stored one row "
-        "per token spanning the 8 KV heads (32 and 64 values = whole blocks). The decode "
-        "kernels take per-head rows only, so those caches decode through the exact path "
-        "(dequantize + SDPA); per-head layouts (standard attention, DBA fp16/fp32) use the "
-        "kernels whenever no full-precision rows are pending.",
-        "Quantized caches keep the newest partial block of 32 tokens in full precision. The "
-        "kernels' decode API returns no log-sum-exp, so a step with pending full-precision "
-        "rows cannot merge a kernel result over the quantized prefix with the exact tail; it "
-        "takes the exact path ('[tail 0]' rows quantize every token on arrival and use the "
-        "kernels).",
+        f"Headline: {HEADLINE} = the seed's DBA layer (sem_dim 128, geo_dim 256 at d_model "
+        "2048, 32 heads, 8 KV heads) with attn_dim 1024, so its cache holds the 256 value "
+        "dims per token of the seed's DecoupledLayerKVCache example (k_sem 32 + k_geo 64 + "
+        "v 256 values per token after GQA). 'dba' (attn_dim = d_model, 512 values per token) "
+        "is kept to show the key paths alone; 'dba-v384' reproduces the seed's 384 bytes per "
+        "token in fp16.",
+        "DBA's per-head key widths at these settings are 4 (semantic) and 8 (geometric) values "
+        "(values 32 per head at attn_dim 1024): narrower than a 32-value quantization block, "
+        "so quantized DBA keys are stored one row per token spanning the 8 KV heads (32 and 64 "
+        "values = whole blocks). The decode kernels read this token layout directly.",
+        "Quantized caches keep the newest partial block of 32 tokens in full precision. A "
+        "decode step reads the quantized prefix through the kernel backend (return_lse) and "
+        "attends the < 32 pending tokens exactly, merging the two by log-sum-exp; '[tail 0]' "
+        "rows quantize every token on arrival (no merge) for comparison.",
         "nf4 blocks hold 64 values; DBA's 32-value semantic rows cannot be nf4 and stay fp16 "
         "(shown in the cache column).",
     ]
@@ -435,6 +476,9 @@ def notes(result: dict) -> list[str]:
         out.append("CPU figures come from a shared 2-core machine under load from other jobs; "
                    "one intra-op thread (a second OpenMP thread was ~100x slower under "
                    "contention). Ratios are from rows measured minutes apart in one process.")
+    if result.get("speculative_from"):
+        out.append(f"Speculative rows were not re-measured in this run: they are from the run "
+                   f"of {result['speculative_from']}.")
     return out
 
 
