@@ -433,3 +433,49 @@ def test_dba_keys_must_agree_on_kv_heads_across_layouts() -> None:
     with pytest.raises(ValueError, match=r"k_geo: \(heads, S_max\) = \(4, 6\) does not match "
                                          r"k_sem's \(8, 6\)"):
         dba_decode_attention(qs, qg, ks, kg, v, lengths, 0.5, 0.3, "q8_0", "q8_0", "f32")
+
+
+def installed_cpu_backends() -> list:
+    from caramba.registry import KERNELS
+
+    out = []
+    for name in KERNELS.names():
+        backend = KERNELS.get(name)
+        supports = getattr(backend, "supports", None)
+        if supports is None or supports(torch.device("cpu")):
+            out.append(pytest.param(backend, id=name))
+    return out or [pytest.param(None, marks=pytest.mark.skip(reason="no CPU kernel backend"))]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("backend", installed_cpu_backends())
+@pytest.mark.parametrize("kind", FORMAT_NAMES)
+def test_installed_backends_match_the_reference_on_layouts_and_lse(backend, kind: str) -> None:
+    """The contract seen from core: every installed CPU backend, token and head layouts mixed,
+    return_lse, against this reference. Each side is within the float32 bound of float64
+    (fp32_tol), so they are within twice that of each other."""
+    gen = torch.Generator().manual_seed(2000 + FORMAT_NAMES.index(kind))
+    for case in range(150):
+        dba = bool(case % 2)
+        qs, ks, v, lengths, scales, splits, layouts = draw_layout_case(gen, kind, dba)
+        stored = [store(kind, x, layout) for x, layout in zip([*ks, v], layouts, strict=True)]
+        k_st, k_deq = (list(t) for t in zip(*stored[:-1], strict=True))
+        v_st, v_deq = stored[-1]
+        want = run_reference_lse(kind, qs, k_st, v_st, lengths, scales, None)
+        if dba:
+            got = backend.dba_decode_attention(
+                qs[0], qs[1], k_st[0], k_st[1], v_st, lengths, scales[0], scales[1],
+                kind, kind, kind, num_splits=splits, return_lse=True)  # fmt: skip
+        else:
+            got = backend.decode_attention(qs[0], k_st[0], v_st, lengths, scales[0], kind, kind,
+                                           num_splits=splits, return_lse=True)
+        group = qs[0].shape[1] // ks[0].shape[1]
+        S, D = v.shape[2], max(q.shape[-1] for q in qs)
+        sigma = score_magnitude(qs, k_deq, scales, group)
+        eps_s = (D + 4) * U * sigma
+        out_tol = 2 * (math.expm1(2 * eps_s) + (S + 4) * U) * float(v_deq.abs().max()) * 4
+        lse_tol = 2 * (2 * eps_s + (S + 4) * U + U * sigma) * 4
+        out_err = float((got[0].double() - want[0].double()).abs().max())
+        lse_err = float((got[1].double() - want[1].double()).abs().max())
+        assert out_err <= out_tol, f"case {case} {layouts}: out {out_err} > {out_tol}"
+        assert lse_err <= lse_tol, f"case {case} {layouts}: lse {lse_err} > {lse_tol}"
