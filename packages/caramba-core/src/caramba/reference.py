@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from caramba.layers.rotary import RopeScaling
 from caramba.manifest import schema
 from caramba.registry import BENCHMARKS, DATASETS, EMBEDDERS, LAYERS, TOPOLOGIES, Registry
 
@@ -38,7 +39,8 @@ def _type_name(annotation: Any) -> str:
             members = typing.get_args(typing.get_args(inner)[0])
             return "list[" + " \\| ".join(m.__name__ for m in members) + "]"
     text = str(annotation) if not isinstance(annotation, type) else annotation.__name__
-    for noise in ("typing.", "caramba.manifest.schema.", "caramba.layers.base.", "pydantic."):
+    for noise in ("typing.", "caramba.manifest.schema.", "caramba.layers.base.",
+                  "caramba.layers.rotary.", "pydantic."):
         text = text.replace(noise, "")
     if typing.get_origin(annotation) is typing.Literal:
         return " | ".join(repr(a) for a in typing.get_args(annotation))
@@ -93,6 +95,9 @@ def render_reference() -> str:
     out += _registry_section("Datasets (`data.ref`; keys go in `data.config`)", DATASETS)
     out += _registry_section("Embedders (`system.config.model.embedder.type`)", EMBEDDERS)
     out += _registry_section("Layers (`type:` in a topology's `layers`)", LAYERS)
+    out += ["### `RopeScaling` (AttentionLayer `rope_scaling`, RoPE `scaling`)", "",
+            (RopeScaling.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "), ""]
+    out += model_table(RopeScaling) + [""]
     out += _registry_section("Topologies (hold `layers: [...]`)", TOPOLOGIES)
     out += _registry_section("Benchmarks (`benchmarks[].config.type`)", BENCHMARKS)
     return "\n".join(out).rstrip() + "\n"

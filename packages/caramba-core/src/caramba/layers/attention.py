@@ -13,7 +13,7 @@ from torch import nn
 from caramba.cache.attend import dba_qk, exact_attention
 from caramba.cache.spec import cache_for
 from caramba.layers.base import BuildChild, ForwardContext, LayerConfig
-from caramba.layers.rotary import RotaryCache, apply_rotary
+from caramba.layers.rotary import RopeScaling, RotaryCache, apply_rotary
 
 
 class AttentionLayerConfig(LayerConfig):
@@ -51,6 +51,14 @@ class AttentionLayerConfig(LayerConfig):
         True, description="rotate q and k by absolute position (RoPE); dba: the geometric path"
     )
     rope_base: float = Field(10000.0, gt=0.0, description="RoPE frequency base (theta)")
+    rope_scaling: RopeScaling | None = Field(
+        None,
+        description="RoPE frequency scaling; unset: none. Llama 3.x: {type: llama3, factor, "
+        "low_freq_factor, high_freq_factor, original_max_position_embeddings} as in its "
+        "config.json (Llama-3.2-1B: 32, 1, 4, 8192): wavelengths (2 pi / frequency) above "
+        "original/low_freq_factor are divided by factor, below original/high_freq_factor "
+        "kept, blended in between",
+    )
     bias: bool = Field(False, description="add learned biases to the projections")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on attention weights")
     causal: bool = Field(True, description="each token attends only to itself and the past")
@@ -66,6 +74,12 @@ class AttentionLayerConfig(LayerConfig):
     @property
     def resolved_attn_dim(self) -> int:
         return self.d_model if self.attn_dim is None else self.attn_dim
+
+    @model_validator(mode="after")
+    def _check_rope_scaling(self) -> AttentionLayerConfig:
+        if self.rope_scaling is not None and not self.rope:
+            raise ValueError("rope_scaling needs rope: true (it rescales RoPE's frequencies)")
+        return self
 
     @model_validator(mode="after")
     def _check_shapes(self) -> AttentionLayerConfig:
@@ -157,7 +171,8 @@ class AttentionLayer(nn.Module):
         self.wk = nn.Linear(config.d_model, kv_dim, bias=config.bias)
         self.wv = nn.Linear(config.d_model, kv_dim, bias=config.bias)
         self.wo = nn.Linear(q_dim, config.d_model, bias=config.bias)
-        self.rotary = RotaryCache(self.head_dim, config.rope_base) if config.rope else None
+        self.rotary = (RotaryCache(self.head_dim, config.rope_base, config.rope_scaling)
+                       if config.rope else None)
 
     def _init_dba(self, config: AttentionLayerConfig) -> None:
         """Projections of the two score paths, the values and the output.
@@ -184,7 +199,8 @@ class AttentionLayer(nn.Module):
         with torch.no_grad():
             self.wq_sem.weight.mul_(2**-0.5)
             self.wq_geo.weight.mul_(2**-0.5)
-        self.rotary = RotaryCache(self.geo_head_dim, config.rope_base) if config.rope else None
+        self.rotary = (RotaryCache(self.geo_head_dim, config.rope_base, config.rope_scaling)
+                       if config.rope else None)
 
     @classmethod
     def from_config(cls, config: AttentionLayerConfig, build: BuildChild) -> AttentionLayer:

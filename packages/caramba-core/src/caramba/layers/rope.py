@@ -9,13 +9,16 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from caramba.layers.base import BuildChild, ForwardContext, LayerConfig
-from caramba.layers.rotary import RotaryCache, apply_rotary
+from caramba.layers.rotary import RopeScaling, RotaryCache, apply_rotary
 
 
 class RoPEConfig(LayerConfig):
     type: Literal["RoPE"] = "RoPE"
     d_model: int = Field(..., gt=0, description="size of the rotated (last) dimension; even")
     base: float = Field(10000.0, gt=0.0, description="rotary frequency base (theta)")
+    scaling: RopeScaling | None = Field(
+        None, description="frequency scaling, as AttentionLayer's rope_scaling; none if unset"
+    )
 
     @model_validator(mode="after")
     def _even(self) -> RoPEConfig:
@@ -34,13 +37,14 @@ class RoPE(nn.Module):
 
     Config = RoPEConfig
 
-    def __init__(self, d_model: int, base: float = 10000.0) -> None:
+    def __init__(self, d_model: int, base: float = 10000.0,
+                 scaling: RopeScaling | None = None) -> None:
         super().__init__()
-        self.rotary = RotaryCache(d_model, base)
+        self.rotary = RotaryCache(d_model, base, scaling)
 
     @classmethod
     def from_config(cls, config: RoPEConfig, build: BuildChild) -> RoPE:
-        return cls(config.d_model, config.base)
+        return cls(config.d_model, config.base, config.scaling)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext | None = None) -> torch.Tensor:
         start = 0 if ctx is None else ctx.position
