@@ -207,6 +207,26 @@ def write_tiny_gguf(
     return path
 
 
+def llama_cpp_rope_freqs(dim: int, theta: float, factor: float, low_freq_factor: float,
+                         high_freq_factor: float, original_max_position_embeddings: int
+                         ) -> np.ndarray:
+    """The `rope_freqs` tensor llama.cpp's convert_hf_to_gguf.py writes for a Llama 3.x model:
+    per-frequency divisors (llama.cpp rotates by inv_freq / rope_freqs[i])."""
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    out = []
+    for freq in freqs.tolist():
+        wavelen = 2 * math.pi / freq
+        if wavelen < original_max_position_embeddings / high_freq_factor:
+            out.append(1.0)
+        elif wavelen > original_max_position_embeddings / low_freq_factor:
+            out.append(factor)
+        else:
+            smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (
+                high_freq_factor - low_freq_factor)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
 # --- an independent reference forward ---------------------------------------------------
 
 def interleaved_reference_logits(path: Path, tokens: list[int]) -> np.ndarray:

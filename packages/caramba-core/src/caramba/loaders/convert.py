@@ -22,6 +22,7 @@ from caramba.atomic import atomic_directory, atomic_write_json
 from caramba.errors import CarambaError, InputError
 from caramba.loaders.llama import hf_state_dict
 from caramba.loaders.pretrained import Pretrained
+from caramba.loaders.rope_scaling import to_hf_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -44,7 +45,7 @@ def hf_config(pretrained: Pretrained, dtype: torch.dtype = torch.float32) -> dic
         "max_position_embeddings": a.context_length,
         "rms_norm_eps": a.rms_norm_eps,
         "rope_theta": a.rope_base,
-        "rope_scaling": None,
+        "rope_scaling": to_hf_config(a.rope_scaling),
         "attention_bias": a.attention_bias,
         "mlp_bias": a.mlp_bias,
         "tie_word_embeddings": a.tie_embeddings,

@@ -5,7 +5,9 @@ difference is undone on the way: llama.cpp's converter permutes the rows of attn
 so that its RoPE can rotate adjacent pairs (2i, 2i+1) of each head; caramba, like Hugging
 Face, rotates feature i with i + head_dim/2 (`caramba.layers.rotary`). `unpermute_qk` puts
 the rows back. Without it the model still writes text-like output, but its perplexity is
-several times worse (a test pins this down).
+several times worse (a test pins this down). Llama 3.x files also hold `rope_freqs.weight`,
+per-frequency RoPE divisors; they become the attention layers' `rope_scaling`
+(`caramba.loaders.rope_scaling`), not a weight.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from caramba.errors import CheckpointError, InputError
 from caramba.loaders.gguf_tokenizer import special_ids, tokenizer_from_gguf
 from caramba.loaders.llama import LlamaArchitecture, check_tensors
 from caramba.loaders.pretrained import Pretrained, assemble
+from caramba.loaders.rope_scaling import ROPE_FREQS, from_gguf
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -168,14 +171,21 @@ def metadata(reader: Any) -> dict[str, Any]:
     return out
 
 
-def architecture(meta: dict[str, Any], tensor_names: set[str], path: Path) -> LlamaArchitecture:
-    """The Llama hyperparameters in GGUF metadata; anything caramba cannot build is an error."""
+def architecture(
+    meta: dict[str, Any], tensor_names: set[str], path: Path,
+    rope_freqs: torch.Tensor | None = None,
+) -> LlamaArchitecture:
+    """The Llama hyperparameters in GGUF metadata; anything caramba cannot build is an error.
+
+    rope_freqs: the values of the `rope_freqs.weight` tensor (Llama 3.x RoPE scaling), which
+    must be given when `tensor_names` holds it.
+    """
     arch = meta.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise CheckpointError(
             f"{path}: architecture {arch!r} is not supported; caramba loads GGUF files of "
             f"architecture {', '.join(map(repr, SUPPORTED_ARCHITECTURES))} (Llama-style "
-            "decoders such as SmolLM2, with a byte-level BPE vocabulary and no RoPE scaling)."
+            "decoders such as SmolLM2 and Llama 3.x, with a byte-level BPE vocabulary)."
         )
 
     def get(key: str, default: Any = None) -> Any:
@@ -191,12 +201,6 @@ def architecture(meta: dict[str, Any], tensor_names: set[str], path: Path) -> Ll
 
     if meta.get(f"{arch}.expert_count", 0):
         raise CheckpointError(f"{path}: mixture-of-experts Llama GGUF files are not supported.")
-    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
-    if scaling != "none" or "rope_freqs.weight" in tensor_names:
-        raise CheckpointError(
-            f"{path}: RoPE scaling ({scaling if scaling != 'none' else 'rope_freqs.weight'}) is "
-            "not supported: caramba's AttentionLayer has no RoPE frequency scaling yet."
-        )
     d_model, n_heads = int(get("embedding_length")), int(get("attention.head_count"))
     n_kv = int(get("attention.head_count_kv", n_heads))
     head_dim = int(get("attention.key_length", d_model // n_heads))
@@ -207,6 +211,10 @@ def architecture(meta: dict[str, Any], tensor_names: set[str], path: Path) -> Ll
             f"{path}: RoPE covers {get('rope.dimension_count')} of {head_dim} head features; "
             "partial rotary embeddings are not supported."
         )
+    if ROPE_FREQS in tensor_names and rope_freqs is None:
+        raise ValueError(f"{path} has {ROPE_FREQS!r}: pass its values as rope_freqs")
+    rope_base = _float32(get("rope.freq_base", 10000.0))
+    scaling = from_gguf(meta, arch, rope_freqs, head_dim, rope_base, path)
     tokens = meta.get("tokenizer.ggml.tokens")
     vocab = meta.get(f"{arch}.vocab_size", len(tokens) if tokens else None)
     return LlamaArchitecture(
@@ -217,12 +225,13 @@ def architecture(meta: dict[str, Any], tensor_names: set[str], path: Path) -> Ll
         n_kv_heads=n_kv,
         head_dim=head_dim,
         d_ff=int(get("feed_forward_length")),
-        rope_base=_float32(get("rope.freq_base", 10000.0)),
+        rope_base=rope_base,
         rms_norm_eps=_float32(get("attention.layer_norm_rms_epsilon")),
         context_length=int(get("context_length")),
         tie_embeddings="output.weight" not in tensor_names,
         attention_bias="blk.0.attn_q.bias" in tensor_names,
         mlp_bias="blk.0.ffn_up.bias" in tensor_names,
+        rope_scaling=scaling,
     )
 
 
@@ -239,27 +248,18 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> Pretraine
     reader = open_gguf(path)
     meta = metadata(reader)
     by_name = {t.name: t for t in reader.tensors}
-    arch = architecture(meta, set(by_name), path)
+    rope_freqs = _dequantize(path, gguf, by_name[ROPE_FREQS]) if ROPE_FREQS in by_name else None
+    arch = architecture(meta, set(by_name), path, rope_freqs)
     shapes = {hf_name_for(n): tuple(int(d) for d in reversed(t.shape)) for n, t in by_name.items()}
-    check_tensors(arch, shapes, str(path), display=gguf_name_for)
+    # rope_freqs is not a weight: it became the attention layers' rope_scaling.
+    check_tensors(arch, shapes, str(path), display=gguf_name_for,
+                  ignore=lambda n: n == ROPE_FREQS)
 
     tensors: dict[str, torch.Tensor] = {}
     for name, t in by_name.items():
-        try:
-            array = gguf.quants.dequantize(t.data, t.tensor_type)
-        except NotImplementedError as exc:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} is stored as {t.tensor_type.name}, which the installed "
-                f"gguf package cannot dequantize ({exc})."
-            ) from exc
-        if array.dtype != np.float32 or not array.flags.writeable:  # F32/F16: views of the file
-            array = np.array(array, dtype=np.float32)
-        # One reduction finds NaN/inf anywhere (a sum of finite weights does not overflow).
-        if not math.isfinite(float(array.sum(dtype=np.float64))):
-            raise CheckpointError(
-                f"{path}: tensor {name!r} holds NaN or infinite values; the file is corrupt."
-            )
-        tensor = torch.from_numpy(array)
+        if name == ROPE_FREQS:
+            continue
+        tensor = _dequantize(path, gguf, t)
         hf = hf_name_for(name)
         if hf.startswith("model.layers.") and ".self_attn.q_proj." in hf:
             tensor = unpermute_qk(tensor, arch.n_heads)
@@ -279,6 +279,25 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> Pretraine
         "license": meta.get("general.license"),
     }
     return assemble(arch, tensors, tokenizer, path, "gguf", info, dtype)
+
+
+def _dequantize(path: Path, gguf: Any, t: Any) -> torch.Tensor:
+    """One GGUF tensor as a writable float32 torch tensor (flat or in GGUF's shape)."""
+    try:
+        array = gguf.quants.dequantize(t.data, t.tensor_type)
+    except NotImplementedError as exc:
+        raise CheckpointError(
+            f"{path}: tensor {t.name!r} is stored as {t.tensor_type.name}, which the installed "
+            f"gguf package cannot dequantize ({exc})."
+        ) from exc
+    if array.dtype != np.float32 or not array.flags.writeable:  # F32/F16: views of the file
+        array = np.array(array, dtype=np.float32)
+    # One reduction finds NaN/inf anywhere (a sum of finite weights does not overflow).
+    if not math.isfinite(float(array.sum(dtype=np.float64))):
+        raise CheckpointError(
+            f"{path}: tensor {t.name!r} holds NaN or infinite values; the file is corrupt."
+        )
+    return torch.from_numpy(array)
 
 
 def _count_types(tensors: list[Any]) -> dict[str, int]:

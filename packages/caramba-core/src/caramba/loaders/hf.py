@@ -21,6 +21,7 @@ from caramba.data.tokenizer import Tokenizer
 from caramba.errors import CheckpointError, DataError, InputError
 from caramba.loaders.llama import LlamaArchitecture, check_tensors
 from caramba.loaders.pretrained import Pretrained, assemble
+from caramba.loaders.rope_scaling import from_hf_config
 
 HF_PREFIX = "hf://"
 CONFIG = "config.json"
@@ -116,11 +117,7 @@ def architecture(config: dict[str, Any], path: Path) -> LlamaArchitecture:
     if config.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"{path}: hidden_act {config['hidden_act']!r}; caramba's Llama "
                               "uses SwiGLU (silu).")
-    if config.get("rope_scaling"):
-        raise CheckpointError(
-            f"{path}: rope_scaling {config['rope_scaling']!r} is not supported: caramba's "
-            "AttentionLayer has no RoPE frequency scaling yet."
-        )
+    rope_scaling = from_hf_config(config, path)
 
     def get(key: str, default: Any = None) -> Any:
         value = config.get(key, default)
@@ -137,13 +134,21 @@ def architecture(config: dict[str, Any], path: Path) -> LlamaArchitecture:
         n_kv_heads=int(get("num_key_value_heads", n_heads)),
         head_dim=int(config.get("head_dim") or d_model // n_heads),
         d_ff=int(get("intermediate_size")),
-        rope_base=float(get("rope_theta", 10000.0)),
+        rope_base=float(config.get("rope_theta") or _rope_parameters(config).get("rope_theta")
+                        or 10000.0),
         rms_norm_eps=float(get("rms_norm_eps", 1e-6)),
         context_length=int(get("max_position_embeddings", 2048)),
         tie_embeddings=bool(config.get("tie_word_embeddings", False)),
         attention_bias=bool(config.get("attention_bias", False)),
         mlp_bias=bool(config.get("mlp_bias", False)),
+        rope_scaling=rope_scaling,
     )
+
+
+def _rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
+    """transformers v5 moved rope_theta (and the scaling) into `rope_parameters`."""
+    params = config.get("rope_parameters")
+    return params if isinstance(params, dict) else {}
 
 
 def _open_safetensors(path: Path) -> Any:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from caramba.errors import CheckpointError
+from caramba.layers.rotary import RopeScaling
 from caramba.manifest.nodes import NodeValidator
 from caramba.manifest.schema import ModelSpec
 from caramba.manifest.source import SourceMap
@@ -46,13 +47,17 @@ class LlamaArchitecture:
     tie_embeddings: bool
     attention_bias: bool = False
     mlp_bias: bool = False
+    rope_scaling: RopeScaling | None = field(default=None, hash=False)
 
     def kv_bytes_per_token(self, bytes_per_element: int = 2) -> int:
         """KV-cache bytes one token costs across all layers (keys and values; fp16 default)."""
         return self.n_layers * 2 * self.n_kv_heads * self.head_dim * bytes_per_element
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.rope_scaling is not None:
+            out["rope_scaling"] = self.rope_scaling.model_dump()
+        return out
 
 
 def model_config(arch: LlamaArchitecture) -> dict[str, Any]:
@@ -72,6 +77,8 @@ def model_config(arch: LlamaArchitecture) -> dict[str, Any]:
         "rope_base": arch.rope_base,
         "bias": arch.attention_bias,
     }
+    if arch.rope_scaling is not None:
+        attention["rope_scaling"] = arch.rope_scaling.model_dump()
     if arch.head_dim * arch.n_heads != d:
         attention["head_dim"] = arch.head_dim
     norm = {"type": "RMSNormLayer", "d_model": d, "eps": arch.rms_norm_eps}
