@@ -34,11 +34,14 @@ class ContextLengthError(InputError, ValueError):
 @torch.no_grad()
 def prefill(model: torch.nn.Module, tokens: torch.Tensor, ctx: ForwardContext,
             plan: DecodePlan) -> torch.Tensor:
-    """Feed tokens (B, T) through the model into ctx's caches; logits (B, V) of the last one."""
+    """Feed tokens (B, T) through the model into ctx's caches, after whatever they already
+    hold (ctx.position tokens); logits (B, V) of the last one."""
     logits = None
+    start = 0  # into `tokens`; the caches may already hold ctx.position earlier tokens
     for n in plan.prefill_chunks(tokens.shape[1]):
-        logits = model(tokens[:, ctx.position : ctx.position + n], ctx)
+        logits = model(tokens[:, start : start + n], ctx)
         ctx.position += n
+        start += n
     assert logits is not None, "prefill needs at least one token"
     return logits[:, -1]
 
@@ -56,6 +59,7 @@ class GenerationStats:
     """Figures of the last generation."""
 
     prompt_tokens: int = 0
+    prefill_tokens: int = 0  # prompt tokens fed this time (the rest were already cached)
     new_tokens: int = 0
     prefill_s: float = 0.0  # prompt in, first token chosen
     decode_s: float = 0.0  # every later token
@@ -154,25 +158,39 @@ class Generator:
         tokens = self._as_batch(prompt)
         B, T = tokens.shape
         room = self._budget(T)
-        cfg = self.config
-        stats = GenerationStats(prompt_tokens=T)
-        self.last_stats = stats
         if room <= 0:
-            stats.stop_reason = "context" if cfg.max_new_tokens else "max_new_tokens"
+            self.last_stats = GenerationStats(prompt_tokens=T, stop_reason="context" if
+                                              self.config.max_new_tokens else "max_new_tokens")
             return
         spec = self.cache_spec(B, T + room)
+        yield from self.continue_steps(tokens, spec, spec.context(), room)
+
+    def continue_steps(self, tokens: torch.Tensor, spec: CacheSpec, ctx: ForwardContext,
+                       room: int, seen: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        """Prefill `tokens` (B, T) after the ctx.position tokens the caches already hold, then
+        yield up to `room` new tokens. The newest token is never fed back, so afterwards the
+        caches hold everything but it (a conversation feeds it with its next turn).
+
+        seen: every earlier token for the repetition penalty (default: `tokens` only).
+        """
+        cfg = self.config
+        B, T = tokens.shape
+        stats = GenerationStats(prompt_tokens=ctx.position + T, prefill_tokens=T)
+        self.last_stats = stats
         rng = None
         if cfg.temperature > 0:
             rng = torch.Generator(device=self.device)
             rng.manual_seed(cfg.seed if cfg.seed is not None else int(torch.seed() % 2**62))
         stop = torch.tensor(cfg.stop_tokens, dtype=torch.long, device=self.device)
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
-        seen = tokens if cfg.repetition_penalty != 1.0 else None
+        if cfg.repetition_penalty == 1.0:
+            seen = None
+        elif seen is None:
+            seen = tokens
 
         started = time.perf_counter()
         first_at = None
         try:
-            ctx = spec.context()
             logits = prefill(self.model, tokens, ctx, self.plan)
             stats.cache_kinds = spec.caches[0].kinds if spec.caches else {}
             stats.stop_reason = "max_new_tokens" if room == cfg.max_new_tokens else "context"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,9 +40,9 @@ class SpeculativeConfig:
     """Draft length and its adaptation.
 
     spec_k: tokens drafted per round (the start value when adaptive).
-    adaptive: re-choose spec_k each round from the acceptance-rate estimate alpha and the
-        measured cost ratio c = draft step time / target pass time, maximising the expected
-        tokens per unit time (1 - alpha^(k+1)) / ((1 - alpha)(k c + 1)).
+    adaptive: re-choose spec_k each round from the per-token acceptance estimate alpha, the
+        measured draft step time d and verify-pass time v(k), maximising the expected tokens
+        per unit time (1 - alpha^(k+1)) / ((1 - alpha)(k d + v(k))).
     disable_below: fall back to plain decoding once the acceptance estimate stays below this
         for `patience` rounds (after `warmup` rounds).
     """
@@ -55,7 +55,7 @@ class SpeculativeConfig:
     patience: int = 4
     warmup: int = 4
     ema: float = 0.3  # weight of the newest round in the running acceptance estimate
-    cost_ratio: float | None = None  # draft step / target pass time; None: measured
+    cost_ratio: float | None = None  # fixed draft step / target pass time; None: measured
 
     def __post_init__(self) -> None:
         if not 1 <= self.spec_k_min <= self.spec_k <= self.spec_k_max:
@@ -94,14 +94,68 @@ def accept_drafts(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor,
     return accepted, next_token
 
 
-def best_k(alpha: float, cost_ratio: float, k_min: int, k_max: int) -> int:
-    """spec_k maximising expected tokens per round over its cost (Leviathan et al., eq. 1)."""
+def accept_greedy(logits: torch.Tensor, drafts: torch.Tensor) -> tuple[int, int]:
+    """Greedy verification: logits (k+1, V) of the target over [last, d_1 .. d_k], drafts
+    (k,). Returns (accepted, next_token): the drafts that equal the target's argmax, left to
+    right, and the target's own token after them. No distributions are built: with
+    temperature 0 both are one-hot, so this is accept_drafts without its (k+1, V) tensors."""
+    k = drafts.shape[0]
+    choice = logits.argmax(-1)
+    accepted = int((choice[:k] == drafts).cumprod(0).sum())
+    return accepted, int(choice[accepted])
+
+
+def best_k(alpha: float, draft_cost: float, k_min: int, k_max: int,
+           verify_cost: Callable[[int], float] | None = None) -> int:
+    """spec_k maximising expected tokens per unit time (Leviathan et al., eq. 1).
+
+    alpha: per-token acceptance; draft_cost: one draft step; verify_cost(k): the target's
+    pass over k + 1 tokens, in the same unit (default 1: a pass costs one target step,
+    whatever its length, as on a memory-bound accelerator). On a CPU a longer pass costs
+    more, so the generator passes the times it measured.
+    """
     alpha = min(max(alpha, 1e-3), 1 - 1e-3)
+    verify = verify_cost or (lambda k: 1.0)
 
     def rate(k: int) -> float:
-        return (1 - alpha ** (k + 1)) / ((1 - alpha) * (k * cost_ratio + 1))
+        return (1 - alpha ** (k + 1)) / ((1 - alpha) * (k * draft_cost + verify(k)))
 
     return max(range(k_min, k_max + 1), key=rate)
+
+
+class CostModel:
+    """Running estimates behind the choice of spec_k: per-token acceptance (successes over
+    trials, as a geometric count: a round with a accepted of k drafts had a successes and,
+    if a < k, one failure), the time of one draft step, and the verify time per draft length.
+
+    A length not yet tried borrows the time of the nearest one tried, so spec_k explores
+    upward when drafts are cheap and learns the true price of a longer pass.
+    """
+
+    def __init__(self, ema: float, alpha: float = 0.8) -> None:
+        self.ema = ema
+        self.successes, self.trials = alpha, 1.0
+        self.draft_s: float | None = None
+        self.verify_s: dict[int, float] = {}
+
+    @property
+    def alpha(self) -> float:
+        return self.successes / self.trials if self.trials > 0 else 0.0
+
+    def update(self, k: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        w = self.ema
+        self.successes = (1 - w) * self.successes + w * accepted
+        self.trials = (1 - w) * self.trials + w * (accepted + (accepted < k))
+        step = draft_s / k
+        self.draft_s = step if self.draft_s is None else (1 - w) * self.draft_s + w * step
+        old = self.verify_s.get(k)
+        self.verify_s[k] = verify_s if old is None else (1 - w) * old + w * verify_s
+
+    def verify(self, k: int) -> float:
+        if k in self.verify_s:
+            return self.verify_s[k]
+        nearest = min(self.verify_s, key=lambda seen: (abs(seen - k), seen))
+        return self.verify_s[nearest]
 
 
 @dataclass
@@ -109,16 +163,26 @@ class SpeculativeStats:
     rounds: int = 0
     proposed: int = 0
     accepted: int = 0
+    rejections: int = 0  # rounds that rejected a draft (the rest accepted all k)
     new_tokens: int = 0
     decode_s: float = 0.0
     prefill_s: float = 0.0
     spec_k_history: list[int] = field(default_factory=list)
+    draft_s: float = 0.0  # time in draft proposals (feeding the draft included)
+    verify_s: float = 0.0  # time in target verification passes and acceptance
     fell_back_at: int | None = None  # new-token count when plain decoding took over
     stop_reason: str = ""
 
     @property
     def acceptance_rate(self) -> float:
+        """Accepted drafts over proposed ones (falls as spec_k grows past the first miss)."""
         return self.accepted / self.proposed if self.proposed else 0.0
+
+    @property
+    def token_acceptance(self) -> float:
+        """Per-token acceptance alpha: each draft up to the first miss is one trial."""
+        trials = self.accepted + self.rejections
+        return self.accepted / trials if trials else 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -127,7 +191,7 @@ class SpeculativeStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "acceptance_rate": self.acceptance_rate,
-                "tokens_per_s": self.tokens_per_s}
+                "token_acceptance": self.token_acceptance, "tokens_per_s": self.tokens_per_s}
 
 
 class SpeculativeGenerator:
@@ -201,7 +265,9 @@ class SpeculativeGenerator:
         first_at = time.perf_counter()
         stats.prefill_s = first_at - started
         emitted = 0
-        k, alpha, cost, low = sc.spec_k, 0.8, 0.2, 0
+        greedy = cfg.temperature == 0
+        k, low = sc.spec_k, 0
+        costs = CostModel(sc.ema)
 
         def emit(token: int) -> bool:
             """Count a token; True when generation must stop after it."""
@@ -227,27 +293,33 @@ class SpeculativeGenerator:
                 if speculating:
                     k_now = max(1, min(k, room - emitted))
                     t0 = time.perf_counter()
-                    drafts, q = self._draft(d_ctx, pending, k_now, rng)
+                    drafts, q = self._draft(d_ctx, pending, k_now, rng, greedy)
                     t1 = time.perf_counter()
                     verify = torch.cat((last, drafts), dim=1)
                     p_logits = self.target.model(verify, t_ctx)[0]
                     t_ctx.position += verify.shape[1]
+                    if greedy:
+                        a, nxt = accept_greedy(p_logits, drafts[0])
+                    else:
+                        accepted, chosen = accept_drafts(probabilities(p_logits, cfg)[None], q,
+                                                         drafts, rng)
+                        a, nxt = int(accepted[0]), int(chosen[0])
                     t2 = time.perf_counter()
-                    p = probabilities(p_logits, cfg)[None]
-                    accepted, nxt = accept_drafts(p, q, drafts, rng)
-                    a = int(accepted[0])
                     stats.rounds += 1
                     stats.proposed += k_now
                     stats.accepted += a
+                    stats.rejections += a < k_now
                     stats.spec_k_history.append(k_now)
+                    stats.draft_s += t1 - t0
+                    stats.verify_s += t2 - t1
                     n_new = n + 1 + a
                     t_spec.truncate(n_new)
                     t_ctx.position = n_new
                     keep = min(n_new, d_ctx.position)  # all accepted: the draft lacks d_k
                     d_spec.truncate(keep)
                     d_ctx.position = keep
-                    out = drafts[0, :a].tolist() + [int(nxt[0])]
-                    last = nxt.view(1, 1)
+                    out = drafts[0, :a].tolist() + [nxt]
+                    last = torch.tensor([[nxt]], dtype=torch.long, device=tokens.device)
                     pending = torch.cat((verify[:, keep - n : 1 + a], last), dim=1)
                     for token in out:
                         done = emit(token)
@@ -255,19 +327,15 @@ class SpeculativeGenerator:
                             yield token
                         if done:
                             break
-                    alpha = (1 - sc.ema) * alpha + sc.ema * (a / k_now)
-                    if sc.cost_ratio is not None:
-                        cost = sc.cost_ratio
-                    else:
-                        cost = 0.7 * cost + 0.3 * ((t1 - t0) / k_now) / max(t2 - t1, 1e-9)
+                    costs.update(k_now, a, t1 - t0, t2 - t1)
                     if sc.adaptive:
-                        k = best_k(alpha, cost, sc.spec_k_min, sc.spec_k_max)
-                    low = low + 1 if alpha < sc.disable_below else 0
+                        k = self._next_k(costs)
+                    low = low + 1 if costs.alpha < sc.disable_below else 0
                     if stats.rounds >= sc.warmup and low >= sc.patience:
                         speculating = False
                         stats.fell_back_at = emitted
                         log.info("speculative decoding off after %d rounds: acceptance %.2f < %.2f",
-                                 stats.rounds, alpha, sc.disable_below)
+                                 stats.rounds, costs.alpha, sc.disable_below)
                 else:
                     logits = decode_one(self.target.model, last, t_ctx)
                     last = _sample(logits, cfg, rng)
@@ -282,23 +350,33 @@ class SpeculativeGenerator:
                      "" if stats.fell_back_at is None else
                      f", plain decoding from token {stats.fell_back_at}")
 
+    def _next_k(self, costs: CostModel) -> int:
+        sc = self.spec
+        if sc.cost_ratio is not None:  # a fixed ratio, in units of one target pass
+            return best_k(costs.alpha, sc.cost_ratio, sc.spec_k_min, sc.spec_k_max)
+        assert costs.draft_s is not None
+        return best_k(costs.alpha, costs.draft_s, sc.spec_k_min, sc.spec_k_max, costs.verify)
+
     @torch.no_grad()
-    def _draft(self, ctx: Any, pending: torch.Tensor, k: int, rng: torch.Generator | None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feed the draft what it lacks, then sample k tokens; returns (drafts (1, k),
-        q (1, k, V))."""
+    def _draft(self, ctx: Any, pending: torch.Tensor, k: int, rng: torch.Generator | None,
+               greedy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feed the draft what it lacks, then propose k tokens; returns (drafts (1, k),
+        q (1, k, V)). Greedy proposals are the draft's argmax and need no q (None)."""
         model, cfg = self.draft.model, self.config
         logits = model(pending, ctx)[:, -1]
         ctx.position += pending.shape[1]
         drafts, qs = [], []
         for i in range(k):
-            q = probabilities(logits, cfg)
-            token = _draw(q, cfg, rng)
+            if greedy:
+                token = logits.argmax(-1, keepdim=True)
+            else:
+                q = probabilities(logits, cfg)
+                token = _draw(q, cfg, rng)
+                qs.append(q)
             drafts.append(token)
-            qs.append(q)
             if i + 1 < k:
                 logits = decode_one(model, token, ctx)
-        return torch.cat(drafts, dim=1), torch.stack(qs, dim=1)
+        return torch.cat(drafts, dim=1), (torch.stack(qs, dim=1) if qs else None)
 
 
 def _draw(probs: torch.Tensor, cfg: GenerateConfig, rng: torch.Generator | None
