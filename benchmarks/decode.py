@@ -98,12 +98,33 @@ def kv_bytes(archs: list[str]) -> list[dict]:
 # ------------------------------------------------------------------------------ decode speed
 
 
-@torch.no_grad()
-def decode_row(arch: str, kind: str, context: int, steps: int, device: torch.device,
-               dtype: torch.dtype, block_tokens: int = 32, rounds: int = 3,
-               batch: int = 1) -> dict:
-    layer = layer_for(arch, device, dtype)
-    spec = spec_for(layer, kind, capacity=context + rounds * steps + 4, block_tokens=block_tokens,
+@dataclass
+class DecodeCase:
+    """One (arch, cache kind) row at one context: its layer, cache and decoding context."""
+
+    arch: str
+    kind: str
+    block_tokens: int
+    layer: AttentionLayer
+    spec: CacheSpec
+    ctx: object
+    cache: object
+    x: torch.Tensor
+    best: float = math.inf  # seconds for `steps` steps, best round
+
+    def run(self, steps: int, sync) -> float:
+        started = time.perf_counter()
+        for _ in range(steps):
+            self.layer(self.x, self.ctx)
+            self.ctx.position += 1
+        sync()
+        return time.perf_counter() - started
+
+
+def prepare_case(layer: AttentionLayer, arch: str, kind: str, context: int, capacity: int,
+                 device: torch.device, dtype: torch.dtype, block_tokens: int = 32,
+                 batch: int = 1) -> DecodeCase:
+    spec = spec_for(layer, kind, capacity=capacity, block_tokens=block_tokens,
                     plan=DecodePlan("auto"))
     ctx = spec.context(position=context)
     cache = spec.make(layer.cache_shapes(), batch, device, dtype)
@@ -115,27 +136,39 @@ def decode_row(arch: str, kind: str, context: int, steps: int, device: torch.dev
                  for h, d in layer.cache_shapes().values()]
         cache.append(*parts)
     x = torch.randn(batch, 1, D_MODEL, device=device, dtype=dtype)
+    return DecodeCase(arch, kind, block_tokens, layer, spec, ctx, cache, x)
+
+
+@torch.no_grad()
+def decode_rows(cases: list[tuple[str, str, int]], context: int, steps: int,
+                device: torch.device, dtype: torch.dtype, rounds: int = 3,
+                batch: int = 1) -> list[dict]:
+    """Time every (arch, kind, block_tokens) case at one context, interleaved: round r runs
+    each case once (in a rotated order), and a row keeps its best round. Cases compared in a
+    ratio thus see the same background load — on a shared machine the load drifts more
+    between minutes than between neighbouring rounds."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(3):  # warm-up
-        layer(x, ctx)
-        ctx.position += 1
-    sync()
-    elapsed = math.inf  # best of `rounds`: background load only ever adds time
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for _ in range(steps):
-            layer(x, ctx)
-            ctx.position += 1
-        sync()
-        elapsed = min(elapsed, time.perf_counter() - started)
-    # Every timed step is single-token: it reads the stored prefix through the kernels
-    # ("kernel"), unless the cache is off the kernel path ("exact": dequantize + SDPA).
-    path = "kernel" if cache.kernel_calls > cache.exact_calls else "exact"
-    return {"arch": arch, "cache": label(spec), "kind": kind, "context": context,
-            "batch": batch, "block_tokens": block_tokens, "rounds": rounds,
-            "tokens_per_s": batch * steps / elapsed,
-            "ms_per_token": 1000 * elapsed / steps, "path": path,
-            "kv_bytes_per_token": cache.bytes_per_token, "kv_bytes_allocated": cache.nbytes}
+    layers = {arch: layer_for(arch, device, dtype) for arch, _, _ in cases}
+    capacity = context + (rounds + 1) * steps + 4
+    prepared = [prepare_case(layers[arch], arch, kind, context, capacity, device, dtype,
+                             block_tokens, batch) for arch, kind, block_tokens in cases]
+    for case in prepared:  # warm-up
+        case.run(3, sync)
+    for r in range(rounds):
+        for case in prepared[r % len(prepared):] + prepared[: r % len(prepared)]:
+            case.best = min(case.best, case.run(steps, sync))
+    rows = []
+    for c in prepared:
+        # Every timed step is single-token: it reads the stored prefix through the kernels
+        # ("kernel"), unless the cache is off the kernel path ("exact": dequantize + SDPA).
+        path = "kernel" if c.cache.kernel_calls > c.cache.exact_calls else "exact"
+        rows.append({"arch": c.arch, "cache": label(c.spec), "kind": c.kind,
+                     "context": context, "batch": batch, "block_tokens": c.block_tokens,
+                     "rounds": rounds, "tokens_per_s": batch * steps / c.best,
+                     "ms_per_token": 1000 * c.best / steps, "path": path,
+                     "kv_bytes_per_token": c.cache.bytes_per_token,
+                     "kv_bytes_allocated": c.cache.nbytes})
+    return rows
 
 
 # ------------------------------------------------------------------------------ speculative
@@ -412,18 +445,15 @@ def main(argv: list[str] | None = None) -> int:
         "kv_bytes": kv_bytes(archs), "decode": [], "notes": []}
     print(json.dumps(result["machine"]), flush=True)
     for context in contexts:
+        cases = []
         for arch in archs:
-            for kind in kinds:
-                row = decode_row(arch, kind, context, args.steps, device, dtype,
-                                 rounds=args.rounds, batch=args.batch)
-                result["decode"].append(row)
-                print(json.dumps(row), flush=True)
-            if arch == "standard":  # every token quantized on arrival: the kernel path
-                for kind in ("q8_0", "q4_0"):
-                    row = decode_row(arch, kind, context, args.steps, device, dtype,
-                                     block_tokens=0, rounds=args.rounds, batch=args.batch)
-                    result["decode"].append(row)
-                    print(json.dumps(row), flush=True)
+            cases += [(arch, kind, 32) for kind in kinds]
+            if arch == "standard":  # every token quantized on arrival: no tail to merge
+                cases += [(arch, kind, 0) for kind in ("q8_0", "q4_0")]
+        for row in decode_rows(cases, context, args.steps, device, dtype, rounds=args.rounds,
+                               batch=args.batch):
+            result["decode"].append(row)
+            print(json.dumps(row), flush=True)
     result["machine"]["loadavg_end"] = os.getloadavg()[0]
     if args.speculative:
         result["speculative"] = speculative_rows(args)
@@ -481,7 +511,8 @@ def notes(result: dict) -> list[str]:
     if result["machine"]["device"] == "cpu":
         out.append("CPU figures come from a shared 2-core machine under load from other jobs; "
                    "one intra-op thread (a second OpenMP thread was ~100x slower under "
-                   "contention). Ratios are from rows measured minutes apart in one process.")
+                   "contention). Rows of one context are timed in interleaved rounds (each "
+                   "row its best round), so the rows of a ratio saw the same background load.")
         out.append(f"The process ran pinned to CPUs {result['machine'].get('cpus')}: the C++ "
                    "kernel backend takes its thread count from the affinity mask, so the "
                    "kernels ran as many threads as torch (on this loaded machine a DBA q8_0 "
