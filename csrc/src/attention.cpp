@@ -122,6 +122,29 @@ struct Job {
 
 bool is_token(const caramba_kv_tensor& t) { return raw(t.layout) == CARAMBA_KV_LAYOUT_TOKEN; }
 
+// Asks for the rows of the next tile while this one is computed: a tile of quantized rows is
+// a few KiB of DRAM per stream, and the score/value kernels otherwise wait on its first lines.
+void prefetch_rows(const uint8_t* first, int64_t stride, int n, int64_t row_bytes) {
+    if (n <= 0) return;
+    constexpr int64_t kLine = 64;
+    if (stride == row_bytes) {
+        const int64_t bytes = n * row_bytes;
+        for (int64_t off = 0; off < bytes; off += kLine) __builtin_prefetch(first + off, 0, 3);
+        return;
+    }
+    for (int i = 0; i < n; ++i) {
+        for (int64_t off = 0; off < row_bytes; off += kLine) __builtin_prefetch(first + i * stride + off, 0, 3);
+    }
+}
+
+// Bytes of one row of t (the whole token row in the token layout).
+int64_t row_bytes_of(const caramba_kv_tensor& t, int64_t num_kv_heads) {
+    int64_t bytes = 0;
+    caramba_row_bytes(t.format, raw(t.layout) == CARAMBA_KV_LAYOUT_TOKEN ? num_kv_heads * t.dim : t.dim,
+                      &bytes);
+    return bytes;
+}
+
 void run_chunk(void* ctx, int64_t item, int worker) {
     const Job& job = *static_cast<const Job*>(ctx);
     const caramba_decode_params& p = *job.p;
@@ -161,9 +184,18 @@ void run_chunk(void* ctx, int64_t item, int worker) {
         k_ptr[i] = static_cast<const uint8_t*>(term.k.data) + b * term.k.stride_b + hkv * term.k.stride_h;
     }
     const uint8_t* v_ptr = static_cast<const uint8_t*>(job.v.data) + b * job.v.stride_b + hkv * job.v.stride_h;
+    int64_t k_bytes[2] = {0, 0};
+    for (int i = 0; i < job.n_terms; ++i) k_bytes[i] = row_bytes_of(job.terms[i].k, p.num_kv_heads);
+    const int64_t v_bytes = row_bytes_of(job.v, p.num_kv_heads);
 
     for (int64_t t0 = s0; t0 < s1; t0 += kTileRows) {
         const int n = static_cast<int>(std::min<int64_t>(kTileRows, s1 - t0));
+        const int n_next = static_cast<int>(std::min<int64_t>(kTileRows, s1 - t0 - n));
+        for (int i = 0; i < job.n_terms; ++i) {
+            const caramba_kv_tensor& k = job.terms[i].k;
+            prefetch_rows(k_ptr[i] + (t0 + n) * k.stride_s, k.stride_s, n_next, k_bytes[i]);
+        }
+        prefetch_rows(v_ptr + (t0 + n) * job.v.stride_s, job.v.stride_s, n_next, v_bytes);
         for (int i = 0; i < job.n_terms; ++i) {
             const ScoreTerm& term = job.terms[i];
             job.kernels->score(term.k.format, k_ptr[i] + t0 * term.k.stride_s, term.k.stride_s, n,
@@ -190,11 +222,16 @@ void run_chunk(void* ctx, int64_t item, int worker) {
 // Dequantizes rows t0 .. t0+n-1 of a token-layout tensor (base = its batch's first row) into
 // rows (row_pad floats apart), zero-filling past row_elems and up to round_up(n, 8) rows.
 void fill_tile(const RowCodec& codec, const caramba_kv_tensor& t, const uint8_t* base, int64_t t0,
-               int n, int64_t row_elems, int64_t row_pad, float* rows) {
-    for (int i = 0; i < n; ++i) {
-        float* dst = rows + i * row_pad;
-        codec.dequantize(t.format, base + (t0 + i) * t.stride_s, row_elems, dst);
-        std::fill(dst + row_elems, dst + row_pad, 0.0f);
+               int n, int64_t row_elems, int64_t row_pad, int64_t row_bytes, float* rows) {
+    if (row_elems == row_pad && t.stride_s == row_bytes) {
+        // Contiguous rows without padding: one call decodes the tile (n rows of whole blocks).
+        codec.dequantize(t.format, base + t0 * t.stride_s, n * row_elems, rows);
+    } else {
+        for (int i = 0; i < n; ++i) {
+            float* dst = rows + i * row_pad;
+            codec.dequantize(t.format, base + (t0 + i) * t.stride_s, row_elems, dst);
+            std::fill(dst + row_elems, dst + row_pad, 0.0f);
+        }
     }
     const int n_pad = (n + 7) / 8 * 8;
     std::fill(rows + n * row_pad, rows + n_pad * row_pad, 0.0f);
@@ -243,15 +280,32 @@ void run_chunk_token(void* ctx, int64_t item, int worker) {
     }
     const uint8_t* v_ptr = static_cast<const uint8_t*>(job.v.data) + b * job.v.stride_b;
     const int64_t v_elems = Hkv * job.dv, v_pad = (v_elems + 7) / 8 * 8;
+    int64_t k_bytes[2] = {0, 0};
+    for (int i = 0; i < job.n_terms; ++i) k_bytes[i] = row_bytes_of(job.terms[i].k, Hkv);
+    const int64_t v_bytes = row_bytes_of(job.v, Hkv);
 
     for (int64_t t0 = s0; t0 < s1; t0 += kTileRows) {
         const int n = static_cast<int>(std::min<int64_t>(kTileRows, s1 - t0));
+        const int n_next = static_cast<int>(std::min<int64_t>(kTileRows, s1 - t0 - n));
+        for (int i = 0; i < job.n_terms; ++i) {
+            const caramba_kv_tensor& k = job.terms[i].k;
+            if (is_token(k)) {
+                prefetch_rows(k_ptr[i] + (t0 + n) * k.stride_s, k.stride_s, n_next, k_bytes[i]);
+            } else {
+                for (int64_t g = 0; g < Hkv; ++g) {
+                    prefetch_rows(k_ptr[i] + g * k.stride_h + (t0 + n) * k.stride_s, k.stride_s, n_next, k_bytes[i]);
+                }
+            }
+        }
+        for (int64_t g = 0; g < (is_token(job.v) ? 1 : Hkv); ++g) {
+            prefetch_rows(v_ptr + g * job.v.stride_h + (t0 + n) * job.v.stride_s, job.v.stride_s, n_next, v_bytes);
+        }
         for (int i = 0; i < job.n_terms; ++i) {
             const ScoreTerm& term = job.terms[i];
             const int64_t d = term.k.dim;
             if (is_token(term.k)) {
                 const int64_t elems = Hkv * d, pad = (elems + 7) / 8 * 8;
-                fill_tile(*job.codec, term.k, k_ptr[i], t0, n, elems, pad, rows);
+                fill_tile(*job.codec, term.k, k_ptr[i], t0, n, elems, pad, k_bytes[i], rows);
                 job.kernels->token_score(rows, pad, n, q_ptr[i], term.q.stride_h, nh, ng, d,
                                          term.scale, s, kTileRows, i > 0, kt);
             } else {
@@ -270,7 +324,7 @@ void run_chunk_token(void* ctx, int64_t item, int worker) {
             for (int64_t i = 0; i < job.dv; ++i) a[i] *= alpha[h];
         }
         if (is_token(job.v)) {
-            fill_tile(*job.codec, job.v, v_ptr, t0, n, v_elems, v_pad, rows);
+            fill_tile(*job.codec, job.v, v_ptr, t0, n, v_elems, v_pad, v_bytes, rows);
             for (int64_t g = 0; g < Hkv; ++g) {
                 job.kernels->value(CARAMBA_FORMAT_F32, reinterpret_cast<const uint8_t*>(rows + g * job.dv),
                                    v_pad * static_cast<int64_t>(sizeof(float)), n, s + g * G * kTileRows,

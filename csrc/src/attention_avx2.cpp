@@ -377,8 +377,10 @@ inline void transpose8(__m256* r) {
     r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
+}  // namespace
+
 // kt[j*kTileRows + t] = rows[t*row_pad + j] for t < 8*nv, j < row_pad.
-void transpose_tile(const float* rows, int64_t row_pad, int nv, float* kt) {
+void transpose_tile_avx2(const float* rows, int64_t row_pad, int nv, float* kt) {
     for (int v = 0; v < nv; ++v) {
         for (int64_t j = 0; j < row_pad; j += 8) {
             __m256 r[8];
@@ -388,6 +390,8 @@ void transpose_tile(const float* rows, int64_t row_pad, int nv, float* kt) {
         }
     }
 }
+
+namespace {
 
 // NH query heads reading the same KV columns col .. col+dim-1, NV vectors of positions.
 template <int NV, int NH>
@@ -438,7 +442,7 @@ void token_score(const float* rows, int64_t row_pad, int n_rows, const float* q,
                  int64_t q_stride, int nh, int group, int64_t dim, float scale, float* s,
                  int64_t s_stride, bool accumulate, float* scratch) {
     const int nv = (n_rows + 7) / 8;
-    transpose_tile(rows, row_pad, nv, scratch);
+    transpose_tile_avx2(rows, row_pad, nv, scratch);
     switch (nv) {
         case 1: token_score_nv<1>(scratch, q, q_stride, nh, group, dim, scale, s, s_stride, accumulate); break;
         case 2: token_score_nv<2>(scratch, q, q_stride, nh, group, dim, scale, s, s_stride, accumulate); break;

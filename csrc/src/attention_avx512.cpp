@@ -13,7 +13,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 namespace caramba::detail {
@@ -31,29 +33,50 @@ inline __m128i load16_bytes(const uint8_t* p) {
     return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
 }
 
-// Quantized formats, read as kStrips strips of 16 values (unscaled; times block_scale).
+// Quantized formats, read as kStrips strips of 16 scaled values: prepare(blk) decodes what the
+// strips share (the scale; for the 4-bit formats a 16-entry table already multiplied by it, so
+// a strip is one permute of the nibbles: vpermps reads only the low 4 bits of each index).
 struct Q8 {
     static constexpr int kElems = CARAMBA_QK8_0, kBytes = 34, kStrips = 2;
-    static __m512 strip(const uint8_t* blk, int s) {
-        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16_bytes(blk + 2 + 16 * s)));
+    struct Block {
+        __m512 d;
+        const uint8_t* qs;
+    };
+    static Block prepare(const uint8_t* blk) { return {_mm512_set1_ps(block_scale(blk)), blk + 2}; }
+    static __m512 strip(const Block& b, int s) {
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16_bytes(b.qs + 16 * s))), b.d);
     }
 };
 
 struct Q4 {  // strip 0: low nibbles (elements 0-15), strip 1: high nibbles (16-31)
     static constexpr int kElems = CARAMBA_QK4_0, kBytes = 18, kStrips = 2;
-    static __m512 strip(const uint8_t* blk, int s) {
-        __m512i w = _mm512_cvtepu8_epi32(load16_bytes(blk + 2));
-        w = s == 0 ? _mm512_and_si512(w, _mm512_set1_epi32(0x0F)) : _mm512_srli_epi32(w, 4);
-        return _mm512_cvtepi32_ps(_mm512_sub_epi32(w, _mm512_set1_epi32(8)));
+    struct Block {
+        __m512 table;  // (i - 8) * d
+        __m512i w;
+    };
+    static Block prepare(const uint8_t* blk) {
+        const __m512 lut = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+        return {_mm512_mul_ps(lut, _mm512_set1_ps(block_scale(blk))),
+                _mm512_cvtepu8_epi32(load16_bytes(blk + 2))};
+    }
+    static __m512 strip(const Block& b, int s) {
+        return _mm512_permutexvar_ps(s == 0 ? b.w : _mm512_srli_epi32(b.w, 4), b.table);
     }
 };
 
 struct NF4 {  // strips 0,1: low nibbles of bytes 0-15, 16-31; strips 2,3: their high nibbles
     static constexpr int kElems = CARAMBA_QKNF4, kBytes = 34, kStrips = 4;
-    static __m512 strip(const uint8_t* blk, int s) {
-        __m512i w = _mm512_cvtepu8_epi32(load16_bytes(blk + 2 + 16 * (s & 1)));
-        w = s < 2 ? _mm512_and_si512(w, _mm512_set1_epi32(0x0F)) : _mm512_srli_epi32(w, 4);
-        return _mm512_permutexvar_ps(w, _mm512_loadu_ps(kNf4Codebook));
+    struct Block {
+        __m512 table;  // codebook * d
+        __m512i w[2];
+    };
+    static Block prepare(const uint8_t* blk) {
+        return {_mm512_mul_ps(_mm512_loadu_ps(kNf4Codebook), _mm512_set1_ps(block_scale(blk))),
+                {_mm512_cvtepu8_epi32(load16_bytes(blk + 2)), _mm512_cvtepu8_epi32(load16_bytes(blk + 18))}};
+    }
+    static __m512 strip(const Block& b, int s) {
+        const __m512i w = b.w[s & 1];
+        return _mm512_permutexvar_ps(s < 2 ? w : _mm512_srli_epi32(w, 4), b.table);
     }
 };
 
@@ -134,11 +157,11 @@ void score_quant(const uint8_t* rows, int64_t row_stride, int n_rows, const floa
 #pragma GCC unroll 4
             for (int bi = 0; bi < BPI; ++bi) {
                 const uint8_t* blk = row + (b + bi) * F::kBytes;
-                const __m512 d = _mm512_set1_ps(block_scale(blk));
+                const typename F::Block blk_d = F::prepare(blk);
                 const float* qb = q + (b + bi) * F::kElems;
 #pragma GCC unroll 4
                 for (int st = 0; st < F::kStrips; ++st) {
-                    const __m512 k = _mm512_mul_ps(F::strip(blk, st), d);
+                    const __m512 k = F::strip(blk_d, st);
                     const int a = (bi * F::kStrips + st) % NA;
                     for (int g = 0; g < NG; ++g) {
                         acc[g][a] = _mm512_fmadd_ps(_mm512_loadu_ps(qb + g * q_stride + 16 * st), k, acc[g][a]);
@@ -148,11 +171,11 @@ void score_quant(const uint8_t* rows, int64_t row_stride, int n_rows, const floa
         }
         for (; b < nb; ++b) {
             const uint8_t* blk = row + b * F::kBytes;
-            const __m512 d = _mm512_set1_ps(block_scale(blk));
+            const typename F::Block blk_d = F::prepare(blk);
             const float* qb = q + b * F::kElems;
 #pragma GCC unroll 4
             for (int st = 0; st < F::kStrips; ++st) {
-                const __m512 k = _mm512_mul_ps(F::strip(blk, st), d);
+                const __m512 k = F::strip(blk_d, st);
                 for (int g = 0; g < NG; ++g) {
                     acc[g][st % NA] = _mm512_fmadd_ps(_mm512_loadu_ps(qb + g * q_stride + 16 * st), k, acc[g][st % NA]);
                 }
@@ -234,9 +257,9 @@ void value_quant(const uint8_t* rows, int64_t row_stride, int n_rows, const floa
             for (; t + U <= n_rows; t += U) {
                 for (int u = 0; u < U; ++u) {
                     const uint8_t* blk = rows + (t + u) * row_stride + b * F::kBytes;
-                    const __m512 d = _mm512_set1_ps(block_scale(blk));
+                    const typename F::Block blk_d = F::prepare(blk);
                     for (int j = 0; j < SP; ++j) {
-                        const __m512 v = _mm512_mul_ps(F::strip(blk, st0 + j), d);
+                        const __m512 v = F::strip(blk_d, st0 + j);
                         for (int g = 0; g < NG; ++g) {
                             a[u][g][j] = _mm512_fmadd_ps(_mm512_set1_ps(p[g * p_stride + t + u]), v, a[u][g][j]);
                         }
@@ -245,9 +268,9 @@ void value_quant(const uint8_t* rows, int64_t row_stride, int n_rows, const floa
             }
             for (; t < n_rows; ++t) {
                 const uint8_t* blk = rows + t * row_stride + b * F::kBytes;
-                const __m512 d = _mm512_set1_ps(block_scale(blk));
+                const typename F::Block blk_d = F::prepare(blk);
                 for (int j = 0; j < SP; ++j) {
-                    const __m512 v = _mm512_mul_ps(F::strip(blk, st0 + j), d);
+                    const __m512 v = F::strip(blk_d, st0 + j);
                     for (int g = 0; g < NG; ++g) {
                         a[0][g][j] = _mm512_fmadd_ps(_mm512_set1_ps(p[g * p_stride + t]), v, a[0][g][j]);
                     }
@@ -397,12 +420,219 @@ void value(caramba_format format, const uint8_t* rows, int64_t row_stride, int n
     }
 }
 
+// ---- online softmax: 16-lane exp --------------------------------------------------------
+
+// exp(x) for x <= 0 (Cephes expf, as the AVX2 kernel); exactly 0 below -87.3 (and for -inf).
+inline __m512 exp_nonpositive(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.33654f);
+    const __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    x = _mm512_max_ps(x, lo);
+    __m512 fx = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f));
+    fx = _mm512_roundscale_ps(fx, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
+    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
+    const __m512 z = _mm512_mul_ps(x, x);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, z, _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
+    const __m512i n = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(127)), 23);
+    y = _mm512_mul_ps(y, _mm512_castsi512_ps(n));
+    return _mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), y);
+}
+
+static_assert(kTileRows == 32, "the AVX-512 softmax and token scores work on two vectors of a tile");
+
+// Reduces 16 vectors at once: lane h of the result is op over the lanes of v[h] (a transpose
+// by halves: 256-, 128-, 64-, then 32-bit pieces), cheaper than 16 horizontal reductions.
+template <class Op>
+__m512 reduce16(__m512* v, Op op) {
+    for (int i = 0; i < 8; ++i) {  // [v0.lo, v1.lo] op [v0.hi, v1.hi]: 8 partials of 2 heads
+        v[i] = op(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+    }
+    for (int i = 0; i < 4; ++i) {  // 4 partials of 4 heads
+        v[i] = op(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x88), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xDD));
+    }
+    for (int i = 0; i < 2; ++i) {  // 2 partials of 8 heads
+        v[i] = op(_mm512_shuffle_ps(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_ps(v[2 * i], v[2 * i + 1], 0xEE));
+    }
+    return op(_mm512_shuffle_ps(v[0], v[1], 0x88), _mm512_shuffle_ps(v[0], v[1], 0xDD));
+}
+
+// Where reduce16 leaves head h: found once by reducing vectors that hold their own index.
+const __m512i& reduce16_order() {
+    static const __m512i order = [] {
+        __m512 v[16];
+        for (int h = 0; h < 16; ++h) v[h] = _mm512_set1_ps(static_cast<float>(h));
+        alignas(64) float lane_head[16];
+        _mm512_store_ps(lane_head, reduce16(v, [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); }));
+        alignas(64) int32_t idx[16];
+        for (int lane = 0; lane < 16; ++lane) idx[static_cast<int>(lane_head[lane])] = lane;
+        return _mm512_load_si512(idx);
+    }();
+    return order;
+}
+
+// 16 heads at once: tile maxima and sums reduced together, alpha as one vector exp.
+void softmax16(float* s, int64_t s_stride, __mmask16 k0, __mmask16 k1, float* m, float* l, float* alpha) {
+    const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    const __m512i order = reduce16_order();
+    const auto vmax = [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); };
+    const auto vadd = [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); };
+    __m512 v[16];
+    for (int h = 0; h < 16; ++h) {
+        const float* row = s + h * s_stride;
+        v[h] = _mm512_max_ps(_mm512_mask_loadu_ps(neg_inf, k0, row), _mm512_mask_loadu_ps(neg_inf, k1, row + 16));
+    }
+    const __m512 m_old = _mm512_loadu_ps(m);
+    const __m512 m_new = _mm512_max_ps(m_old, _mm512_permutexvar_ps(order, reduce16(v, vmax)));
+    alignas(64) float mn[16];
+    _mm512_store_ps(mn, m_new);
+    for (int h = 0; h < 16; ++h) {
+        float* row = s + h * s_stride;
+        const __m512 vm = _mm512_set1_ps(mn[h]);
+        const __m512 p0 = exp_nonpositive(_mm512_sub_ps(_mm512_mask_loadu_ps(neg_inf, k0, row), vm));
+        const __m512 p1 = exp_nonpositive(_mm512_sub_ps(_mm512_mask_loadu_ps(neg_inf, k1, row + 16), vm));
+        _mm512_storeu_ps(row, p0);
+        _mm512_storeu_ps(row + 16, p1);
+        v[h] = _mm512_add_ps(p0, p1);
+    }
+    // m_old = -inf (the first tile) gives exp(-inf) = 0, as std::exp does.
+    const __m512 a = exp_nonpositive(_mm512_sub_ps(m_old, m_new));
+    const __m512 sums = _mm512_permutexvar_ps(order, reduce16(v, vadd));
+    _mm512_storeu_ps(alpha, a);
+    _mm512_storeu_ps(l, _mm512_fmadd_ps(_mm512_loadu_ps(l), a, sums));
+    _mm512_storeu_ps(m, m_new);
+}
+
+void softmax(float* s, int64_t s_stride, int n, int ng, float* m, float* l, float* alpha) {
+    const __mmask16 k0 = static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1);
+    const __mmask16 k1 = static_cast<__mmask16>(n >= 32 ? 0xFFFF : (n > 16 ? (1u << (n - 16)) - 1 : 0));
+    const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    int g0 = 0;
+    for (; g0 + 16 <= ng; g0 += 16) softmax16(s + g0 * s_stride, s_stride, k0, k1, m + g0, l + g0, alpha + g0);
+    for (int g = g0; g < ng; ++g) {
+        float* row = s + g * s_stride;
+        const __m512 x0 = _mm512_mask_loadu_ps(neg_inf, k0, row);
+        const __m512 x1 = _mm512_mask_loadu_ps(neg_inf, k1, row + 16);
+        const float m_new = std::max(m[g], _mm512_reduce_max_ps(_mm512_max_ps(x0, x1)));
+        const __m512 vm = _mm512_set1_ps(m_new);
+        const __m512 p0 = exp_nonpositive(_mm512_sub_ps(x0, vm));
+        const __m512 p1 = exp_nonpositive(_mm512_sub_ps(x1, vm));
+        _mm512_storeu_ps(row, p0);
+        _mm512_storeu_ps(row + 16, p1);
+        alpha[g] = std::exp(m[g] - m_new);
+        l[g] = l[g] * alpha[g] + _mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
+        m[g] = m_new;
+    }
+}
+
+// ---- token layout: the AVX2 tile transpose, then 16 positions per vector -------------------
+
+template <int NV, int NH>
+void token_heads(const float* kt, const float* q, int64_t q_stride, int64_t dim, float scale,
+                 float* s, int64_t s_stride, bool accumulate) {
+    __m512 acc[NH][NV];
+    for (int h = 0; h < NH; ++h)
+        for (int v = 0; v < NV; ++v) acc[h][v] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < dim; ++i) {
+        __m512 k[NV];
+        for (int v = 0; v < NV; ++v) k[v] = _mm512_load_ps(kt + i * kTileRows + 16 * v);
+        for (int h = 0; h < NH; ++h) {
+            const __m512 qi = _mm512_set1_ps(q[h * q_stride + i]);
+            for (int v = 0; v < NV; ++v) acc[h][v] = _mm512_fmadd_ps(qi, k[v], acc[h][v]);
+        }
+    }
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int h = 0; h < NH; ++h) {
+        for (int v = 0; v < NV; ++v) {
+            float* dst = s + h * s_stride + 16 * v;
+            const __m512 x = _mm512_mul_ps(acc[h][v], sc);
+            _mm512_storeu_ps(dst, accumulate ? _mm512_add_ps(_mm512_loadu_ps(dst), x) : x);
+        }
+    }
+}
+
+template <int NV>
+void token_score_nv(const float* kt, const float* q, int64_t q_stride, int nh, int group,
+                    int64_t dim, float scale, float* s, int64_t s_stride, bool accumulate) {
+    int h = 0;
+    while (h < nh) {
+        const int g = h / group;
+        const float* col = kt + g * dim * kTileRows;
+        const int same = std::min(nh, (g + 1) * group) - h;  // heads left that read KV head g
+        const float* qh = q + h * q_stride;
+        float* sh = s + h * s_stride;
+        if (same >= 4) {
+            token_heads<NV, 4>(col, qh, q_stride, dim, scale, sh, s_stride, accumulate);
+            h += 4;
+        } else if (same >= 2) {
+            token_heads<NV, 2>(col, qh, q_stride, dim, scale, sh, s_stride, accumulate);
+            h += 2;
+        } else {
+            token_heads<NV, 1>(col, qh, q_stride, dim, scale, sh, s_stride, accumulate);
+            h += 1;
+        }
+    }
+}
+
+void token_score(const float* rows, int64_t row_pad, int n_rows, const float* q,
+                 int64_t q_stride, int nh, int group, int64_t dim, float scale, float* s,
+                 int64_t s_stride, bool accumulate, float* scratch) {
+    transpose_tile_avx2(rows, row_pad, (n_rows + 7) / 8, scratch);
+    // Positions n_rows .. round_up(n_rows, 16) of the transposed tile are read too: the rows
+    // past n_rows are zero up to a multiple of 8; clear the rest of the last vector.
+    const int nv = (n_rows + 15) / 16;
+    const int filled = (n_rows + 7) / 8 * 8;
+    if (filled < 16 * nv) {
+        for (int64_t j = 0; j < row_pad; ++j) {
+            std::fill(scratch + j * kTileRows + filled, scratch + j * kTileRows + 16 * nv, 0.0f);
+        }
+    }
+    if (nv == 1) {
+        token_score_nv<1>(scratch, q, q_stride, nh, group, dim, scale, s, s_stride, accumulate);
+    } else {
+        token_score_nv<2>(scratch, q, q_stride, nh, group, dim, scale, s, s_stride, accumulate);
+    }
+}
+
+// ---- row dequantization: the token path decodes its tiles with these ---------------------
+
+template <class F>
+void dequantize_blocks(const uint8_t* src, int64_t n, float* y) {
+    for (int64_t i = 0; i < n / F::kElems; ++i) {
+        const typename F::Block blk = F::prepare(src + i * F::kBytes);
+        for (int st = 0; st < F::kStrips; ++st) _mm512_storeu_ps(y + i * F::kElems + 16 * st, F::strip(blk, st));
+    }
+}
+
+void dequantize(caramba_format format, const uint8_t* src, int64_t n, float* y) {
+    switch (format) {
+        case CARAMBA_FORMAT_Q8_0: return dequantize_blocks<Q8>(src, n, y);
+        case CARAMBA_FORMAT_Q4_0: return dequantize_blocks<Q4>(src, n, y);
+        case CARAMBA_FORMAT_NF4: return dequantize_blocks<NF4>(src, n, y);
+        default: return avx2_codec()->dequantize(format, src, n, y);
+    }
+}
+
 }  // namespace
+
+// AVX-512 dequantization (same products q * d as every path, so the same floats) beside the
+// AVX2 quantizer.
+const RowCodec* avx512_codec() {
+    const RowCodec* avx2 = avx2_codec();
+    if (avx2 == nullptr) return nullptr;
+    static const RowCodec codec{avx2->quantize, dequantize};
+    return &codec;
+}
 
 const AttentionKernels* avx512_attention_kernels() {
     const AttentionKernels* avx2 = avx2_attention_kernels();
     if (avx2 == nullptr) return nullptr;
-    static const AttentionKernels kernels{score, value, avx2->softmax, avx2->token_score};
+    static const AttentionKernels kernels{score, value, softmax, token_score};
     return &kernels;
 }
 
@@ -412,6 +642,7 @@ const AttentionKernels* avx512_attention_kernels() {
 
 namespace caramba::detail {
 const AttentionKernels* avx512_attention_kernels() { return nullptr; }
+const RowCodec* avx512_codec() { return nullptr; }
 }  // namespace caramba::detail
 
 #endif

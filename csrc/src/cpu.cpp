@@ -95,7 +95,11 @@ const RowCodec* path_codec(caramba_path path) {
         if (path == CARAMBA_PATH_SCALAR) return automatic ? &scalar_codec() : nullptr;
     }
     if (!has(path)) return nullptr;
-    return path == CARAMBA_PATH_NEON ? neon_codec() : avx2_codec();  // AVX-512 reuses AVX2 codecs
+    switch (path) {
+        case CARAMBA_PATH_NEON: return neon_codec();
+        case CARAMBA_PATH_AVX512: return avx512_codec();  // the AVX2 quantizer, 16-lane dequantizer
+        default: return avx2_codec();
+    }
 }
 
 const AttentionKernels* path_attention_kernels(caramba_path path) {

@@ -171,8 +171,12 @@ void dequantize_block_scalar(caramba_format format, const uint8_t* blk, float* y
 
 // Per-ISA tables; each returns nullptr when its file was compiled for another target.
 const RowCodec* avx2_codec();
+const RowCodec* avx512_codec();  // AVX2 quantizer, AVX-512 dequantizer
 const RowCodec* neon_codec();
 const AttentionKernels* avx2_attention_kernels();
+// The token path's tile transpose (AVX2, also used by the AVX-512 kernels):
+// kt[j*kTileRows + t] = rows[t*row_pad + j] for t < 8*nv, j < row_pad (row_pad % 8 == 0).
+void transpose_tile_avx2(const float* rows, int64_t row_pad, int nv, float* kt);
 const AttentionKernels* avx512_attention_kernels();
 bool avx512_cpu_supported();
 const AttentionKernels* neon_attention_kernels();
