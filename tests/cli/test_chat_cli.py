@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -66,17 +67,29 @@ def trained(tmp_path_factory) -> Path:
 
 
 def test_chat_through_piped_stdin(trained: Path) -> None:
-    script = "And God said unto Moses\n/stats\n\nThe king\n/reset\nHello\n/exit\nnever read\n"
+    script = ("And God said unto Moses\n/stats\n\nThe king\n/stats\n/reset\nHello\n/stats\n"
+              "/exit\nnever read\n")
     result = caramba("chat", "tiny.yml", "--runs-dir", "runs", "-n", "10", "--seed", "0",
-                     "--cache-kind", "q8_0", cwd=trained, stdin=script)
+                     "--cache-kind", "q8_0", "--no-newline-ends-reply", cwd=trained,
+                     stdin=script)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     stats = [json.loads(line) for line in lines if line.startswith("{")]
-    assert len(stats) == 1 and stats[0]["new_tokens"] >= 1
+    assert len(stats) == 3 and all(s["new_tokens"] >= 1 for s in stats)
     assert stats[0]["cache_kinds"] == {"k": "q8_0", "v": "q8_0"}
+    # The cache outlives a turn: turn 2 prefills its own message and the one token of turn
+    # 1's reply that was never fed back, not the conversation again.
+    first, second, after_reset = stats
+    assert first["prefill_tokens"] == first["prompt_tokens"]
+    turn_1 = first["prompt_tokens"] + first["new_tokens"]
+    assert second["prompt_tokens"] > turn_1 and second["prefill_tokens"] < turn_1
+    assert second["prefill_tokens"] == second["prompt_tokens"] - turn_1 + 1
+    assert after_reset["prefill_tokens"] == after_reset["prompt_tokens"]  # /reset: fresh cache
     replies = [line for line in result.stderr.splitlines() if "tokens/s" in line]
     assert len(replies) == 3  # one per message; /stats, the blank line and /reset are not
     assert all("cache k q8_0, v q8_0" in line for line in replies)
+    assert f"prefilled {second['prefill_tokens']} of {second['prompt_tokens']} tokens" \
+        in replies[1]
     assert "conversation cleared" in result.stderr
     assert "caramba chat" in result.stderr and "context 64 tokens" in result.stderr
 
@@ -116,6 +129,9 @@ def test_chat_in_a_pseudo_terminal_prompts_and_answers(trained: Path) -> None:
         read_until(b"\n> ", start)  # the echoed line, the streamed reply, the next prompt
         reply = seen[start:].replace(b"And God said", b"", 1)
         assert len(reply.replace(b"> ", b"").strip()) > 0, reply
+        start = len(seen)
+        os.write(main, b"The king\n")
+        read_until(b"\n> ", start)
         os.write(main, b"/exit\n")
         assert proc.wait(timeout=60) == 0
     finally:
@@ -124,3 +140,8 @@ def test_chat_in_a_pseudo_terminal_prompts_and_answers(trained: Path) -> None:
         os.close(main)
     err = proc.stderr.read().decode()
     assert "tokens/s" in err and "cache all fp16" not in err and "cache k fp16" in err
+    counts = [tuple(map(int, m)) for m in re.findall(r"prefilled (\d+) of (\d+) tokens", err)]
+    assert len(counts) == 2
+    assert counts[0][0] == counts[0][1]  # the first turn prefills its prompt
+    # The second turn's conversation includes turn 1's prompt and reply; none is fed again.
+    assert counts[1][0] < counts[1][1] - counts[0][1]

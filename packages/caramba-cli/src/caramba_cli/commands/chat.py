@@ -1,10 +1,12 @@
 """`caramba chat`: an interactive session with a trained model.
 
 Each line you type is appended to the conversation and the model continues it; replies
-stream as they are generated, followed by a line with tokens/s and the cache plan (stderr).
-The conversation is trimmed from the front to fit the model's context. Commands: /reset
-forgets the conversation, /stats prints the last reply's figures as JSON, /exit (or end of
-input) leaves.
+stream as they are generated, followed by a line with tokens/s, the tokens prefilled and the
+cache plan (stderr). The KV cache lives across turns, so a turn prefills only its own new
+tokens (caramba.infer.session); when the conversation outgrows the context it is trimmed from
+the front and the cache rebuilt. With --draft (speculative decoding) every turn prefills the
+whole conversation again. Commands: /reset forgets the conversation, /stats prints the last
+reply's figures as JSON, /exit (or end of input) leaves.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ def chat_command(
                         top_p=top_p, repetition_penalty=1.0 if draft else repetition_penalty,
                         seed=seed, cache_kind=cache_kind, cache_budget_mb=cache_budget_mb,
                         decode_plan=decode_plan))
+        from caramba.infer.generate import Generator
+        from caramba.infer.session import Conversation
+
         tokenizer = loaded.tokenizer
         if tokenizer is None:
             from caramba.errors import InputError
@@ -87,7 +92,9 @@ def chat_command(
         keep = max(1, context - generator.config.max_new_tokens)
         stderr.print(f"[bold]caramba chat[/] · {loaded.description} · context {context} "
                      f"tokens · {HELP}", highlight=False)
-        history: list[int] = []
+        conversation = Conversation(generator, context) if isinstance(generator, Generator) \
+            else None
+        history: list[int] = []  # speculative decoding only: re-prefilled every turn
         interactive = sys.stdin.isatty()
         while True:
             if interactive:
@@ -102,6 +109,8 @@ def chat_command(
                 break
             if command == "/reset":
                 history = []
+                if conversation is not None:
+                    conversation.reset()
                 stderr.print("[dim]conversation cleared[/]")
                 continue
             if command == "/stats":
@@ -110,18 +119,32 @@ def chat_command(
                 continue
             if not command:
                 continue
-            history = (history + tokenizer.encode(text + "\n"))[-keep:]
+            message = tokenizer.encode(text + "\n")
+            if conversation is not None:
+                tokens = conversation.reply(message)
+            else:
+                history = (history + message)[-keep:]
+                tokens = generator.stream(history)
             stream = TextStream(tokenizer)
-            for token in generator.stream(history):
-                piece = stream.push(token)
-                if piece:
-                    sys.stdout.write(piece)
-                    sys.stdout.flush()
-                if newline_ends_reply and stream.text().endswith("\n\n"):
-                    break
-            history = (history + stream.ids)[-keep:]
+            try:
+                for token in tokens:
+                    piece = stream.push(token)
+                    if piece:
+                        sys.stdout.write(piece)
+                        sys.stdout.flush()
+                    if newline_ends_reply and stream.text().endswith("\n\n"):
+                        break
+            finally:
+                close = getattr(tokens, "close", None)
+                if close is not None:
+                    close()
+            if conversation is None:
+                history = (history + stream.ids)[-keep:]
             sys.stdout.write("\n" if not stream.text().endswith("\n") else "")
             sys.stdout.flush()
-            stderr.print(f"[dim]{describe(generator)}[/]", highlight=False)
+            stats = generator.last_stats
+            prefilled = (f"prefilled {stats.prefill_tokens} of {stats.prompt_tokens} tokens · "
+                         if hasattr(stats, "prefill_tokens") else "")
+            stderr.print(f"[dim]{prefilled}{describe(generator)}[/]", highlight=False)
 
     guarded(work, debug)
