@@ -6,9 +6,7 @@ import logging
 
 import pytest
 import torch
-
-from caramba.infer import GenerateConfig, Generator
-from caramba.infer import cache_plan
+from caramba.infer import GenerateConfig, Generator, cache_plan
 from caramba.infer.cache_plan import CacheBudgetError, PlanStore, candidates
 
 PROMPT = [11, 22, 33, 44, 55]

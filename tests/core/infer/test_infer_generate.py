@@ -3,7 +3,6 @@ top-k/top-p/repetition penalty, stop tokens, context limits, decode plans, stats
 
 import pytest
 import torch
-
 from caramba.cache import CacheKindError
 from caramba.errors import InputError
 from caramba.infer import GenerateConfig, Generator

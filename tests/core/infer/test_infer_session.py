@@ -3,7 +3,6 @@ the replies are exactly those of a fresh generation over the whole history."""
 
 import pytest
 import torch
-
 from caramba.errors import InputError
 from caramba.infer import GenerateConfig, Generator
 from caramba.infer.session import Conversation

@@ -3,10 +3,8 @@ target's distribution, spec_k adapts, low acceptance falls back, caches roll bac
 
 import pytest
 import torch
-
 from caramba.errors import InputError
-from caramba.infer import GenerateConfig, Generator, SpeculativeGenerator
-from caramba.infer import tiny
+from caramba.infer import GenerateConfig, Generator, SpeculativeGenerator, tiny
 from caramba.infer.config import ConfigError
 from caramba.infer.speculative import SpeculativeConfig, accept_drafts, best_k
 
@@ -80,13 +78,18 @@ def test_caches_are_rolled_back_to_the_accepted_prefix(standard_model, draft_mod
     assert spec.last_stats.accepted < spec.last_stats.proposed  # something was rolled back
 
 
-def test_accept_drafts_preserves_the_target_distribution():
+@pytest.mark.parametrize("draft_vocab", [6, 3])
+def test_accept_drafts_preserves_the_target_distribution(draft_vocab):
     """200k independent rounds on a 6-token vocabulary: the first emitted token follows p_0,
-    and after an accepted first draft the second follows p_1 (rejection sampling is exact)."""
+    and after an accepted first draft the second follows p_1 (rejection sampling is exact),
+    also when the draft covers only part of the vocabulary (q zero elsewhere, as a pruned
+    draft's)."""
     g = torch.Generator().manual_seed(0)
     V, k, N = 6, 3, 200_000
     p = torch.softmax(torch.randn(k + 1, V, generator=g) * 1.5, -1)
     q = torch.softmax(torch.randn(k, V, generator=g) * 1.5, -1)
+    q[:, draft_vocab:] = 0
+    q = q / q.sum(-1, keepdim=True)
     drafts = torch.stack([torch.multinomial(q[i], N, replacement=True, generator=g)
                           for i in range(k)], dim=1)
     accepted, nxt = accept_drafts(p.expand(N, -1, -1), q.expand(N, -1, -1), drafts, g)

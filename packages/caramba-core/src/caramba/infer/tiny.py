@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
-import torch.nn.functional as F
 
 from caramba.data.tokens import TokenData, TokenDatasetSource
 from caramba.layers.attention import AttentionLayer
@@ -25,12 +26,15 @@ from caramba.layers.embedding import TokenEmbedder
 from caramba.layers.glu import SwiGLULayer
 from caramba.layers.linear import LinearLayer
 from caramba.layers.norm import RMSNormLayer
+from caramba.manifest.schema import RunSpec, RuntimeConfig, TrainConfig
 from caramba.models.definition import ModelDefinition
 from caramba.models.language_model import LanguageModel, LanguageModelSystem
 from caramba.paths import cache_dir
 from caramba.topologies.nested import NestedTopology
 from caramba.topologies.residual import ResidualTopology
 from caramba.topologies.stacked import StackedTopology
+from caramba.training.objectives import NextTokenCrossEntropy
+from caramba.training.standard import RunResult, StandardTrainer, TrainerContext
 
 log = logging.getLogger("caramba.infer")
 
@@ -51,6 +55,7 @@ class TinyConfig:
     attn_dim: int | None = None
     d_ff: int = 256
     vocab_size: int = 8192
+    head_vocab: int | None = None  # a head smaller than the input vocabulary (untied)
     steps: int = 120
     batch_size: int = 16
     block_size: int = 64
@@ -58,7 +63,8 @@ class TinyConfig:
     seed: int = 0
 
     def key(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True)
+        # The trainer is part of the key: weights trained by another loop are not these.
+        text = json.dumps({**asdict(self), "trainer": "standard"}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -80,10 +86,10 @@ def definition(cfg: TinyConfig) -> ModelDefinition:
     topology = StackedTopology.Config(layers=(
         NestedTopology.Config(layers=block, repeat=cfg.n_layers),
         RMSNormLayer.Config(d_model=cfg.d_model),
-        LinearLayer.Config(d_in=cfg.d_model, d_out=cfg.vocab_size),
+        LinearLayer.Config(d_in=cfg.d_model, d_out=cfg.head_vocab or cfg.vocab_size),
     ))
     embedder = TokenEmbedder.Config(vocab_size=cfg.vocab_size, d_model=cfg.d_model)
-    return ModelDefinition(embedder, topology, tie_embeddings=True)
+    return ModelDefinition(embedder, topology, tie_embeddings=cfg.head_vocab is None)
 
 
 def english(vocab_size: int = 8192) -> TokenData:
@@ -113,28 +119,31 @@ def tiny_model(cfg: TinyConfig = TinyConfig(), *, data: TokenData | None = None,
     return model.eval()
 
 
-def train(model: LanguageModel, data: TokenData, cfg: TinyConfig) -> list[float]:
-    """AdamW with a short warmup and cosine decay; returns the loss of every step."""
-    g = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    warmup = max(1, cfg.steps // 10)
-    losses = []
-    model.train()
-    for step in range(cfg.steps):
-        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + torch.cos(
-            torch.tensor(torch.pi * step / cfg.steps)).item())
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * max(scale, 0.05)
-        inputs, targets = data.train.batch(cfg.batch_size, cfg.block_size, g)
-        logits = model(inputs)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
+def train(model: torch.nn.Module, data: TokenData, cfg: TinyConfig, *,
+          objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+          ) -> RunResult:
+    """Train with caramba's standard trainer (AdamW, warmup then cosine to 5% of lr, no
+    weight decay, clipping at 1) in a throw-away run folder; returns its result.
+
+    `data` is anything with the TokenData interface (`.train.batch`, `.val`,
+    `check_block_size`), so a draft can train on a teacher's labels (see infer.distill).
+    """
+    run = RunSpec(id="tiny", seed=cfg.seed, steps=cfg.steps, train=TrainConfig(
+        batch_size=cfg.batch_size, block_size=cfg.block_size, lr=cfg.lr,
+        warmup_steps=max(1, cfg.steps // 10), min_lr_ratio=0.05, weight_decay=0.0,
+        betas=(0.9, 0.999), grad_clip=1.0, device="cpu", dtype="float32"))
+    runtime = RuntimeConfig(eval_every=0, eval_batches=2, log_every=max(1, cfg.steps))
+    with tempfile.TemporaryDirectory(prefix="caramba-tiny-") as tmp:
+        ctx = TrainerContext(model=model, objective=objective or NextTokenCrossEntropy(),
+                             data=data, runtime=runtime, run_dir=Path(tmp),
+                             plan_hash=f"tiny-{cfg.key()}", instrument="none",
+                             keep_checkpoints=1)
+        result = StandardTrainer(ctx).run(run)
+    log.info("trained %s: %d steps, final train loss %.3f, val loss %.3f, %.0f tokens/s",
+             cfg.key(), result.steps, result.final_train_loss, result.final_val_loss,
+             result.tokens_per_s)
     model.eval()
-    return losses
+    return result
 
 
 def validation_tokens(data: TokenData, n: int | None = None) -> torch.Tensor:
