@@ -1,11 +1,17 @@
 """Fused C++ decode over q8_0 / q4_0 KV caches vs torch dequantize-then-SDPA, and bandwidth.
 
 For each format, attention layout and context length (1k .. 32k cached tokens, one sequence):
+standard decode (GQA 32q/8kv and MHA 8q/8kv, head dim 128) and DBA decode at the
+Llama-3.2-1B widths (32 query heads, 8 KV heads; per head 4 semantic and 8 geometric key
+values, 32 values), with the keys in the token layout (one row per token spanning all KV
+heads: 4 x 8 = 32 and 8 x 8 = 64 values, narrower than a block per head) and the values in
+the head layout, as caramba's cache stores them;
 
 - fused:  caramba_kernels.cpu decode_attention, reading the quantized blocks in place;
 - torch:  dequantize the whole K and V cache to float32 with vectorized torch ops, then
-          F.scaled_dot_product_attention (enable_gqa) — what a torch-only runtime would do;
-- effective bandwidth: bytes of quantized K+V cache the fused call reads, per second of its
+          F.scaled_dot_product_attention (enable_gqa) — what a torch-only runtime would do
+          (DBA: the two key paths concatenated, each query path pre-multiplied by its scale);
+- effective bandwidth: bytes of quantized K+V cache (DBA: k_sem + k_geo + v) the fused call reads, per second of its
   median time, against memcpy bandwidth measured in the same run (np.copyto of a 256 MiB
   array; bytes copied per second, each byte read once and written once).
 
@@ -39,6 +45,8 @@ LAYOUTS = {  # name -> (query heads, KV heads, head dim)
     "gqa 32q/8kv d128": (32, 8, 128),
     "mha 8q/8kv d128": (8, 8, 128),
 }
+DBA_LAYOUT = "dba 32q/8kv sem4+geo8 token v32"
+DBA = (32, 8, 4, 8, 32)  # query heads, KV heads, per-head sem, geo, value widths
 
 
 def timeit(fn, min_reps: int = 5, budget_s: float = 0.6) -> tuple[float, float]:
@@ -73,24 +81,8 @@ def torch_dequantize(kind: str, blocks: torch.Tensor, D: int) -> torch.Tensor:
     return (vals * d).reshape(*blocks.shape[:-1], D)
 
 
-def bench_one(kind: str, Hq: int, Hkv: int, D: int, S: int, rng: np.random.Generator) -> dict:
-    q = rng.standard_normal((1, Hq, D), dtype=np.float32)
-    k = backend.quantize(kind, rng.standard_normal((1, Hkv, S, D), dtype=np.float32))
-    v = backend.quantize(kind, rng.standard_normal((1, Hkv, S, D), dtype=np.float32))
-    lengths = np.array([S], np.int32)
-    scale = D**-0.5
-    out = np.empty((1, Hq, D), np.float32)
-
-    def fused():
-        backend.decode_attention(q, k, v, lengths, scale=scale, k_format=kind, v_format=kind, out=out)
-
-    qt, kt, vt = torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v)
-
-    def torch_path():
-        K = torch_dequantize(kind, kt, D)
-        V = torch_dequantize(kind, vt, D)
-        return F.scaled_dot_product_attention(qt[:, :, None, :], K, V, scale=scale, enable_gqa=True)
-
+def compare(kind: str, S: int, fused, torch_path, out: np.ndarray, cache_bytes: int) -> dict:
+    """Times both sides (torch on all threads and on one, the faster kept) and the figures."""
     with torch.inference_mode():
         t_fused, best_fused = timeit(fused)
         # torch on all threads and on one: its thread pool suffers most on a busy machine, so
@@ -104,8 +96,7 @@ def bench_one(kind: str, Hq: int, Hkv: int, D: int, S: int, rng: np.random.Gener
             torch.set_num_threads(threads)
         torch_threads = min(torch_times, key=lambda n: torch_times[n][0])
         t_torch, best_torch = torch_times[torch_threads]
-        err = float((torch_path()[:, :, 0].numpy() - out).__abs__().max())
-    cache_bytes = k.nbytes + v.nbytes
+        err = float(np.abs(torch_path()[:, :, 0].numpy() - out).max())
     return {
         "format": kind,
         "context": S,
@@ -124,10 +115,69 @@ def bench_one(kind: str, Hq: int, Hkv: int, D: int, S: int, rng: np.random.Gener
     }
 
 
+def bench_dba(kind: str, S: int, rng: np.random.Generator) -> dict:
+    """DBA decode, token-layout keys (B, 1, S, 8 heads x width) and head-layout values."""
+    Hq, Hkv, d_sem, d_geo, dv = DBA
+    q_sem = rng.standard_normal((1, Hq, d_sem), dtype=np.float32)
+    q_geo = rng.standard_normal((1, Hq, d_geo), dtype=np.float32)
+    k_sem = backend.quantize(kind, rng.standard_normal((1, 1, S, Hkv * d_sem), dtype=np.float32))
+    k_geo = backend.quantize(kind, rng.standard_normal((1, 1, S, Hkv * d_geo), dtype=np.float32))
+    v = backend.quantize(kind, rng.standard_normal((1, Hkv, S, dv), dtype=np.float32))
+    lengths = np.array([S], np.int32)
+    s_sem, s_geo = d_sem**-0.5, d_geo**-0.5
+    out = np.empty((1, Hq, dv), np.float32)
+
+    def fused():
+        backend.dba_decode_attention(
+            q_sem, q_geo, k_sem, k_geo, v, lengths, s_sem, s_geo, kind, kind, kind, out=out
+        )
+
+    q_cat = torch.cat((torch.from_numpy(q_sem) * s_sem, torch.from_numpy(q_geo) * s_geo), dim=-1)
+    ks_t, kg_t, v_t = torch.from_numpy(k_sem), torch.from_numpy(k_geo), torch.from_numpy(v)
+
+    def heads(x: torch.Tensor, d: int) -> torch.Tensor:  # (1, S, Hkv*d) -> (1, Hkv, S, d)
+        return x.reshape(1, S, Hkv, d).transpose(1, 2)
+
+    def torch_path():
+        K = torch.cat(
+            (heads(torch_dequantize(kind, ks_t, Hkv * d_sem)[:, 0], d_sem),
+             heads(torch_dequantize(kind, kg_t, Hkv * d_geo)[:, 0], d_geo)), dim=-1,
+        )  # fmt: skip
+        V = torch_dequantize(kind, v_t, dv)
+        return F.scaled_dot_product_attention(q_cat[:, :, None, :], K, V, scale=1.0, enable_gqa=True)
+
+    return compare(kind, S, fused, torch_path, out, k_sem.nbytes + k_geo.nbytes + v.nbytes)
+
+
+def bench_one(kind: str, Hq: int, Hkv: int, D: int, S: int, rng: np.random.Generator) -> dict:
+    q = rng.standard_normal((1, Hq, D), dtype=np.float32)
+    k = backend.quantize(kind, rng.standard_normal((1, Hkv, S, D), dtype=np.float32))
+    v = backend.quantize(kind, rng.standard_normal((1, Hkv, S, D), dtype=np.float32))
+    lengths = np.array([S], np.int32)
+    scale = D**-0.5
+    out = np.empty((1, Hq, D), np.float32)
+
+    def fused():
+        backend.decode_attention(q, k, v, lengths, scale=scale, k_format=kind, v_format=kind, out=out)
+
+    qt, kt, vt = torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v)
+
+    def torch_path():
+        K = torch_dequantize(kind, kt, D)
+        V = torch_dequantize(kind, vt, D)
+        return F.scaled_dot_product_attention(qt[:, :, None, :], K, V, scale=scale, enable_gqa=True)
+
+    return compare(kind, S, fused, torch_path, out, k.nbytes + v.nbytes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default="1024,2048,4096,8192,16384,32768")
     parser.add_argument("--quick", action="store_true", help="1k and 4k only")
+    parser.add_argument(
+        "--layouts", default=",".join([*LAYOUTS, DBA_LAYOUT]),
+        help="comma-separated subset of: " + ", ".join([*LAYOUTS, DBA_LAYOUT]),
+    )  # fmt: skip
     args = parser.parse_args()
     contexts = [1024, 4096] if args.quick else [int(c) for c in args.contexts.split(",")]
     rng = np.random.default_rng(0)
@@ -135,10 +185,18 @@ def main() -> None:
     load_before = os.getloadavg()
     memcpy, _ = memcpy_bandwidth()
     rows = []
-    for layout, (Hq, Hkv, D) in LAYOUTS.items():
+    chosen = [name.strip() for name in args.layouts.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in LAYOUTS and name != DBA_LAYOUT]
+    if unknown:
+        parser.error(f"--layouts: unknown {unknown}; known: {[*LAYOUTS, DBA_LAYOUT]}")
+    for layout in chosen:
         for kind in ("q8_0", "q4_0"):
             for S in contexts:
-                row = {"layout": layout, **bench_one(kind, Hq, Hkv, D, S, rng)}
+                if layout == DBA_LAYOUT:
+                    row = {"layout": layout, **bench_dba(kind, S, rng)}
+                else:
+                    Hq, Hkv, D = LAYOUTS[layout]
+                    row = {"layout": layout, **bench_one(kind, Hq, Hkv, D, S, rng)}
                 # memcpy again beside each row: a shared machine's load changes during the run
                 median_bw, best_bw = memcpy_bandwidth()
                 row["memcpy_GBps"] = median_bw / 1e9
@@ -200,7 +258,9 @@ def markdown(result: dict) -> str:
         f"{result['memcpy_GBps']:.2f} GB/s (again after the run: {result['memcpy_GBps_after']:.2f}).",
         "",
         "One sequence, K and V in the same format; effective bandwidth = quantized K+V bytes / fused "
-        "time. Targets: speedup >= 5x, effective >= 70% of memcpy.",
+        "time. Targets: speedup >= 5x, effective >= 70% of memcpy. The DBA rows use the "
+        "Llama-3.2-1B widths (32 query / 8 KV heads, per head 4 semantic + 8 geometric key values "
+        "in the token layout, 32 values in the head layout); their bytes are k_sem + k_geo + v.",
         "",
         "Times are medians, best in brackets; torch is the faster of all threads and one thread "
         "(the 't' column). memcpy is re-measured beside each row; '% of memcpy' is median over "

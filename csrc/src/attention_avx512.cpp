@@ -190,6 +190,61 @@ void score_quant(const uint8_t* rows, int64_t row_stride, int n_rows, const floa
     }
 }
 
+// R rows at once: each strip of q is loaded once for all R rows, and R * NG * NA independent
+// FMA chains are in flight (a GQA group of 4 heads alone leaves the FMA units half idle).
+template <class F, int NG, int R>
+void score_rows(const uint8_t* row0, int64_t row_stride, const float* q, int64_t q_stride,
+                int64_t nb, int t, RowSums<NG>& sums) {
+    constexpr int NA = NG == 1 ? 2 : 1;
+    __m512 acc[R][NG][NA];
+    for (int r = 0; r < R; ++r)
+        for (int g = 0; g < NG; ++g)
+            for (int a = 0; a < NA; ++a) acc[r][g][a] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        typename F::Block blk[R];
+        for (int r = 0; r < R; ++r) blk[r] = F::prepare(row0 + r * row_stride + b * F::kBytes);
+        const float* qb = q + b * F::kElems;
+#pragma GCC unroll 4
+        for (int st = 0; st < F::kStrips; ++st) {
+            __m512 k[R];
+            for (int r = 0; r < R; ++r) k[r] = F::strip(blk[r], st);
+            const int a = st % NA;
+            for (int g = 0; g < NG; ++g) {
+                const __m512 qv = _mm512_loadu_ps(qb + g * q_stride + 16 * st);
+                for (int r = 0; r < R; ++r) acc[r][g][a] = _mm512_fmadd_ps(qv, k[r], acc[r][g][a]);
+            }
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        for (int g = 0; g < NG; ++g) {
+            __m512 sum = acc[r][g][0];
+            for (int a = 1; a < NA; ++a) sum = _mm512_add_ps(sum, acc[r][g][a]);
+            sums.put(g, t + r, sum);
+        }
+    }
+}
+
+template <class F, int NG>
+void score_quant_rows(const uint8_t* rows, int64_t row_stride, int n_rows, const float* q,
+                      int64_t q_stride, int64_t dim, float scale, float* s, int64_t s_stride,
+                      bool accumulate) {
+    constexpr int R = NG <= 2 ? 4 : (NG <= 4 ? 2 : 1);
+    const int64_t nb = dim / F::kElems;
+    RowSums<NG> sums;
+    int t = 0;
+    for (; t + R <= n_rows; t += R) {
+        score_rows<F, NG, R>(rows + t * row_stride, row_stride, q, q_stride, nb, t, sums);
+        for (int r = 0; r < R; ++r) {
+            const int tr = t + r;
+            if ((tr & 7) == 7 || tr == n_rows - 1) sums.flush(tr & ~7, (tr & 7) + 1, scale, s, s_stride, accumulate);
+        }
+    }
+    for (; t < n_rows; ++t) {
+        score_rows<F, NG, 1>(rows + t * row_stride, row_stride, q, q_stride, nb, t, sums);
+        if ((t & 7) == 7 || t == n_rows - 1) sums.flush(t & ~7, (t & 7) + 1, scale, s, s_stride, accumulate);
+    }
+}
+
 template <class F, int NG>
 void score_plain(const uint8_t* rows, int64_t row_stride, int n_rows, const float* q,
                  int64_t q_stride, int64_t dim, float scale, float* s, int64_t s_stride,
@@ -343,7 +398,7 @@ template <class F, int NG>
 struct ScoreQ {
     static void run(const uint8_t* r, int64_t rs, int n, const float* q, int64_t qs, int64_t d,
                     float sc, float* s, int64_t ss, bool acc) {
-        score_quant<F, NG>(r, rs, n, q, qs, d, sc, s, ss, acc);
+        score_quant_rows<F, NG>(r, rs, n, q, qs, d, sc, s, ss, acc);
     }
 };
 template <class F, int NG>

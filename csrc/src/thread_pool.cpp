@@ -66,7 +66,8 @@ void ThreadPool::worker_loop(int worker, uint64_t seen) {
             wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
         }
         seen = generation_.load(std::memory_order_acquire);
-        if (worker > participants_) continue;
+        if (worker > participants_ || !open_) continue;
+        ++pending_;
         lock.unlock();
         drain(worker);
         lock.lock();
@@ -96,15 +97,16 @@ void ThreadPool::run(int n_threads, int64_t n_tasks, TaskFn fn, void* ctx) {
         n_tasks_ = n_tasks;
         next_.store(0, std::memory_order_relaxed);
         participants_ = helpers;
-        pending_ = helpers;
+        open_ = true;
+        pending_ = 0;
         generation_.fetch_add(1, std::memory_order_release);
     }
-    if (helpers > 0) wake_.notify_all();
+    wake_.notify_all();
     drain(0);
-    if (helpers > 0) {
-        std::unique_lock<std::mutex> lock(mutex_);
-        done_.wait(lock, [&] { return pending_ == 0; });
-    }
+    // Every task is claimed: close the job to latecomers, wait for those still running.
+    std::unique_lock<std::mutex> lock(mutex_);
+    open_ = false;
+    done_.wait(lock, [&] { return pending_ == 0; });
 }
 
 }  // namespace caramba::detail

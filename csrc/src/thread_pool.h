@@ -38,8 +38,12 @@ private:
     std::vector<std::thread> threads_;  // never joined: the pool lives until process exit
 
     std::atomic<uint64_t> generation_{0};
-    int participants_ = 0;  // workers 1..participants_ take part in the current generation
-    int pending_ = 0;       // of those, how many have not finished
+    int participants_ = 0;  // workers 1..participants_ may take part in the current generation
+    // A worker joins only while the job is open (the caller has not claimed the last task), so
+    // the caller never waits for a worker that the OS has not scheduled yet: on a busy machine
+    // it then runs the tasks itself instead of idling.
+    bool open_ = false;
+    int pending_ = 0;  // workers that joined and have not finished
     TaskFn fn_ = nullptr;
     void* ctx_ = nullptr;
     int64_t n_tasks_ = 0;
