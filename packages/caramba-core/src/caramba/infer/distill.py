@@ -175,7 +175,7 @@ def distilled_draft(cfg: DraftConfig = DraftConfig(), *, teacher: torch.nn.Modul
     draft = PrunedVocabModel(inner, keep, vocab)
     x = draft.to_inner(torch.as_tensor(tokens.astype(np.int64))).numpy()
     y = draft.labels(torch.as_tensor(labels.astype(np.int64))).numpy()
-    cut = len(x) * 19 // 20
+    cut = len(x) - max(len(x) // 20, 2 * cfg.block_size)  # held out: the trainer's eval
     split = LabelledData(LabelledTokens(x[:cut], y[:cut], "teacher labels (train)"),
                          LabelledTokens(x[cut:], y[cut:], "teacher labels (val)"))
     covered = float((y >= 0).mean())
