@@ -235,3 +235,63 @@ def test_sharded_hf_checkpoint_loads_through_its_index(tmp_path, weights):
     save_file(bad, str(folder / "model-00002-of-00002.safetensors"))
     with pytest.raises(CheckpointError, match=rf"'{names[1]} in model-00002-of-00002"):
         load_pretrained(folder)
+
+
+def _patch(path, old: bytes, new: bytes):
+    data = path.read_bytes()
+    assert data.count(old) == 1 and len(old) == len(new)
+    path.write_bytes(data.replace(old, new))
+    return path
+
+
+def test_corrupt_metadata_string_names_the_key(tmp_path, weights):
+    path = write_tiny_gguf(tmp_path / "utf8.gguf", weights, metadata={"general.name": "tiny-XY"})
+    _patch(path, b"tiny-XY", b"tiny-\xffY")
+    with pytest.raises(CheckpointError, match=r"utf8\.gguf: metadata key 'general.name' cannot "
+                       r"be decoded .*the file is corrupt"):
+        load_pretrained(path)
+
+
+def test_missing_vocabulary_is_named(tmp_path, weights):
+    path = _patch(write_tiny_gguf(tmp_path / "novocab.gguf", weights),
+                  b"tokenizer.ggml.tokens", b"tokenizer.ggml.tokenX")
+    with pytest.raises(CheckpointError, match=r"metadata key 'tokenizer.ggml.tokens' \(the "
+                       "vocabulary\\) is missing"):
+        load_pretrained(path)
+
+
+def test_absurd_layer_count_is_named_without_allocating_for_it(tmp_path, weights):
+    # A corrupt block_count must not make the shape check list 10^9 layers' tensors.
+    path = write_tiny_gguf(tmp_path / "layers.gguf", weights,
+                           metadata={"block_count": 1_000_000_000})
+    with pytest.raises(CheckpointError, match=r"tensor 'blk.2.attn_norm.weight' is missing, "
+                       r"with every other tensor of block 2; the metadata says 1,000,000,000 "
+                       "layers"):
+        load_gguf(path)
+
+
+@pytest.mark.parametrize("kind", ["gguf", "safetensors", "config.json"])
+def test_random_byte_corruption_never_escapes_as_a_crash(tmp_path, weights, kind):
+    """Seeded corruption of the headers (where a flipped byte changes structure, not just a
+    weight): every load either succeeds or raises a CarambaError."""
+    from caramba.errors import CarambaError
+
+    gguf_path = write_tiny_gguf(tmp_path / "src.gguf", weights)
+    folder = save_hf_folder(load_gguf(gguf_path), tmp_path / "hf")
+    target = {"gguf": gguf_path, "safetensors": folder / "model.safetensors",
+              "config.json": folder / "config.json"}[kind]
+    original = target.read_bytes()
+    header = {"gguf": 12_000, "safetensors": 3_000, "config.json": len(original)}[kind]
+    rng = np.random.default_rng(7)
+    outcomes = {"loaded": 0, "error": 0}
+    for _ in range(100):
+        data = bytearray(original)
+        for pos in rng.integers(4 if kind == "gguf" else 0, header, size=rng.integers(1, 5)):
+            data[pos] = int(rng.integers(256))
+        target.write_bytes(bytes(data))
+        try:
+            load_pretrained(gguf_path if kind == "gguf" else folder)
+            outcomes["loaded"] += 1
+        except CarambaError:
+            outcomes["error"] += 1
+    assert outcomes["error"] > 0

@@ -159,15 +159,26 @@ def _name_cut_off_tensor(path: Path, size: int, start: int, fields: list[Any], g
             )
 
 
-def metadata(reader: Any) -> dict[str, Any]:
-    """All key/value metadata as Python values (the `GGUF.*` header fields left out)."""
+def metadata(reader: Any, path: Path | str = "the GGUF file") -> dict[str, Any]:
+    """All key/value metadata as Python values (the `GGUF.*` header fields left out).
+
+    Strings are decoded here, not when the header is parsed, so a corrupt byte inside one
+    (GGUF strings are UTF-8) surfaces here, as a CheckpointError naming the key.
+    """
     out = {}
     for key, field in reader.fields.items():
         if not hasattr(field, "contents"):  # gguf-py releases before ReaderField.contents()
             raise InputError("the installed `gguf` package is too old to read metadata values.",
                              hint="pip install -U 'gguf>=0.17'")
-        if not key.startswith("GGUF."):
+        if key.startswith("GGUF."):
+            continue
+        try:
             out[key] = field.contents()
+        except (UnicodeDecodeError, ValueError, IndexError) as exc:
+            raise CheckpointError(
+                f"{path}: metadata key {key!r} cannot be decoded ({exc}); the file is corrupt. "
+                "Copy or download it again."
+            ) from exc
     return out
 
 
@@ -246,7 +257,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> Pretraine
     path = Path(path)
     gguf = _gguf_module()
     reader = open_gguf(path)
-    meta = metadata(reader)
+    meta = metadata(reader, path)
     by_name = {t.name: t for t in reader.tensors}
     rope_freqs = _dequantize(path, gguf, by_name[ROPE_FREQS]) if ROPE_FREQS in by_name else None
     arch = architecture(meta, set(by_name), path, rope_freqs)

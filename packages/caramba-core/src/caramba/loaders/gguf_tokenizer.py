@@ -74,6 +74,11 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], source: str) -> Tokenizer:
             f"{source}: pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not supported; "
             f"supported: {', '.join(sorted(PRE_TOKENIZERS))}."
         )
+    if not isinstance(meta.get("tokenizer.ggml.tokens"), list):
+        raise CheckpointError(
+            f"{source}: metadata key 'tokenizer.ggml.tokens' (the vocabulary) is missing; the "
+            "file is corrupt or carries no tokenizer."
+        )
     tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
     merges: list[str] = list(meta.get("tokenizer.ggml.merges", []))
     types: list[int] = list(meta.get("tokenizer.ggml.token_type", [NORMAL] * len(tokens)))

@@ -209,6 +209,18 @@ def check_tensors(
     """Raise a CheckpointError naming the file and tensor for a missing, unexpected or
     misshapen tensor. `shapes` is keyed by Hugging Face name; `display` turns such a name
     into the file's own spelling for the message."""
+    # First the blocks that are absent altogether, without listing every expected tensor: a
+    # corrupt layer count (say 10^9) must not make this check allocate without bound.
+    present = {int(m.group(1)) for n in shapes if (m := _BLOCK.fullmatch(n))}
+    first_absent = min(set(range(len(present) + 1)) - present)
+    if first_absent < arch.n_layers:
+        raise CheckpointError(
+            f"{source}: tensor "
+            f"{display(f'model.layers.{first_absent}.input_layernorm.weight')!r} is missing, "
+            f"with every other tensor of block {first_absent}; the metadata says "
+            f"{arch.n_layers:,} layers. The file is incomplete, its metadata is corrupt, or "
+            "it is not a Llama checkpoint."
+        )
     expected = expected_tensors(arch)
     missing = [n for n in expected if n not in shapes]
     if missing:
