@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from caramba.reference import SECTIONS, render_reference
+from caramba.reference import SECTIONS, VERIFY_SECTIONS, render_reference
 from caramba.registry import BENCHMARKS, DATASETS, EMBEDDERS, LAYERS, TOPOLOGIES
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reference.md"
 
 
 def test_every_option_has_a_description() -> None:
-    models = [model for _, model in SECTIONS]
+    models = [model for _, model in SECTIONS + VERIFY_SECTIONS]
     for registry in (DATASETS, EMBEDDERS, LAYERS, TOPOLOGIES, BENCHMARKS):
         models += [registry.get(name).Config for name in registry.names()]
     missing = [f"{m.__name__}.{name}" for m in models for name, f in m.model_fields.items()

@@ -6,6 +6,7 @@ generated rather than written by hand, and a test fails when the committed file 
 
 from __future__ import annotations
 
+import types
 import typing
 from typing import Any
 
@@ -14,6 +15,7 @@ from pydantic_core import PydanticUndefined
 
 from caramba.layers.rotary import RopeScaling
 from caramba.manifest import schema
+from caramba.verify import config as verify_config
 from caramba.registry import BENCHMARKS, DATASETS, EMBEDDERS, LAYERS, TOPOLOGIES, Registry
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -31,19 +33,39 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("benchmarks[]", schema.BenchmarkSpec),
 ]
 
+# Verification blocks (`runs[].verify`, one block or a list), each selected by `type`.
+VERIFY_SECTIONS: list[tuple[str, type[BaseModel]]] = [
+    ("`type: compare` (attention-output and logit L1 against the teacher)",
+     verify_config.CompareVerify),
+    ("`type: fidelity` (NLL and perplexity of student vs teacher)",
+     verify_config.FidelityVerify),
+    ("`type: eval` (prompted cases scored on both models)", verify_config.EvalVerify),
+    ("`eval` cases[]", verify_config.EvalCase),
+    ("`eval` thresholds", verify_config.EvalThresholds),
+    ("`compare` attention / logits thresholds", verify_config.L1Thresholds),
+]
+
 
 def _type_name(annotation: Any) -> str:
-    if typing.get_origin(annotation) is list and typing.get_args(annotation):
-        inner = typing.get_args(annotation)[0]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:  # constrained types read as their base type
+        return _type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " \\| ".join(_type_name(a) for a in args)
+    if origin is list and args:
+        inner = args[0]
         if typing.get_origin(inner) is typing.Annotated:
             members = typing.get_args(typing.get_args(inner)[0])
             return "list[" + " \\| ".join(m.__name__ for m in members) + "]"
+        return f"list[{_type_name(inner)}]"
+    if origin is typing.Literal:
+        return " \\| ".join(repr(a) for a in args)
+    if annotation is type(None):
+        return "None"
     text = str(annotation) if not isinstance(annotation, type) else annotation.__name__
     for noise in ("typing.", "caramba.manifest.schema.", "caramba.layers.base.",
-                  "caramba.layers.rotary.", "pydantic."):
+                  "caramba.layers.rotary.", "caramba.verify.config.", "pydantic."):
         text = text.replace(noise, "")
-    if typing.get_origin(annotation) is typing.Literal:
-        return " | ".join(repr(a) for a in typing.get_args(annotation))
     return text.replace("|", "\\|")
 
 
@@ -92,6 +114,9 @@ def render_reference() -> str:
            "registered layers, topologies and datasets. Do not edit by hand.", ""]
     for title, model in SECTIONS:
         out += [f"## {title}", ""] + model_table(model) + [""]
+    out += ["## Verification (`runs[].verify`)", ""]
+    for title, model in VERIFY_SECTIONS:
+        out += [f"### {title}", ""] + model_table(model) + [""]
     out += _registry_section("Datasets (`data.ref`; keys go in `data.config`)", DATASETS)
     out += _registry_section("Embedders (`system.config.model.embedder.type`)", EMBEDDERS)
     out += _registry_section("Layers (`type:` in a topology's `layers`)", LAYERS)

@@ -36,7 +36,7 @@ class _Batches(_Strict):
 class CompareVerify(_Batches):
     """Teacher and student on the same held-out batches: attention outputs and logits."""
 
-    type: Literal["compare"] = "compare"
+    type: Literal["compare"] = Field("compare", description="selects this block")
     split: Literal["val", "train"] = Field("val", description="which split the batches come from")
     attention: L1Thresholds = Field(
         L1Thresholds(), description="thresholds on per-layer attention outputs (B, T, D)")
@@ -46,7 +46,7 @@ class CompareVerify(_Batches):
 class FidelityVerify(_Batches):
     """Next-token NLL of student and teacher on the same batches."""
 
-    type: Literal["fidelity"] = "fidelity"
+    type: Literal["fidelity"] = Field("fidelity", description="selects this block")
     batches: PositiveInt = Field(5, le=10_000, description="real batches scored")
     split: Literal["auto", "val", "train"] = Field(
         "auto", description="which split; auto = val")
@@ -98,7 +98,7 @@ class EvalThresholds(_Strict):
 class EvalVerify(_Strict):
     """Behaviour on hand-written cases, student and (when there is one) teacher."""
 
-    type: Literal["eval"] = "eval"
+    type: Literal["eval"] = Field("eval", description="selects this block")
     cases: list[EvalCase] = Field(min_length=1, max_length=10_000, description="the cases")
     max_new_tokens: PositiveInt = Field(
         16, le=4096, description="int_greedy: tokens decoded before looking for the integer")
