@@ -3,7 +3,9 @@ windows, perplexity, and tiny synthetic GGUF files for the error paths."""
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -225,6 +227,32 @@ def llama_cpp_rope_freqs(dim: int, theta: float, factor: float, low_freq_factor:
                 high_freq_factor - low_freq_factor)
             out.append(1 / ((1 - smooth) / factor + smooth))
     return np.array(out, dtype=np.float32)
+
+
+# --- Hugging Face folders and hub caches ---------------------------------------------------
+
+def set_config(folder: Path, **changes: object) -> None:
+    """Update a Hugging Face folder's config.json; a None value removes the key."""
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items()
+                                                    if v is not None}))
+
+
+def hub_cache(folder: Path, root: Path, repo_id: str, commit: str) -> Path:
+    """A Hugging Face hub cache under `root` holding `folder` as `repo_id` at `commit`, laid
+    out as huggingface_hub writes it (blobs, a snapshot of symlinks, refs/main); files copied."""
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for i, file in enumerate(sorted(folder.iterdir())):
+        blob = repo / "blobs" / f"{i:040x}"
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", blob.name))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return root
 
 
 # --- an independent reference forward ---------------------------------------------------

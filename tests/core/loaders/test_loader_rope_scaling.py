@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,14 @@ import torch
 from caramba.errors import CheckpointError
 from caramba.layers.attention import AttentionLayer
 from caramba.loaders import load_gguf, load_pretrained, model_definition, save_hf_folder
-from loader_fixtures import llama_cpp_rope_freqs, tiny_hf_weights, tiny_vocab, write_tiny_gguf
+from loader_fixtures import (
+    hub_cache,
+    llama_cpp_rope_freqs,
+    set_config,
+    tiny_hf_weights,
+    tiny_vocab,
+    write_tiny_gguf,
+)
 
 VOCAB = len(tiny_vocab())
 THETA = 500000.0
@@ -81,31 +87,9 @@ def hf_folder(tmp_path: Path, weights) -> Path:
     return folder
 
 
-def set_config(folder: Path, **changes: object) -> None:
-    config = json.loads((folder / "config.json").read_text())
-    config.update(changes)
-    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items()
-                                                    if v is not None}))
-
-
-def hub_cache(folder: Path, root: Path) -> Path:
-    """`folder` as REPO at COMMIT in a hub-cache layout (blobs, snapshot symlinks, refs)."""
-    repo = root / ("models--" + REPO.replace("/", "--"))
-    snapshot = repo / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    (repo / "blobs").mkdir()
-    for i, file in enumerate(sorted(folder.iterdir())):
-        blob = repo / "blobs" / f"{i:040x}"
-        shutil.copyfile(file, blob)
-        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", blob.name))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
-    return root
-
-
 def test_hf_cache_with_llama3_rope_scaling_loads_metas_frequencies(hf_folder, tmp_path,
                                                                    monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache(hf_folder, tmp_path / "hub")))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache(hf_folder, tmp_path / "hub", REPO, COMMIT)))
     loaded = load_pretrained(f"hf://{REPO}")
     scaling = loaded.architecture.rope_scaling
     assert scaling is not None and scaling.type == "llama3"
