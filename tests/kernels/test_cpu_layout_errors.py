@@ -66,9 +66,9 @@ def test_the_good_call_works() -> None:
         (dict(k=q8(B, 1, S, 32)[:, :, :, :17].copy()), ValueError, "k: last dimension 17 is not a whole number"),
         (dict(return_lse="yes"), TypeError, "return_lse: expected a bool"),
         (dict(lse_out=np.zeros((B, HQ), np.float32)), ValueError, "lse_out: given, but return_lse is False"),
-        (dict(return_lse=True, lse_out=np.zeros((B, HQ + 1), np.float32)), ValueError, "lse: expected shape (2, 16), got (2, 17)"),
-        (dict(return_lse=True, lse_out=np.zeros((B, HQ), np.float64)), TypeError, "lse: expected dtype float32, got float64"),
-        (dict(return_lse=True, lse_out=np.zeros((B, 2 * HQ), np.float32)[:, ::2]), ValueError, "lse: must be C-contiguous"),
+        (dict(return_lse=True, lse_out=np.zeros((B, HQ + 1), np.float32)), ValueError, "lse_out: expected shape (2, 16), got (2, 17)"),
+        (dict(return_lse=True, lse_out=np.zeros((B, HQ), np.float64)), TypeError, "lse_out: expected dtype float32, got float64"),
+        (dict(return_lse=True, lse_out=np.zeros((B, 2 * HQ), np.float32)[:, ::2]), ValueError, "lse_out: must be C-contiguous"),
     ],
 )  # fmt: skip
 def test_bad_token_layout_and_lse_arguments_name_the_argument(changes, error, message) -> None:
@@ -89,7 +89,7 @@ def test_lse_may_not_alias_out_or_an_input() -> None:
 def test_read_only_lse_out_is_refused() -> None:
     lse = np.zeros((B, HQ), np.float32)
     lse.flags.writeable = False
-    with pytest.raises(ValueError, match="out: the array is read-only"):
+    with pytest.raises(ValueError, match="lse_out: the array is read-only"):
         call(return_lse=True, lse_out=lse)
 
 

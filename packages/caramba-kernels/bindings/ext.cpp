@@ -301,13 +301,13 @@ caramba_output_tensor output(nb::handle h, int64_t B, int64_t Hq, int64_t Dv, Rw
 
 caramba_lse_tensor lse_output(nb::handle h, int64_t B, int64_t Hq, RwArray* keep) {
     if (h.is_none()) return {nullptr, 0, 0};
-    *keep = as_array<RwArray>(h, "lse");
-    check_dtype(*keep, "lse", nb::dtype<float>(), "float32");
+    *keep = as_array<RwArray>(h, "lse_out");
+    check_dtype(*keep, "lse_out", nb::dtype<float>(), "float32");
     if (keep->ndim() != 2 || (int64_t)keep->shape(0) != B || (int64_t)keep->shape(1) != Hq) {
-        value_error(fmt("lse: expected shape (%lld, %lld), got %s", (long long)B, (long long)Hq,
+        value_error(fmt("lse_out: expected shape (%lld, %lld), got %s", (long long)B, (long long)Hq,
                         shape_str(*keep).c_str()));
     }
-    check_layout(*keep, "lse");
+    check_layout(*keep, "lse_out");
     return {static_cast<float*>(keep->data()), Hq, 1};
 }
 

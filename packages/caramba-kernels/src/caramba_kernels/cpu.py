@@ -128,12 +128,12 @@ def _value_width(v_format: str, v: Any, k_format: str, k: Any, k_name: str, D: i
     return row_v // hkv if row_v % hkv == 0 else row_v
 
 
-def _out(out: object, shape: tuple[int, ...], dtype: Any) -> Any:
+def _out(out: object, shape: tuple[int, ...], dtype: Any, name: str = "out") -> Any:
     if out is None:
         return np.empty(shape, dtype=dtype)
     if isinstance(out, np.ndarray) and not out.flags.writeable:
-        raise ValueError("out: the array is read-only")
-    return _array(out, "out")
+        raise ValueError(f"{name}: the array is read-only")
+    return _array(out, name)
 
 
 def _lse(return_lse: object, lse_out: object, B: int, Hq: int) -> Any:
@@ -144,7 +144,7 @@ def _lse(return_lse: object, lse_out: object, B: int, Hq: int) -> Any:
         if lse_out is not None:
             raise ValueError("lse_out: given, but return_lse is False; pass return_lse=True")
         return None
-    return _out(lse_out, (B, Hq), np.float32)
+    return _out(lse_out, (B, Hq), np.float32, "lse_out")
 
 
 def _result(out: Any, like: object) -> Any:
