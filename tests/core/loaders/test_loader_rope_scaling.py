@@ -135,6 +135,7 @@ def test_transformers_v5_rope_parameters_are_read(hf_folder):
     ({"rope_type": "yarn", "factor": 4.0}, r"`rope_scaling.rope_type` is 'yarn'; caramba "
      r"implements RoPE scaling of type 'llama3' only"),
     ({"type": "linear", "factor": 2.0}, r"`rope_scaling.type` is 'linear'"),
+    ({"factor": 8.0}, r"`rope_scaling` \(\{'factor': 8.0\}\) names no rope_type"),
     ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0},
      r"`rope_scaling.original_max_position_embeddings` is missing"),
     ({"rope_type": "llama3", **LLAMA32_1B, "high_freq_factor": 1.0},

@@ -37,6 +37,11 @@ def from_hf_config(config: dict[str, Any], path: Path) -> RopeScaling | None:
         raise CheckpointError(f"{path}: `{key}` is {params!r}, not a mapping.")
     kind_key = "rope_type" if "rope_type" in params else "type"
     kind = params.get(kind_key)
+    if kind is None and set(params) - {"rope_theta", "partial_rotary_factor"}:
+        raise CheckpointError(
+            f"{path}: `{key}` ({params!r}) names no rope_type, so caramba cannot tell how to "
+            "scale RoPE; it implements rope_type 'llama3'."
+        )
     if kind in (None, "default"):
         return None
     if kind != "llama3":
