@@ -46,7 +46,7 @@ def test_a_distilled_draft_is_trained_once_cached_and_keeps_greedy_exact(teacher
     model, _ = teacher
     draft = distilled_draft(SMALL, teacher=model)
     folder = tmp_path / "drafts" / SMALL.key()
-    labels = np.load(folder / "labels.npy")
+    labels = np.load(tmp_path / "drafts" / f"labels-{SMALL.labels_key()}" / "labels.npy")
     assert len(labels) == 1024
     window = torch.as_tensor(np.asarray(corpus_data(SMALL).train.data[:128]).astype(np.int64))
     with torch.no_grad():
@@ -62,6 +62,33 @@ def test_a_distilled_draft_is_trained_once_cached_and_keeps_greedy_exact(teacher
     with torch.no_grad():
         assert torch.equal(again(window[None]), draft(window[None]))
 
+    spec = SpeculativeGenerator(model, draft, greedy(), SpeculativeConfig(spec_k=3))
+    assert torch.equal(spec.generate(prompt), Generator(model, greedy()).generate(prompt))
+    assert spec.last_stats.rounds > 0
+
+
+def test_an_exit_draft_shares_the_teachers_bottom_and_keeps_greedy_exact(teacher, prompt,
+                                                                        tmp_path, monkeypatch):
+    monkeypatch.setattr(distill, "cache_dir", lambda: tmp_path)
+    model, _ = teacher
+    cfg = DraftConfig(label_tokens=1024, label_block=128, keep_tokens=256, exit_layer=2,
+                      adapter_layers=1, steps=10, batch_size=4, block_size=64, lr=1e-4)
+    draft = distilled_draft(cfg, teacher=model)
+    folder = tmp_path / "drafts" / f"labels-{cfg.labels_key()}"
+    features = np.load(folder / "features-exit2.npy")
+    assert features.shape == (1024, 576) and features.dtype == np.float16
+    # The bottom is the teacher's own first two blocks (no copy); the top was trained.
+    bottom = draft.inner.topology.layers[0].layers
+    teacher_layers = model.topology.layers[0].layers
+    assert len(bottom) == 4 and all(a is b for a, b in zip(bottom, teacher_layers[:4], strict=True))
+    top = draft.inner.topology.layers[1]
+    assert top.head.weight.shape == (256, 576)
+    assert any(not torch.equal(a.float(), b.float()) for a, b in
+               zip(top.adapter.parameters(), teacher_layers[4].parameters(), strict=True))
+    again = distilled_draft(cfg, teacher=model)  # from the cache
+    window = torch.tensor([prompt])
+    with torch.no_grad():
+        assert torch.equal(again(window), draft(window))
     spec = SpeculativeGenerator(model, draft, greedy(), SpeculativeConfig(spec_k=3))
     assert torch.equal(spec.generate(prompt), Generator(model, greedy()).generate(prompt))
     assert spec.last_stats.rounds > 0

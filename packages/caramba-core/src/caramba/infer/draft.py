@@ -22,10 +22,11 @@ from caramba.layers.base import ForwardContext
 
 
 class PrunedVocabModel(nn.Module):
-    """logits (B, T, vocab_size) of `inner` (a model over len(keep) + 1 input ids and
-    len(keep) output ids), -inf outside `keep`."""
+    """logits (B, T, vocab_size) of `inner` (a model over len(keep) + 1 input ids, or the
+    full vocabulary without prune_inputs, and len(keep) output ids), -inf outside `keep`."""
 
-    def __init__(self, inner: nn.Module, keep: torch.Tensor, vocab_size: int) -> None:
+    def __init__(self, inner: nn.Module, keep: torch.Tensor, vocab_size: int,
+                 prune_inputs: bool = True) -> None:
         super().__init__()
         keep = torch.as_tensor(keep, dtype=torch.long).flatten()
         if keep.numel() == 0 or keep.unique().numel() != keep.numel():
@@ -35,6 +36,7 @@ class PrunedVocabModel(nn.Module):
                              f"[{int(keep.min())}, {int(keep.max())}].")
         self.inner = inner
         self.vocab_size = vocab_size
+        self.prune_inputs = prune_inputs
         index = torch.full((vocab_size,), keep.numel(), dtype=torch.long)
         index[keep] = torch.arange(keep.numel())
         self.register_buffer("keep", keep, persistent=False)
@@ -51,7 +53,7 @@ class PrunedVocabModel(nn.Module):
         return torch.where(inner < self.keep.numel(), inner, ignore_index)
 
     def forward(self, tokens: torch.Tensor, ctx: ForwardContext | None = None) -> torch.Tensor:
-        small = self.inner(self.to_inner(tokens), ctx)
+        small = self.inner(self.to_inner(tokens) if self.prune_inputs else tokens, ctx)
         out = small.new_full((*small.shape[:-1], self.vocab_size), float("-inf"))
         out[..., self.keep] = small
         return out
