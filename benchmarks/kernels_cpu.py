@@ -11,7 +11,8 @@ the head layout, as caramba's cache stores them;
 - torch:  dequantize the whole K and V cache to float32 with vectorized torch ops, then
           F.scaled_dot_product_attention (enable_gqa) — what a torch-only runtime would do
           (DBA: the two key paths concatenated, each query path pre-multiplied by its scale);
-- effective bandwidth: bytes of quantized K+V cache (DBA: k_sem + k_geo + v) the fused call reads, per second of its
+- effective bandwidth: bytes of quantized K+V cache (DBA: k_sem + k_geo + v) the fused call
+          reads, per second of its
   median time, against memcpy bandwidth measured in the same run (np.copyto of a 256 MiB
   array; bytes copied per second, each byte read once and written once).
 
@@ -36,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from caramba_kernels.cpu import backend
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -144,7 +144,8 @@ def bench_dba(kind: str, S: int, rng: np.random.Generator) -> dict:
              heads(torch_dequantize(kind, kg_t, Hkv * d_geo)[:, 0], d_geo)), dim=-1,
         )  # fmt: skip
         V = torch_dequantize(kind, v_t, dv)
-        return F.scaled_dot_product_attention(q_cat[:, :, None, :], K, V, scale=1.0, enable_gqa=True)
+        q4d = q_cat[:, :, None, :]
+        return F.scaled_dot_product_attention(q4d, K, V, scale=1.0, enable_gqa=True)
 
     return compare(kind, S, fused, torch_path, out, k_sem.nbytes + k_geo.nbytes + v.nbytes)
 
@@ -158,7 +159,9 @@ def bench_one(kind: str, Hq: int, Hkv: int, D: int, S: int, rng: np.random.Gener
     out = np.empty((1, Hq, D), np.float32)
 
     def fused():
-        backend.decode_attention(q, k, v, lengths, scale=scale, k_format=kind, v_format=kind, out=out)
+        backend.decode_attention(
+            q, k, v, lengths, scale=scale, k_format=kind, v_format=kind, out=out
+        )
 
     qt, kt, vt = torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v)
 
@@ -202,13 +205,15 @@ def main() -> None:
                 row["memcpy_GBps"] = median_bw / 1e9
                 row["memcpy_best_GBps"] = best_bw / 1e9
                 row["fraction_of_memcpy"] = row["effective_GBps"] / row["memcpy_GBps"]
-                row["best_fraction_of_memcpy"] = row["effective_best_GBps"] / row["memcpy_best_GBps"]
+                best = row["effective_best_GBps"] / row["memcpy_best_GBps"]
+                row["best_fraction_of_memcpy"] = best
                 rows.append(row)
                 print(
                     f"{layout:18s} {kind:5s} S={S:6d}  fused {row['fused_ms']:8.3f} ms  "
                     f"torch {row['torch_ms']:8.2f} ms ({row['torch_threads_used']}t)  "
                     f"x{row['speedup']:6.1f} (best x{row['speedup_best']:.1f})  "
-                    f"{row['effective_GBps']:6.2f} GB/s = {row['fraction_of_memcpy']:5.1%} of memcpy "
+                    f"{row['effective_GBps']:6.2f} GB/s = "
+                    f"{row['fraction_of_memcpy']:5.1%} of memcpy "
                     f"({row['memcpy_GBps']:.1f} GB/s; best {row['best_fraction_of_memcpy']:.0%})",
                     flush=True,
                 )
@@ -233,7 +238,10 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "kernels_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "kernels_cpu.md").write_text(markdown(result))
-    print(f"memcpy {memcpy / 1e9:.2f} GB/s (after: {memcpy_after / 1e9:.2f}); wrote {RESULTS}/kernels_cpu.{{json,md}}")
+    print(
+        f"memcpy {memcpy / 1e9:.2f} GB/s (after: {memcpy_after / 1e9:.2f}); "
+        f"wrote {RESULTS}/kernels_cpu.{{json,md}}"
+    )
 
 
 def _cpu_name() -> str:
@@ -255,9 +263,11 @@ def markdown(result: dict) -> str:
         f"{m['kernel_threads']}, torch {m['torch']} on {m['torch_threads']} threads. Load average "
         f"{m['loadavg_before'][0]:.1f} before, {m['loadavg_after'][0]:.1f} after (a shared machine "
         "adds noise). memcpy (np.copyto, 256 MiB, bytes copied per second): "
-        f"{result['memcpy_GBps']:.2f} GB/s (again after the run: {result['memcpy_GBps_after']:.2f}).",
+        f"{result['memcpy_GBps']:.2f} GB/s "
+        f"(again after the run: {result['memcpy_GBps_after']:.2f}).",
         "",
-        "One sequence, K and V in the same format; effective bandwidth = quantized K+V bytes / fused "
+        "One sequence, K and V in the same format; effective bandwidth = quantized K+V bytes / "
+        "fused "
         "time. Targets: speedup >= 5x, effective >= 70% of memcpy. The DBA rows use the "
         "Llama-3.2-1B widths (32 query / 8 KV heads, per head 4 semantic + 8 geometric key values "
         "in the token layout, 32 values in the head layout); their bytes are k_sem + k_geo + v.",

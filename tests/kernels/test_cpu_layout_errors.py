@@ -44,7 +44,9 @@ def good() -> dict:
 def call(**changes):
     args = good()
     args.update(changes)
-    return backend.decode_attention(args.pop("q"), args.pop("k"), args.pop("v"), args.pop("lengths"), **args)
+    return backend.decode_attention(
+        args.pop("q"), args.pop("k"), args.pop("v"), args.pop("lengths"), **args
+    )
 
 
 def test_the_good_call_works() -> None:
@@ -55,22 +57,62 @@ def test_the_good_call_works() -> None:
 @pytest.mark.parametrize(
     ("changes", "error", "message"),
     [
-        (dict(q=np.zeros((B, HQ, 12), np.float32)), ValueError,
-         "k: a token-layout row (shape[1] == 1) holds 32 values, not a whole number of the query's head dim 12"),
-        (dict(q=np.zeros((B, 12, D_SEM), np.float32)), ValueError, "k: 8 KV heads do not divide the query's 12 heads"),
+        (
+            dict(q=np.zeros((B, HQ, 12), np.float32)),
+            ValueError,
+            "k: a token-layout row (shape[1] == 1) holds 32 values, not a whole number of the "
+            "query's head dim 12",
+        ),
+        (
+            dict(q=np.zeros((B, 12, D_SEM), np.float32)),
+            ValueError,
+            "k: 8 KV heads do not divide the query's 12 heads",
+        ),
         (dict(v=q8(B, 4, S, DV)), ValueError, "v: 4 KV heads do not match k's 8"),
-        (dict(v=np.zeros((B, 1, S, 12), np.float16), v_format="f16"), ValueError,
-         "v: a token-layout row (shape[1] == 1) holds 12 values, which do not split into k's 8 KV heads"),
-        (dict(v=q8(B, 1, S - 1, HKV * 4)), ValueError, "v: (heads, S_max) = (8, 7) does not match k's (8, 8)"),
-        (dict(k=np.zeros((B, 1, S, 30), np.uint8)), ValueError, "k: last dimension 30 is not a whole number of q8_0 blocks"),
-        (dict(k=q8(B, 1, S, 32)[:, :, :, :17].copy()), ValueError, "k: last dimension 17 is not a whole number"),
+        (
+            dict(v=np.zeros((B, 1, S, 12), np.float16), v_format="f16"),
+            ValueError,
+            "v: a token-layout row (shape[1] == 1) holds 12 values, which do not split into k's "
+            "8 KV heads",
+        ),
+        (
+            dict(v=q8(B, 1, S - 1, HKV * 4)),
+            ValueError,
+            "v: (heads, S_max) = (8, 7) does not match k's (8, 8)",
+        ),
+        (
+            dict(k=np.zeros((B, 1, S, 30), np.uint8)),
+            ValueError,
+            "k: last dimension 30 is not a whole number of q8_0 blocks",
+        ),
+        (
+            dict(k=q8(B, 1, S, 32)[:, :, :, :17].copy()),
+            ValueError,
+            "k: last dimension 17 is not a whole number",
+        ),
         (dict(return_lse="yes"), TypeError, "return_lse: expected a bool"),
-        (dict(lse_out=np.zeros((B, HQ), np.float32)), ValueError, "lse_out: given, but return_lse is False"),
-        (dict(return_lse=True, lse_out=np.zeros((B, HQ + 1), np.float32)), ValueError, "lse_out: expected shape (2, 16), got (2, 17)"),
-        (dict(return_lse=True, lse_out=np.zeros((B, HQ), np.float64)), TypeError, "lse_out: expected dtype float32, got float64"),
-        (dict(return_lse=True, lse_out=np.zeros((B, 2 * HQ), np.float32)[:, ::2]), ValueError, "lse_out: must be C-contiguous"),
+        (
+            dict(lse_out=np.zeros((B, HQ), np.float32)),
+            ValueError,
+            "lse_out: given, but return_lse is False",
+        ),
+        (
+            dict(return_lse=True, lse_out=np.zeros((B, HQ + 1), np.float32)),
+            ValueError,
+            "lse_out: expected shape (2, 16), got (2, 17)",
+        ),
+        (
+            dict(return_lse=True, lse_out=np.zeros((B, HQ), np.float64)),
+            TypeError,
+            "lse_out: expected dtype float32, got float64",
+        ),
+        (
+            dict(return_lse=True, lse_out=np.zeros((B, 2 * HQ), np.float32)[:, ::2]),
+            ValueError,
+            "lse_out: must be C-contiguous",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_token_layout_and_lse_arguments_name_the_argument(changes, error, message) -> None:
     with pytest.raises(error, match=re.escape(message)):
         call(**changes)
@@ -101,22 +143,47 @@ def test_dba_kv_head_counts_must_agree_between_tensors() -> None:
     k_geo = q8(B, 1, S, HKV * D_GEO)
     v = q8(B, HKV, S, DV)
     lengths = np.array([1, S], np.int32)
-    kw = dict(scale_sem=0.5, scale_geo=0.35, k_sem_format="q8_0", k_geo_format="q8_0", v_format="q8_0")
-    out, lse = backend.dba_decode_attention(q_sem, q_geo, k_sem, k_geo, v, lengths, return_lse=True, **kw)
+    kw = dict(
+        scale_sem=0.5, scale_geo=0.35, k_sem_format="q8_0", k_geo_format="q8_0", v_format="q8_0"
+    )
+    out, lse = backend.dba_decode_attention(
+        q_sem, q_geo, k_sem, k_geo, v, lengths, return_lse=True, **kw
+    )
     assert out.shape == (B, HQ, DV) and lse.shape == (B, HQ)
     bad = [
-        ((q_sem, q_geo, k_sem, q8(B, 1, S, 32), v), "k_geo: 4 KV heads (token layout: 32 values per row / head dim 8) do not match k_sem's 8"),
-        ((q_sem, q_geo[..., :4].copy(), k_sem, q8(B, 2, S, 32), v), "k_geo: head dim 4 is not a multiple of the q8_0 block size 32"),
-        ((q_sem, np.zeros((B, HQ, 32), np.float32), k_sem, q8(B, 2, S, 32), v), "k_geo: 2 KV heads do not match k_sem's 8"),
-        ((q_sem, q_geo, k_sem, k_geo[:, :, :5].copy(), v), "k_geo: (heads, S_max) = (8, 5) does not match k_sem's (8, 8)"),
+        (
+            (q_sem, q_geo, k_sem, q8(B, 1, S, 32), v),
+            "k_geo: 4 KV heads (token layout: 32 values per row / head dim 8) do not match "
+            "k_sem's 8",
+        ),
+        (
+            (q_sem, q_geo[..., :4].copy(), k_sem, q8(B, 2, S, 32), v),
+            "k_geo: head dim 4 is not a multiple of the q8_0 block size 32",
+        ),
+        (
+            (q_sem, np.zeros((B, HQ, 32), np.float32), k_sem, q8(B, 2, S, 32), v),
+            "k_geo: 2 KV heads do not match k_sem's 8",
+        ),
+        (
+            (q_sem, q_geo, k_sem, k_geo[:, :, :5].copy(), v),
+            "k_geo: (heads, S_max) = (8, 5) does not match k_sem's (8, 8)",
+        ),
         ((q_sem, q_geo, k_sem, k_geo, q8(B, 2, S, DV)), "v: 2 KV heads do not match k_sem's 8"),
-    ]  # fmt: skip
+    ]
     for args, message in bad:
         with pytest.raises(ValueError, match=re.escape(message)):
             backend.dba_decode_attention(*args, lengths, **kw)
-    message = "v: a token-layout row (shape[1] == 1) holds 20 values, which do not split into k_sem's 8 KV heads"
+    message = (
+        "v: a token-layout row (shape[1] == 1) holds 20 values, which do not split into "
+        "k_sem's 8 KV heads"
+    )
     with pytest.raises(ValueError, match=re.escape(message)):
         backend.dba_decode_attention(
-            q_sem, q_geo, k_sem, k_geo, np.zeros((B, 1, S, 20), np.float16), lengths,
+            q_sem,
+            q_geo,
+            k_sem,
+            k_geo,
+            np.zeros((B, 1, S, 20), np.float16),
+            lengths,
             **{**kw, "v_format": "f16"},
-        )  # fmt: skip
+        )

@@ -48,7 +48,11 @@ def delta_bound(kind: str, x: np.ndarray) -> np.ndarray:
         return np.maximum(np.abs(x) * U16, 2.0**-25)
     block = BLOCK[kind]
     amax = np.abs(x.reshape(*x.shape[:-1], -1, block)).max(axis=-1, keepdims=True)
-    rel, qmax = {"q8_0": (1 / 254 + U16, 127), "q4_0": (1 / 8 + U16, 8), "nf4": (0.1519037 + U16, 1)}[kind]
+    rel, qmax = {
+        "q8_0": (1 / 254 + U16, 127),
+        "q4_0": (1 / 8 + U16, 8),
+        "nf4": (0.1519037 + U16, 1),
+    }[kind]
     bound = amax * rel * (1 + 1e-4) + qmax * 2.0**-25
     return np.broadcast_to(bound, (*amax.shape[:-1], block)).reshape(x.shape)
 
@@ -66,7 +70,9 @@ class Tensor:
         self.stored = backend.quantize(kind, x)
         deq = backend.dequantize(kind, self.stored, x.shape[-1]).astype(np.float64)
         delta = delta_bound(kind, x)
-        self.deq, self.orig, self.delta = (self._heads(a, Hkv, d) for a in (deq, x.astype(np.float64), delta))
+        self.deq, self.orig, self.delta = (
+            self._heads(a, Hkv, d) for a in (deq, x.astype(np.float64), delta)
+        )
 
     def _heads(self, a: np.ndarray, Hkv: int, d: int) -> np.ndarray:
         if not self.token:
@@ -122,14 +128,29 @@ def propagated(qs, dks, scales, lengths) -> float:
 def call(qs, ks, v, lengths, scales, **kw):
     if len(qs) == 1:
         return backend.decode_attention(
-            qs[0], ks[0].stored, v.stored, lengths, scale=scales[0], k_format=ks[0].kind,
-            v_format=v.kind, **kw,
-        )  # fmt: skip
+            qs[0],
+            ks[0].stored,
+            v.stored,
+            lengths,
+            scale=scales[0],
+            k_format=ks[0].kind,
+            v_format=v.kind,
+            **kw,
+        )
     return backend.dba_decode_attention(
-        qs[0], qs[1], ks[0].stored, ks[1].stored, v.stored, lengths, scale_sem=scales[0],
-        scale_geo=scales[1], k_sem_format=ks[0].kind, k_geo_format=ks[1].kind, v_format=v.kind,
+        qs[0],
+        qs[1],
+        ks[0].stored,
+        ks[1].stored,
+        v.stored,
+        lengths,
+        scale_sem=scales[0],
+        scale_geo=scales[1],
+        k_sem_format=ks[0].kind,
+        k_geo_format=ks[1].kind,
+        v_format=v.kind,
         **kw,
-    )  # fmt: skip
+    )
 
 
 def run_case(rng: np.random.Generator, k_kinds: list[str], v_kind: str, mode: str) -> None:
@@ -162,7 +183,9 @@ def run_case(rng: np.random.Generator, k_kinds: list[str], v_kind: str, mode: st
     tol_lse_q = delta + tol_lse
 
     for path in PATHS:
-        kw = dict(num_splits=int(rng.integers(0, 6)), num_threads=int(rng.integers(0, 4)), path=path)
+        kw = dict(
+            num_splits=int(rng.integers(0, 6)), num_threads=int(rng.integers(0, 4)), path=path
+        )
         out, lse = call(qs, ks, v, lengths, scales, return_lse=True, **kw)
         assert out.shape == (B, Hq, v.d) and out.dtype == np.float32
         assert lse.shape == (B, Hq) and lse.dtype == np.float32
@@ -171,16 +194,20 @@ def run_case(rng: np.random.Generator, k_kinds: list[str], v_kind: str, mode: st
             f"d={[t.d for t in tensors]} B={B} Hq={Hq} Hkv={Hkv} S={S} lengths={lengths} {kw}"
         )
         for name, got, want, tol in (
-            ("out", out, out_deq, tol_out), ("lse", lse, lse_deq, tol_lse),
-            ("out vs original", out, out_orig, tol_out_q), ("lse vs original", lse, lse_orig, tol_lse_q),
-        ):  # fmt: skip
+            ("out", out, out_deq, tol_out),
+            ("lse", lse, lse_deq, tol_lse),
+            ("out vs original", out, out_orig, tol_out_q),
+            ("lse vs original", lse, lse_orig, tol_lse_q),
+        ):
             err = float(np.abs(got - want).max())
             assert err <= tol, f"{where}: |{name} - float64 reference| = {err:.3g} > {tol:.3g}"
 
 
 @pytest.mark.parametrize("mode", ["token", "mixed"])
 @pytest.mark.parametrize("k_format", FORMATS)
-def test_decode_layouts_match_float64_reference_over_1000_random_shapes(k_format: str, mode: str) -> None:
+def test_decode_layouts_match_float64_reference_over_1000_random_shapes(
+    k_format: str, mode: str
+) -> None:
     rng = np.random.default_rng(100 + 2 * FORMATS.index(k_format) + (mode == "mixed"))
     for i in range(CASES):
         run_case(rng, [k_format], FORMATS[i % 5], mode)
@@ -205,6 +232,11 @@ def merge(out1, lse1, out2, lse2):
 
 
 @pytest.mark.parametrize("kind", ["q8_0", "q4_0", "nf4", "f16"])
+def part(t: Tensor, b: int, lo: int, hi: int) -> np.ndarray:
+    """Sequence b's cache positions [lo, hi) as a contiguous (1, ·, hi - lo, ·) cache."""
+    return np.ascontiguousarray(t.stored[b : b + 1, :, lo:hi])
+
+
 def test_two_partial_results_merged_by_lse_equal_the_whole(kind: str) -> None:
     """Positions [0, c) and [c, L) as two calls (the second on the cache sliced at c), merged
     by the contract's formula, equal one call over [0, L): the quantized-prefix + tail use."""
@@ -225,21 +257,34 @@ def test_two_partial_results_merged_by_lse_equal_the_whole(kind: str) -> None:
     parts = []
     for b in range(B):
         c = int(cut[b])
-        sl = lambda t, lo, hi: np.ascontiguousarray(t.stored[b : b + 1, :, lo:hi])  # noqa: E731
         one = [np.array([c], np.int32), np.array([lengths[b] - c], np.int32)]
         first = backend.dba_decode_attention(
-            q_sem[b : b + 1], q_geo[b : b + 1], sl(ks, 0, c), sl(kg, 0, c), sl(v, 0, c), one[0],
-            return_lse=True, **args,
-        )  # fmt: skip
+            q_sem[b : b + 1],
+            q_geo[b : b + 1],
+            part(ks, b, 0, c),
+            part(kg, b, 0, c),
+            part(v, b, 0, c),
+            one[0],
+            return_lse=True,
+            **args,
+        )
         second = backend.dba_decode_attention(
-            q_sem[b : b + 1], q_geo[b : b + 1], sl(ks, c, S), sl(kg, c, S), sl(v, c, S), one[1],
-            return_lse=True, **args,
-        )  # fmt: skip
+            q_sem[b : b + 1],
+            q_geo[b : b + 1],
+            part(ks, b, c, S),
+            part(kg, b, c, S),
+            part(v, b, c, S),
+            one[1],
+            return_lse=True,
+            **args,
+        )
         parts.append(merge(*first, *second))
     merged = np.concatenate([p[0] for p in parts])
     lse = np.concatenate([p[1] for p in parts])
     np.testing.assert_allclose(merged, whole, rtol=0, atol=3e-6)
-    np.testing.assert_allclose(lse, lse_whole, rtol=0, atol=3e-6 * max(1.0, float(np.abs(lse).max())))
+    np.testing.assert_allclose(
+        lse, lse_whole, rtol=0, atol=3e-6 * max(1.0, float(np.abs(lse).max()))
+    )
 
     # the standard op the same way, token-layout k and v
     k = Tensor(rng, kind, B, Hkv, S, 12 if BLOCK[kind] == 32 else 8, token=True)
@@ -249,14 +294,21 @@ def test_two_partial_results_merged_by_lse_equal_the_whole(kind: str) -> None:
     whole, lse_whole = backend.decode_attention(q, k.stored, vt.stored, lengths, **kw)
     for b in range(B):
         c = int(cut[b])
-        sl = lambda t, lo, hi: np.ascontiguousarray(t.stored[b : b + 1, :, lo:hi])  # noqa: E731
-        first = backend.decode_attention(q[b : b + 1], sl(k, 0, c), sl(vt, 0, c), np.array([c], np.int32), **kw)
+        first = backend.decode_attention(
+            q[b : b + 1], part(k, b, 0, c), part(vt, b, 0, c), np.array([c], np.int32), **kw
+        )
         second = backend.decode_attention(
-            q[b : b + 1], sl(k, c, S), sl(vt, c, S), np.array([lengths[b] - c], np.int32), **kw
+            q[b : b + 1],
+            part(k, b, c, S),
+            part(vt, b, c, S),
+            np.array([lengths[b] - c], np.int32),
+            **kw,
         )
         out_b, lse_b = merge(*first, *second)
         np.testing.assert_allclose(out_b, whole[b : b + 1], rtol=0, atol=3e-6)
-        np.testing.assert_allclose(lse_b, lse_whole[b : b + 1], rtol=0, atol=3e-6 * max(1.0, float(np.abs(lse_b).max())))
+        np.testing.assert_allclose(
+            lse_b, lse_whole[b : b + 1], rtol=0, atol=3e-6 * max(1.0, float(np.abs(lse_b).max()))
+        )
 
 
 def test_split_and_thread_counts_agree_on_long_token_layout_sequences() -> None:
@@ -271,21 +323,37 @@ def test_split_and_thread_counts_agree_on_long_token_layout_sequences() -> None:
     q_sem = rng.standard_normal((B, Hkv * G, 4)).astype(np.float32)
     q_geo = rng.standard_normal((B, Hkv * G, 8)).astype(np.float32)
     lengths = np.array([1099, 33], np.int32)
-    expected, lse_expected, _ = reference([q_sem, q_geo], [ks.deq, kg.deq], [0.5, 0.35], v.deq, lengths)
+    expected, lse_expected, _ = reference(
+        [q_sem, q_geo], [ks.deq, kg.deq], [0.5, 0.35], v.deq, lengths
+    )
     for path in PATHS:
         for splits in (1, 3, 8, 5000):
             results = []
             for threads in (1, 2, 3):
                 out, lse = backend.dba_decode_attention(
-                    q_sem, q_geo, ks.stored, kg.stored, v.stored, lengths, 0.5, 0.35, "q4_0",
-                    "q8_0", "q4_0", num_splits=splits, num_threads=threads, path=path,
+                    q_sem,
+                    q_geo,
+                    ks.stored,
+                    kg.stored,
+                    v.stored,
+                    lengths,
+                    0.5,
+                    0.35,
+                    "q4_0",
+                    "q8_0",
+                    "q4_0",
+                    num_splits=splits,
+                    num_threads=threads,
+                    path=path,
                     return_lse=True,
-                )  # fmt: skip
+                )
                 np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
                 np.testing.assert_allclose(lse, lse_expected, rtol=0, atol=2e-5)
                 results.append((out, lse))
             for other in results[1:]:
-                assert np.array_equal(other[0], results[0][0]) and np.array_equal(other[1], results[0][1])
+                assert np.array_equal(other[0], results[0][0]) and np.array_equal(
+                    other[1], results[0][1]
+                )
 
 
 def test_token_layout_with_one_kv_head_is_the_head_layout() -> None:
@@ -311,16 +379,68 @@ def test_torch_in_torch_out_with_lse_and_caller_buffers() -> None:
     v = Tensor(rng, "q8_0", B, Hkv, S, 8, token=True)
     q = rng.standard_normal((B, Hkv * G, 4)).astype(np.float32)
     lengths = np.array([20, 5], np.int32)
-    expected = backend.decode_attention(q, k.stored, v.stored, lengths, 0.5, "q8_0", "q8_0", return_lse=True)
+    expected = backend.decode_attention(
+        q, k.stored, v.stored, lengths, 0.5, "q8_0", "q8_0", return_lse=True
+    )
     got = backend.decode_attention(
-        torch.from_numpy(q), torch.from_numpy(k.stored), torch.from_numpy(v.stored),
-        torch.from_numpy(lengths), 0.5, "q8_0", "q8_0", return_lse=True,
-    )  # fmt: skip
+        torch.from_numpy(q),
+        torch.from_numpy(k.stored),
+        torch.from_numpy(v.stored),
+        torch.from_numpy(lengths),
+        0.5,
+        "q8_0",
+        "q8_0",
+        return_lse=True,
+    )
     assert all(isinstance(t, torch.Tensor) for t in got)
-    assert np.array_equal(got[0].numpy(), expected[0]) and np.array_equal(got[1].numpy(), expected[1])
-    out, lse = np.full((B, Hkv * G, 8), np.nan, np.float32), np.full((B, Hkv * G), np.nan, np.float32)
+    assert np.array_equal(got[0].numpy(), expected[0]) and np.array_equal(
+        got[1].numpy(), expected[1]
+    )
+    out, lse = (
+        np.full((B, Hkv * G, 8), np.nan, np.float32),
+        np.full((B, Hkv * G), np.nan, np.float32),
+    )
     res = backend.decode_attention(
         q, k.stored, v.stored, lengths, 0.5, "q8_0", "q8_0", out=out, return_lse=True, lse_out=lse
     )
     assert res[0] is out and res[1] is lse
     assert np.array_equal(out, expected[0]) and np.array_equal(lse, expected[1])
+
+
+def test_matches_the_caramba_torch_reference_with_token_layouts_and_lse() -> None:
+    """The same calls through caramba-core's pure-torch reference (the contract's definition)
+    and this backend: mixed head/token layouts, every format, both ops, out and lse."""
+    import inspect
+
+    torch = pytest.importorskip("torch")
+    ref = pytest.importorskip("caramba.kernels", reason="caramba-core is not installed")
+    if "return_lse" not in inspect.signature(ref.decode_attention).parameters:
+        pytest.skip("this caramba-core's reference predates the token-layout / return_lse contract")
+    rng = np.random.default_rng(700)
+    torch.manual_seed(700)
+    for _ in range(50):
+        B, Hkv, G = int(rng.integers(1, 4)), int(rng.choice([1, 2, 4, 8])), int(rng.integers(1, 5))
+        S = int(rng.integers(1, 70))
+        kinds = [str(rng.choice(FORMATS)) for _ in range(3)]
+        caches, dims = [], []
+        for kind in kinds:
+            token = Hkv > 1 and rng.random() < 0.6
+            d = pick_width(rng, kind, Hkv, token)
+            shape = (B, 1, S, Hkv * d) if token else (B, Hkv, S, d)
+            caches.append(ref.quantize(kind, torch.randn(*shape)))
+            dims.append(d)
+        lengths = torch.from_numpy(rng.integers(1, S + 1, size=B).astype(np.int32))
+        q_sem, q_geo = torch.randn(B, Hkv * G, dims[0]), torch.randn(B, Hkv * G, dims[1])
+        calls = [
+            (
+                "dba_decode_attention",
+                (q_sem, q_geo, caches[0], caches[1], caches[2], lengths, 0.3, 0.2, *kinds),
+            ),
+            ("decode_attention", (q_sem, caches[0], caches[2], lengths, 0.3, kinds[0], kinds[2])),
+        ]
+        for op, args in calls:
+            want_out, want_lse = getattr(ref, op)(*args, return_lse=True)
+            got_out, got_lse = getattr(backend, op)(*args, return_lse=True)
+            where = f"{op} kinds={kinds} dims={dims} B={B} Hkv={Hkv} G={G} S={S}"
+            torch.testing.assert_close(got_out, want_out, rtol=0, atol=2e-5, msg=where)
+            torch.testing.assert_close(got_lse, want_lse, rtol=0, atol=2e-5, msg=where)

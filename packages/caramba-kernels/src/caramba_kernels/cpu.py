@@ -196,7 +196,9 @@ class CpuBackend:
         _ext.quantize(kind, xa, res, _path(path))
         return _result(res, x)
 
-    def dequantize(self, kind: str, blocks: Any, D: int, *, out: Any = None, path: str = "auto") -> Any:
+    def dequantize(
+        self, kind: str, blocks: Any, D: int, *, out: Any = None, path: str = "auto"
+    ) -> Any:
         """float32 (..., D) values of rows stored in format `kind`."""
         _, _, _ = _format(kind, "kind")
         if isinstance(D, bool) or not isinstance(D, (int, np.integer)):
@@ -296,7 +298,9 @@ class CpuBackend:
             _count(num_splits, "num_splits"), _count(num_threads, "num_threads"), _path(path), res,
             lse,
         )  # fmt: skip
-        return (_result(res, q_sem), _result(lse, q_sem)) if lse is not None else _result(res, q_sem)
+        if lse is None:
+            return _result(res, q_sem)
+        return _result(res, q_sem), _result(lse, q_sem)
 
 
 backend = CpuBackend()
