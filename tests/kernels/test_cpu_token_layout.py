@@ -231,12 +231,12 @@ def merge(out1, lse1, out2, lse2):
     return (out1 * w1 + out2 * w2) / (w1 + w2), m + np.log(w1[..., 0] + w2[..., 0])
 
 
-@pytest.mark.parametrize("kind", ["q8_0", "q4_0", "nf4", "f16"])
 def part(t: Tensor, b: int, lo: int, hi: int) -> np.ndarray:
     """Sequence b's cache positions [lo, hi) as a contiguous (1, ·, hi - lo, ·) cache."""
     return np.ascontiguousarray(t.stored[b : b + 1, :, lo:hi])
 
 
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0", "nf4", "f16"])
 def test_two_partial_results_merged_by_lse_equal_the_whole(kind: str) -> None:
     """Positions [0, c) and [c, L) as two calls (the second on the cache sliced at c), merged
     by the contract's formula, equal one call over [0, L): the quantized-prefix + tail use."""
