@@ -7,6 +7,13 @@ max_t sum_paths scale * sum_d |q_d k_td|, the score error of either side is at m
 (D + 4) 2^-24 Sigma, softmax moves by exp(+-2 eps), the weighted sum adds (S + 4) 2^-24 max|v|,
 and the GPU's exp2 is approximate (2^-22 relative); two such sides differ by at most
     tol = 2 * ((exp(2 eps) - 1) + (S + 4) 2^-24 + 2^-21) * max|v| * 2   (2 = slack).
+
+The all-heads kernel (fused.py) multiplies fp16 operands: q * scale and the dequantized keys
+round to fp16 (2^-11 relative each), so its score error is eps16 = (2 * 2^-11 + (D + 4) 2^-24)
+Sigma, and the weights p (or p * d) round to fp16 too (2^-11 relative):
+    tol16 = 2 * ((exp(2 eps16) - 1) + 2^-10 + (S + 4) 2^-24 + 2^-21) * max|v| * 2.
+Each fuzz case runs both kernels: the per-KV-head one (fused off) and, where it applies, the
+all-heads one.
 """
 
 from __future__ import annotations
@@ -41,21 +48,30 @@ def _load_backend():
 
 
 backend = _load_backend()
+
+
+def backend_ops():
+    from caramba_kernels.triton import ops
+
+    return ops
+
+
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 FUZZ_CASES = int(os.environ.get("CARAMBA_TRITON_FUZZ", 120 if ON_GPU else 10))
 U = 2.0**-24
 
 
-def tolerance(qs, ks_deq, scales, v_deq, group: int) -> float:
+def tolerance(qs, ks_deq, scales, v_deq, group: int, fp16: bool = False) -> float:
     sigma = 0
     for q, k, scale in zip(qs, ks_deq, scales, strict=True):
         kk = k.double().abs().repeat_interleave(group, dim=1)
         sigma = sigma + (q.double().abs()[:, :, None, :] * kk).sum(-1) * abs(scale)
     D = max(q.shape[-1] for q in qs)
     S = v_deq.shape[2]
-    eps = (D + 4) * U * float(sigma.max())
-    return 2 * (math.expm1(2 * eps) + (S + 4) * U + 2**-21) * float(v_deq.abs().max()) * 2
+    eps = ((D + 4) * U + (2 * 2**-11 if fp16 else 0)) * float(sigma.max())
+    weights = 2**-10 if fp16 else 0.0
+    return 2 * (math.expm1(2 * eps) + weights + (S + 4) * U + 2**-21) * float(v_deq.abs().max()) * 2
 
 
 def draw(gen: torch.Generator, formats: tuple[str, ...], *, small: bool):
@@ -99,17 +115,38 @@ def run(impl, formats, qs, ks, v, lengths, scales, num_splits):
 
 
 def check_case(formats, qs, ks, v, lengths, scales, dims, Dv, num_splits) -> None:
+    from caramba_kernels.triton import ops
+
     expected = run(reference, formats, qs, ks, v, lengths, scales, None)
     dev = [t.to(DEVICE) for t in (*qs, *ks, v, lengths)]
     n = len(qs)
-    got = run(backend, formats, dev[:n], dev[n : 2 * n], dev[-2], dev[-1], scales, num_splits)
-    assert got.dtype == torch.float32 and got.shape == expected.shape
     ks_deq = [reference.dequantize(f, k, D) for f, k, D in zip(formats, ks, dims, strict=False)]
     v_deq = reference.dequantize(formats[-1], v, Dv)
-    tol = tolerance(qs, ks_deq, scales, v_deq, qs[0].shape[1] // v.shape[1])
-    err = float((got.cpu().double() - expected.double()).abs().max())
     shape = f"q {tuple(qs[0].shape)} cache {tuple(v.shape)} lengths {lengths.tolist()}"
-    assert err <= tol, f"{formats} {shape} splits {num_splits}: error {err:.3g} > {tol:.3g}"
+    for fused in (False, True):
+        if fused and not _fused_applies(formats, qs, ks, v, dims, Dv):
+            continue
+        saved = ops.TUNING["fused"]
+        ops.TUNING["fused"] = fused
+        try:
+            got = run(backend, formats, dev[:n], dev[n : 2 * n], dev[-2], dev[-1], scales,
+                      num_splits)  # fmt: skip
+        finally:
+            ops.TUNING["fused"] = saved
+        assert got.dtype == torch.float32 and got.shape == expected.shape
+        tol = tolerance(qs, ks_deq, scales, v_deq, qs[0].shape[1] // v.shape[1], fp16=fused)
+        err = float((got.cpu().double() - expected.double()).abs().max())
+        assert err <= tol, (
+            f"{formats} {shape} splits {num_splits} fused {fused}: error {err:.3g} > {tol:.3g}"
+        )
+
+
+def _fused_applies(formats, qs, ks, v, dims, Dv) -> bool:
+    from caramba_kernels.triton import ops
+    from caramba_kernels.triton.layout import CacheView
+
+    keys = [CacheView(k, f, False, D, D) for k, f, D in zip(ks, formats, dims, strict=False)]
+    return ops.fused_applies(qs[0].shape[1], keys, CacheView(v, formats[-1], False, Dv, Dv))
 
 
 STANDARD = [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")]
@@ -179,7 +216,13 @@ def test_split_plan_covers_the_cache_and_fills_the_gpu() -> None:
     assert (plan.n_splits - 1) * plan.split_len < 1000
 
 
-def test_slots_past_the_length_are_never_read() -> None:
+# The per-KV-head kernel is float32-accurate; the all-heads one multiplies fp16 operands.
+ATOL = {False: 1e-5, True: 2e-3}
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_slots_past_the_length_are_never_read(fused, monkeypatch) -> None:
+    monkeypatch.setitem(backend_ops().TUNING, "fused", fused)
     q = torch.randn(2, 4, 64)
     k = reference.quantize("q8_0", torch.randn(2, 2, 40, 64))
     v = torch.randn(2, 2, 40, 32).to(torch.float16)
@@ -190,21 +233,23 @@ def test_slots_past_the_length_are_never_read() -> None:
     dev = [t.to(DEVICE) for t in (q, k, v, lengths)]
     for splits in (1, 3):
         got = backend.decode_attention(*dev, 0.125, "q8_0", "f16", num_splits=splits)
-        torch.testing.assert_close(got.cpu(), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.cpu(), expected, rtol=1e-5, atol=ATOL[fused])
 
 
-def test_cache_views_with_strides_are_read_in_place() -> None:
+@pytest.mark.parametrize("fused", [False, True])
+def test_cache_views_with_strides_are_read_in_place(fused, monkeypatch) -> None:
     """K/V as slices of a larger preallocated buffer (capacity > S_max, more heads)."""
+    monkeypatch.setitem(backend_ops().TUNING, "fused", fused)
     gen = torch.Generator().manual_seed(11)
     kbuf = reference.quantize("q4_0", torch.randn(2, 3, 50, 64, generator=gen))
-    vbuf = torch.randn(2, 3, 50, 32, generator=gen)
+    vbuf = torch.randn(2, 3, 50, 32, generator=gen).half()
     k, v = kbuf[:, 1:, :30], vbuf[:, 1:, :30]
     q = torch.randn(2, 4, 64, generator=gen)[:, :, :]
     lengths = torch.tensor([30, 11], dtype=torch.int32)
-    expected = reference.decode_attention(q, k, v, lengths, 0.1, "q4_0", "f32")
+    expected = reference.decode_attention(q, k, v, lengths, 0.1, "q4_0", "f16")
     kd, vd = kbuf.to(DEVICE)[:, 1:, :30], vbuf.to(DEVICE)[:, 1:, :30]
-    got = backend.decode_attention(q.to(DEVICE), kd, vd, lengths.to(DEVICE), 0.1, "q4_0", "f32")
-    torch.testing.assert_close(got.cpu(), expected, rtol=1e-5, atol=1e-5)
+    got = backend.decode_attention(q.to(DEVICE), kd, vd, lengths.to(DEVICE), 0.1, "q4_0", "f16")
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-5, atol=ATOL[fused])
 
 
 def good_args():
@@ -232,7 +277,7 @@ def with_(**changes):
         (with_(k=lambda a: a["k"][:, :, :0]), r"k: the cache is empty"),
         (with_(k=lambda a: a["k"][..., 1:]), r"k: last dimension 67"),
         (with_(k_format="q5_1"), r"k_format: unknown cache format 'q5_1'"),
-        (with_(v=lambda a: a["v"][:, :, :5]), r"v: \(heads, S_max\) = \(2, 5\)"),
+        (with_(v=lambda a: a["v"][:, :, :5]), r"v: S_max 5 does not match"),
         (with_(lengths=lambda a: a["lengths"].long()), r"lengths: expected dtype torch.int32"),
         (with_(lengths=lambda a: a["lengths"][:1]), r"lengths: expected shape \(2,\)"),
         (with_(scale=float("nan")), r"scale: expected a finite float"),

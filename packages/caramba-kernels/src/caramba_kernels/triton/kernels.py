@@ -112,8 +112,12 @@ def _load_packed(
 
 @triton.jit
 def _tile(base, row_off, tmask, width, cols, FMT: tl.constexpr, N: tl.constexpr,
-          C: tl.constexpr, PACKED: tl.constexpr, cb_ptr):  # fmt: skip
-    """float32 (N, C) values of N cache rows, columns in `_columns` order."""
+          C: tl.constexpr, PACKED: tl.constexpr, cb_ptr, shift):  # fmt: skip
+    """float32 (N, C) values of N cache rows, columns in `_columns` order.
+
+    `shift` moves the columns right by that many values (a head inside a token-layout row
+    that does not start on a block boundary; only the byte-wise loader, PACKED off, takes it).
+    """
     if PACKED and FMT >= 2:
         if FMT == 4:
             nb = width // 64
@@ -121,30 +125,35 @@ def _tile(base, row_off, tmask, width, cols, FMT: tl.constexpr, N: tl.constexpr,
             nb = width // 32
         x = _load_packed(base, row_off, tmask, nb, FMT, N, C, cb_ptr)
     else:
-        x = _load_rows(base, row_off, cols, tmask[:, None] & (cols < width)[None, :], FMT, cb_ptr)
+        mask = tmask[:, None] & (cols < width)[None, :]
+        x = _load_rows(base, row_off, cols + shift, mask, FMT, cb_ptr)
     return x
 
 
 @triton.jit
 def decode_partial_kernel(
     q1_ptr, q2_ptr, k1_ptr, k2_ptr, v_ptr, len_ptr, cb_ptr,
-    m_ptr, l_ptr, o_ptr,
+    m_ptr, l_ptr, o_ptr, lse_ptr,
     scale1, scale2,
     sq1_b, sq1_h, sq2_b, sq2_h,
     sk1_b, sk1_h, sk1_s, sk2_b, sk2_h, sk2_s, sv_b, sv_h, sv_s,
+    ck1_h, ck2_h, cv_h,
     Hkv, S_max, split_len, n_splits, G, D1, D2, DV,
     G_PAD: tl.constexpr, D1_PAD: tl.constexpr, D2_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     K1_FMT: tl.constexpr, K2_FMT: tl.constexpr, V_FMT: tl.constexpr,
     DBA: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
-    USE_DOT: tl.constexpr, PRECISION: tl.constexpr, PACKED: tl.constexpr,
+    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    PK1: tl.constexpr, PK2: tl.constexpr, PKV: tl.constexpr, RETURN_LSE: tl.constexpr,
 ):  # fmt: skip
     """One program: one (batch, KV head, split) and every query head of that KV head's group.
 
     Sizes are runtime values and only their power-of-two paddings are compiled in, so one
     binary serves every head dim up to its padding. Reads each K/V row of its split once for
     the whole GQA group, keeps an online softmax in the log2 domain (scales arrive multiplied
-    by log2 e), and writes either the normalised output (SINGLE: one split) or the split's
-    (max, sum, unnormalised output) for the merge.
+    by log2 e), and writes either the normalised output (SINGLE: one split; RETURN_LSE adds
+    the natural log-sum-exp of the scores) or the split's (max, sum, unnormalised output) for
+    the merge. A KV head's rows start `s*_h` elements/bytes apart and `c*_h` values further
+    right (the token layout: every head in one row per token); PK* packs each tensor's loads.
 
     USE_DOT does both products on the tensor cores (G_PAD >= 16; PRECISION "tf32x3" keeps
     float32 accuracy with three tf32 products); otherwise they are broadcast-and-sum on the
@@ -155,6 +164,10 @@ def decode_partial_kernel(
     b = pid // Hkv
     hk = pid % Hkv
     length = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), S_max)
+    # The splits cut this sequence's own length (split_len, cut from S_max, bounds it): a cache
+    # whose capacity is far past its length still spreads its tokens over every split.
+    split_len = tl.minimum(tl.cdiv(tl.cdiv(length, n_splits), BLOCK_N) * BLOCK_N, split_len)
+    split_len = tl.maximum(split_len, BLOCK_N)
     start = split * split_len
     end = tl.minimum(start + split_len, length)
 
@@ -164,7 +177,7 @@ def decode_partial_kernel(
     b64 = b.to(tl.int64)
     hk64 = hk.to(tl.int64)
 
-    d1 = _columns(K1_FMT, D1_PAD, PACKED)
+    d1 = _columns(K1_FMT, D1_PAD, PK1)
     q1 = (
         tl.load(
             q1_ptr + b64 * sq1_b + heads[:, None] * sq1_h + d1[None, :],
@@ -174,8 +187,11 @@ def decode_partial_kernel(
         * scale1
     )
     k1_base = k1_ptr + b64 * sk1_b + hk64 * sk1_h
+    sh1 = hk * ck1_h
+    sh2 = hk * ck2_h
+    shv = hk * cv_h
     if DBA:
-        d2 = _columns(K2_FMT, D2_PAD, PACKED)
+        d2 = _columns(K2_FMT, D2_PAD, PK2)
         q2 = (
             tl.load(
                 q2_ptr + b64 * sq2_b + heads[:, None] * sq2_h + d2[None, :],
@@ -185,7 +201,7 @@ def decode_partial_kernel(
             * scale2
         )
         k2_base = k2_ptr + b64 * sk2_b + hk64 * sk2_h
-    dv = _columns(V_FMT, DV_PAD, PACKED)
+    dv = _columns(V_FMT, DV_PAD, PKV)
     v_base = v_ptr + b64 * sv_b + hk64 * sv_h
 
     m_i = tl.full([G_PAD], float("-inf"), tl.float32)
@@ -195,17 +211,19 @@ def decode_partial_kernel(
         t = n0 + tl.arange(0, BLOCK_N)
         tmask = t < end
         t64 = t.to(tl.int64)
-        k1 = _tile(k1_base, t64 * sk1_s, tmask, D1, d1, K1_FMT, BLOCK_N, D1_PAD, PACKED, cb_ptr)
+        k1 = _tile(k1_base, t64 * sk1_s, tmask, D1, d1, K1_FMT, BLOCK_N, D1_PAD, PK1, cb_ptr, sh1)
         s = _qk(q1, k1, USE_DOT, PRECISION)
         if DBA:
-            k2 = _tile(k2_base, t64 * sk2_s, tmask, D2, d2, K2_FMT, BLOCK_N, D2_PAD, PACKED, cb_ptr)
+            k2 = _tile(
+                k2_base, t64 * sk2_s, tmask, D2, d2, K2_FMT, BLOCK_N, D2_PAD, PK2, cb_ptr, sh2
+            )
             s += _qk(q2, k2, USE_DOT, PRECISION)
         s = tl.where(tmask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        vv = _tile(v_base, t64 * sv_s, tmask, DV, dv, V_FMT, BLOCK_N, DV_PAD, PACKED, cb_ptr)
+        vv = _tile(v_base, t64 * sv_s, tmask, DV, dv, V_FMT, BLOCK_N, DV_PAD, PKV, cb_ptr, shv)
         acc = acc * alpha[:, None] + _pv(p, vv, USE_DOT, PRECISION)
         m_i = m_new
 
@@ -214,6 +232,9 @@ def decode_partial_kernel(
     if SINGLE:
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(o_ptr + row[:, None] * DV + dv[None, :], out, mask=omask)
+        if RETURN_LSE:
+            lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
+            tl.store(lse_ptr + row, lse, mask=gmask)
     else:
         part = row * n_splits + split
         tl.store(m_ptr + part, m_i, mask=gmask)
@@ -239,10 +260,13 @@ def _pv(p, v, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
 
 @triton.jit
 def merge_kernel(
-    m_ptr, l_ptr, o_ptr, out_ptr, n_splits, DV,
-    DV_PAD: tl.constexpr, P_PAD: tl.constexpr, P_BLOCK: tl.constexpr,
+    m_ptr, l_ptr, o_ptr, out_ptr, lse_ptr, n_splits, DV,
+    DV_PAD: tl.constexpr, P_PAD: tl.constexpr, P_BLOCK: tl.constexpr, RETURN_LSE: tl.constexpr,
 ):  # fmt: skip
-    """One program per (batch, query head): log-sum-exp merge of its splits' partials."""
+    """One program per (batch, query head): log-sum-exp merge of its splits' partials.
+
+    Partials are in the log2 domain; RETURN_LSE also writes ln(sum exp(score)).
+    """
     row = tl.program_id(0).to(tl.int64)
     p_all = tl.arange(0, P_PAD)
     m_all = tl.load(m_ptr + row * n_splits + p_all, mask=p_all < n_splits, other=float("-inf"))
@@ -267,6 +291,8 @@ def merge_kernel(
     denom = tl.sum(total, axis=0)
     out = acc / tl.where(denom > 0, denom, 1.0)
     tl.store(out_ptr + row * DV + dv, out, mask=dv < DV)
+    if RETURN_LSE:
+        tl.store(lse_ptr + row, (m_max + tl.log2(denom)) * 0.6931471805599453)
 
 
 @triton.jit

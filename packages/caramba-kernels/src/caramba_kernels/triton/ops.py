@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from caramba_kernels.triton.layout import CacheView, key_heads, value_heads
+
 LOG2E = 1.4426950408889634
 
 # name -> (values per block, bytes per block, storage dtype); the table in caramba.kernels.formats.
@@ -49,7 +51,22 @@ TUNING: dict[str, Any] = {
     "tile_elements": 8192,
     "num_warps": 4,
     "waves": 4,
+    # The all-heads kernel (fused.py) for narrow caches: fp16 tensor-core products. Picked by
+    # benchmarks/kernels_gpu.py --autotune on an H100 (results/kernels_gpu.json).
+    "fused": True,
+    "fused_block_n": 64,
+    "fused_num_warps": 4,
+    "fused_waves": 2,
+    "fused_grouped": False,
+    "fused_prefetch": False,
+    "fused_num_stages": None,  # None: triton's default software pipelining
+    "fused_maxnreg": None,  # a register cap per thread (more programs per SM), None: none
 }
+FUSED_FORMATS = ("f16", "q8_0", "q4_0")
+FUSED_MAX_HEADS = 64  # query heads of one program
+FUSED_MAX_KEY_COLUMNS = 256  # padded values of all key rows of one token
+FUSED_MAX_VALUE_COLUMNS = 256  # padded values of a token's value rows
+FUSED_MAX_ACC = 8192  # fp32 accumulator: query heads x padded value columns it keeps
 MAX_SPLITS = 1024
 SMEM_TOKEN_COLUMNS = 16384  # tokens per step x padded columns of all rows read (dot path)
 
@@ -63,6 +80,13 @@ def _kernels() -> Any:
     from caramba_kernels.triton import kernels
 
     return kernels
+
+
+@functools.cache
+def _fused() -> Any:
+    from caramba_kernels.triton import fused
+
+    return fused
 
 
 @functools.cache
@@ -134,31 +158,20 @@ def _logical_width(kind: str, stored: int, argument: str) -> int:
     return stored // block_bytes * block
 
 
-def _check_cache(
-    x: object, argument: str, kind: str, fmt_argument: str, q: torch.Tensor, D: int | None
-) -> int:
-    block, _, dtype = _format(kind, fmt_argument)
+def _check_cache(x: object, argument: str, kind: str, fmt_argument: str, q: torch.Tensor) -> int:
+    """Validate what one cache tensor is on its own; return the values a row holds."""
+    _, _, dtype = _format(kind, fmt_argument)
     x = _tensor(x, argument, 4)
     if x.dtype != dtype:
         raise ValueError(f"{argument}: a {kind} cache holds {dtype}, got {x.dtype}")
     _check_device(x, argument, q.device)
-    B, Hq = q.shape[:2]
-    if x.shape[0] != B:
-        raise ValueError(f"{argument}: batch {x.shape[0]} does not match the query's {B}")
-    if x.shape[1] == 0 or Hq % x.shape[1]:
-        raise ValueError(f"{argument}: {x.shape[1]} KV heads do not divide the query's {Hq} heads")
+    if x.shape[0] != q.shape[0]:
+        raise ValueError(f"{argument}: batch {x.shape[0]} does not match the query's {q.shape[0]}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{argument}: no heads (shape {tuple(x.shape)})")
     if x.shape[2] == 0:
         raise ValueError(f"{argument}: the cache is empty (S_max = 0)")
     width = _logical_width(kind, x.shape[3], argument)
-    if D is not None:
-        if D % block:
-            raise ValueError(
-                f"{argument}: head dim {D} is not a multiple of the {kind} block size {block}"
-            )
-        if width != D:
-            raise ValueError(
-                f"{argument}: rows hold {width} values in {kind}, but the query has head dim {D}"
-            )
     _check_layout(x, argument, kind)
     return width
 
@@ -238,19 +251,8 @@ def plan_decode(
         widest = max(_pow2(w) for w in widths)
         budget = int(TUNING["tile_elements"]) // (g_pad * widest)
         block_n = max(16, min(128, 1 << max(0, budget.bit_length() - 1)))  # a power of two
-    if num_splits is None:
-        target = int(TUNING["waves"]) * _sm_count(device)
-        wanted = -(-target // (B * Hkv))
-        # A split shorter than a few loop steps costs more in partials than it saves.
-        most = max(1, S_max // (4 * block_n))
-        splits = max(1, min(wanted, most, MAX_SPLITS))
-        split_len = -(-S_max // splits)
-        split_len = -(-split_len // block_n) * block_n
-    else:
-        if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1:
-            raise ValueError(f"num_splits: expected an int >= 1 or None, got {num_splits!r}")
-        split_len = -(-S_max // min(num_splits, MAX_SPLITS))
-    n_splits = -(-S_max // split_len)
+    target = int(TUNING["waves"]) * _sm_count(device)
+    split_len, n_splits = _splits(B * Hkv, S_max, block_n, target, num_splits)
     return DecodePlan(
         block_n=block_n,
         split_len=split_len,
@@ -261,6 +263,67 @@ def plan_decode(
         g_pad=g_pad,
         packed=bool(TUNING["packed"]),
     )
+
+
+def _launch_options() -> dict[str, int]:
+    """The fused kernel's optional compile options that TUNING sets (none by default)."""
+    names = {"fused_num_stages": "num_stages", "fused_maxnreg": "maxnreg"}
+    return {opt: int(TUNING[key]) for key, opt in names.items() if TUNING[key] is not None}
+
+
+def _kv_heads(key: CacheView) -> int:
+    return key.row_elems // key.d if key.token else key.x.shape[1]
+
+
+def _grouped(Hkv: int, v: CacheView) -> bool:
+    """Whether the fused kernel can view the value tile as one row per (token, KV head)."""
+    pow2 = Hkv == _pow2(Hkv) and v.d == _pow2(v.d)
+    return (
+        bool(TUNING["fused_grouped"]) and pow2 and v.d >= 16 and (v.kind != "q4_0" or v.d % 32 == 0)
+    )
+
+
+def fused_applies(Hq: int, keys: list[CacheView], v: CacheView) -> bool:
+    """Whether the all-heads kernel serves this call: narrow rows in f16/q8_0/q4_0."""
+    if not TUNING["fused"] or any(x.kind not in FUSED_FORMATS for x in (*keys, v)):
+        return False
+    Hkv = _kv_heads(keys[0])
+    key_columns = sum(_pad(Hkv * k.d) for k in keys)
+    acc = _pad(Hq) * (_pow2(v.d) if _grouped(Hkv, v) else _pad(Hkv * v.d))
+    return (
+        _pad(Hq) <= FUSED_MAX_HEADS
+        and key_columns <= FUSED_MAX_KEY_COLUMNS
+        and _pad(Hkv * v.d) <= FUSED_MAX_VALUE_COLUMNS
+        and acc <= FUSED_MAX_ACC
+    )
+
+
+def _splits(programs_per_split: int, S_max: int, block_n: int, target: int,
+            num_splits: int | None) -> tuple[int, int]:  # fmt: skip
+    """(split_len, n_splits): `target` programs in all, each split a few loop steps long."""
+    if num_splits is None:
+        wanted = -(-target // programs_per_split)
+        most = max(1, S_max // (4 * block_n))  # shorter splits cost more in partials
+        splits = max(1, min(wanted, most, MAX_SPLITS))
+        split_len = -(-S_max // splits)
+        split_len = -(-split_len // block_n) * block_n
+    else:
+        if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1:
+            raise ValueError(f"num_splits: expected an int >= 1 or None, got {num_splits!r}")
+        split_len = -(-S_max // min(num_splits, MAX_SPLITS))
+    return split_len, -(-S_max // split_len)
+
+
+def plan_fused(B: int, S_max: int, device: torch.device, num_splits: int | None) -> DecodePlan:
+    """Split-K plan of the all-heads kernel: (batch, split) programs filling the GPU."""
+    block_n = int(TUNING["fused_block_n"])
+    target = int(TUNING["fused_waves"]) * _sm_count(device)
+    split_len, n_splits = _splits(B, S_max, block_n, target, num_splits)
+    return DecodePlan(
+        block_n=block_n, split_len=split_len, n_splits=n_splits,
+        num_warps=int(TUNING["fused_num_warps"]), use_dot=True, precision="fp16", g_pad=0,
+        packed=True,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the backend
@@ -371,86 +434,159 @@ class TritonBackend:
     # -- attention -------------------------------------------------------------------------
 
     def decode_attention(
-        self, q, k, v, lengths, scale, k_format, v_format, *, num_splits=None
-    ) -> torch.Tensor:
+        self, q, k, v, lengths, scale, k_format, v_format, *, num_splits=None, return_lse=False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Standard / GQA decode attention; see caramba.kernels.decode for the contract."""
         q = _check_query(q, "q")
-        _check_cache(k, "k", k_format, "k_format", q, q.shape[-1])
         scale = _check_scale(scale, "scale")
-        return self._decode([q], [k], [k_format], [scale], v, v_format, lengths, num_splits)
+        return self._decode(
+            [q], [(k, "k", k_format, "k_format")], [scale], v, v_format, lengths, num_splits,
+            return_lse,
+        )  # fmt: skip
 
     def dba_decode_attention(
         self, q_sem, q_geo, k_sem, k_geo, v, lengths, scale_sem, scale_geo,
-        k_sem_format, k_geo_format, v_format, *, num_splits=None,
-    ) -> torch.Tensor:  # fmt: skip
+        k_sem_format, k_geo_format, v_format, *, num_splits=None, return_lse=False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Decoupled (DBA) decode: two score paths, one softmax, one pass over the cache."""
         q_sem = _check_query(q_sem, "q_sem")
         q_geo = _check_query(q_geo, "q_geo", like=q_sem)
-        _check_cache(k_sem, "k_sem", k_sem_format, "k_sem_format", q_sem, q_sem.shape[-1])
-        _check_cache(k_geo, "k_geo", k_geo_format, "k_geo_format", q_geo, q_geo.shape[-1])
-        if k_geo.shape[1:3] != k_sem.shape[1:3]:
-            raise ValueError(
-                f"k_geo: (heads, S_max) = {tuple(k_geo.shape[1:3])} does not match "
-                f"k_sem's {tuple(k_sem.shape[1:3])}"
-            )
         scales = [_check_scale(scale_sem, "scale_sem"), _check_scale(scale_geo, "scale_geo")]
-        return self._decode(
-            [q_sem, q_geo], [k_sem, k_geo], [k_sem_format, k_geo_format], scales,
-            v, v_format, lengths, num_splits,
+        keys = [(k_sem, "k_sem", k_sem_format, "k_sem_format"),
+                (k_geo, "k_geo", k_geo_format, "k_geo_format")]  # fmt: skip
+        return self._decode([q_sem, q_geo], keys, scales, v, v_format, lengths, num_splits,
+                            return_lse)  # fmt: skip
+
+    def _views(self, qs, keys, v, v_format) -> tuple[list[CacheView], CacheView, int, int]:
+        """Validate the caches against each other: (key views, value view, Hkv, S_max)."""
+        q = qs[0]
+        Hkv = S_max = None
+        views = []
+        for qi, (k, name, kind, fmt_name) in zip(qs, keys, strict=True):
+            elems = _check_cache(k, name, kind, fmt_name, qi)
+            D = qi.shape[-1]
+            heads, token = key_heads(k, kind, elems, D, name)
+            if Hkv is None:
+                Hkv, S_max = heads, k.shape[2]
+                if q.shape[1] % Hkv:
+                    raise ValueError(
+                        f"{name}: {Hkv} KV heads do not divide the query's {q.shape[1]} heads"
+                    )
+            elif heads != Hkv:
+                raise ValueError(f"{name}: {heads} KV heads, but {keys[0][1]} has {Hkv}")
+            if k.shape[2] != S_max:
+                raise ValueError(
+                    f"{name}: S_max {k.shape[2]} does not match {keys[0][1]}'s {S_max}"
+                )
+            views.append(CacheView(k, kind, token, D, elems))
+        assert Hkv is not None and S_max is not None
+        elems = _check_cache(v, "v", v_format, "v_format", q)
+        dv, token = value_heads(v, elems, Hkv, "v")
+        if v.shape[2] != S_max:
+            raise ValueError(f"v: S_max {v.shape[2]} does not match the keys' {S_max}")
+        return views, CacheView(v, v_format, token, dv, elems), Hkv, S_max
+
+    def _decode(self, qs, keys, scales, v, v_format, lengths, num_splits, return_lse):
+        q = qs[0]
+        kviews, vview, Hkv, S_max = self._views(qs, keys, v, v_format)
+        B, Hq = q.shape[:2]
+        lengths = _check_lengths(lengths, B, q.device)
+        if isinstance(return_lse, torch.Tensor) or not isinstance(return_lse, bool):
+            raise ValueError(f"return_lse: expected a bool, got {return_lse!r}")
+        Dv = vview.d
+        out = torch.empty(B, Hq, Dv, dtype=torch.float32, device=q.device)
+        lse = torch.empty(B, Hq, dtype=torch.float32, device=q.device) if return_lse else out
+        if fused_applies(Hq, kviews, vview):
+            plan = plan_fused(B, S_max, q.device, num_splits)
+            self._launch_fused(qs, kviews, vview, scales, lengths, plan, out, lse, return_lse)
+        else:
+            widths = [x.shape[-1] for x in qs] + [Dv]
+            plan = plan_decode(B, Hkv, Hq // Hkv, S_max, widths, q.device, num_splits)
+            self._launch_heads(qs, kviews, vview, scales, lengths, plan, out, lse, return_lse)
+        return (out, lse) if return_lse else out
+
+    def _partials(self, B, Hq, Dv, plan, out, device):
+        if plan.n_splits == 1:
+            return out, out, out
+        m = torch.empty(B * Hq * plan.n_splits, dtype=torch.float32, device=device)
+        o = torch.empty(B * Hq * plan.n_splits, Dv, dtype=torch.float32, device=device)
+        return m, torch.empty_like(m), o
+
+    def _merge(self, B, Hq, Dv, plan, parts, out, lse, return_lse) -> None:
+        if plan.n_splits == 1:
+            return
+        p_pad = _pow2(plan.n_splits)
+        _kernels().merge_kernel[(B * Hq,)](
+            *parts, out, lse, plan.n_splits, Dv,
+            DV_PAD=_pow2(Dv), P_PAD=p_pad, P_BLOCK=min(16, p_pad), RETURN_LSE=return_lse,
+            num_warps=4,
         )  # fmt: skip
 
-    def _decode(self, qs, ks, k_formats, scales, v, v_format, lengths, num_splits):
+    def _launch_heads(self, qs, kviews, vview, scales, lengths, plan, out, lse, return_lse):
+        """The per-KV-head kernel: one program per (batch, KV head, split)."""
         q = qs[0]
-        Dv = _check_cache(v, "v", v_format, "v_format", q, None)
-        if v.shape[1:3] != ks[0].shape[1:3]:
-            raise ValueError(
-                f"v: (heads, S_max) = {tuple(v.shape[1:3])} does not match the keys' "
-                f"{tuple(ks[0].shape[1:3])}"
-            )
-        B, Hq = q.shape[:2]
-        Hkv, S_max = ks[0].shape[1:3]
-        group = Hq // Hkv
-        lengths = _check_lengths(lengths, B, q.device)
-        dims = [x.shape[-1] for x in qs]
-        plan = plan_decode(B, Hkv, group, S_max, [*dims, Dv], q.device, num_splits)
-
+        B, Hq, Dv = out.shape
+        Hkv = _kv_heads(kviews[0])
         dba = len(qs) == 2
-        q2, k2 = (qs[1], ks[1]) if dba else (q, ks[0])
-        D2 = dims[1] if dba else 1
+        k1 = kviews[0]
+        q2, k2 = (qs[1], kviews[1]) if dba else (q, k1)
+        D1, D2 = q.shape[-1], (q2.shape[-1] if dba else 1)
+        parts = self._partials(B, Hq, Dv, plan, out, q.device)
         k = _kernels()
-        out = torch.empty(B, Hq, Dv, dtype=torch.float32, device=q.device)
-        single = plan.n_splits == 1
-        if single:
-            m = l_part = o = out
-        else:
-            m = torch.empty(B * Hq * plan.n_splits, dtype=torch.float32, device=q.device)
-            l_part = torch.empty_like(m)
-            o = torch.empty(B * Hq * plan.n_splits, Dv, dtype=torch.float32, device=q.device)
         k.decode_partial_kernel[(B * Hkv, plan.n_splits)](
-            q, q2, ks[0], k2, v, lengths, _codebook(q.device),
-            m, l_part, o,
+            q, q2, k1.x, k2.x, vview.x, lengths, _codebook(q.device),
+            *parts, lse,
             scales[0] * LOG2E, (scales[1] if dba else 1.0) * LOG2E,
             q.stride(0), q.stride(1), q2.stride(0), q2.stride(1),
-            ks[0].stride(0), ks[0].stride(1), ks[0].stride(2),
-            k2.stride(0), k2.stride(1), k2.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            Hkv, S_max, plan.split_len, plan.n_splits, group, dims[0], D2, Dv,
-            G_PAD=plan.g_pad, D1_PAD=_pad(dims[0]), D2_PAD=_pad(D2), DV_PAD=_pad(Dv),
-            K1_FMT=k.FORMAT_CODES[k_formats[0]],
-            K2_FMT=k.FORMAT_CODES[k_formats[1] if dba else k_formats[0]],
-            V_FMT=k.FORMAT_CODES[v_format],
-            DBA=dba, BLOCK_N=plan.block_n, SINGLE=single,
-            USE_DOT=plan.use_dot, PRECISION=plan.precision, PACKED=plan.packed,
+            k1.x.stride(0), k1.head, k1.x.stride(2),
+            k2.x.stride(0), k2.head, k2.x.stride(2),
+            vview.x.stride(0), vview.head, vview.x.stride(2),
+            k1.shift, k2.shift, vview.shift,
+            Hkv, k1.x.shape[2], plan.split_len, plan.n_splits, Hq // Hkv, D1, D2, Dv,
+            G_PAD=plan.g_pad, D1_PAD=_pad(D1), D2_PAD=_pad(D2), DV_PAD=_pad(Dv),
+            K1_FMT=k.FORMAT_CODES[k1.kind], K2_FMT=k.FORMAT_CODES[k2.kind],
+            V_FMT=k.FORMAT_CODES[vview.kind],
+            DBA=dba, BLOCK_N=plan.block_n, SINGLE=plan.n_splits == 1,
+            USE_DOT=plan.use_dot, PRECISION=plan.precision,
+            PK1=plan.packed and k1.aligned, PK2=plan.packed and k2.aligned,
+            PKV=plan.packed and vview.aligned, RETURN_LSE=return_lse,
             num_warps=plan.num_warps,
         )  # fmt: skip
-        if not single:
-            p_pad = _pow2(plan.n_splits)
-            k.merge_kernel[(B * Hq,)](
-                m, l_part, o, out, plan.n_splits, Dv,
-                DV_PAD=_pow2(Dv), P_PAD=p_pad, P_BLOCK=min(16, p_pad),
-                num_warps=4,
-            )  # fmt: skip
-        return out
+        self._merge(B, Hq, Dv, plan, parts, out, lse, return_lse)
+
+    def _launch_fused(self, qs, kviews, vview, scales, lengths, plan, out, lse, return_lse):
+        """The all-heads kernel: one program per (batch, split)."""
+        q = qs[0]
+        B, Hq, Dv = out.shape
+        dba = len(qs) == 2
+        k1 = kviews[0]
+        q2, k2 = (qs[1], kviews[1]) if dba else (q, k1)
+        Hkv = _kv_heads(k1)
+        parts = self._partials(B, Hq, Dv, plan, out, q.device)
+        codes = _kernels().FORMAT_CODES
+        grouped = _grouped(Hkv, vview)
+
+        def tensor_args(view: CacheView) -> list[int]:
+            x = view.x
+            return [x.stride(0), view.head, x.stride(2), view.sub_elems, Hkv * view.d, view.d]
+
+        self.last_fused = _fused().fused_decode_kernel[(B, plan.n_splits)](
+            q, q2, k1.x, k2.x, vview.x, lengths,
+            *parts, lse,
+            scales[0] * LOG2E, (scales[1] if dba else 1.0) * LOG2E,
+            q.stride(0), q.stride(1), q2.stride(0), q2.stride(1),
+            *tensor_args(k1), *tensor_args(k2), *tensor_args(vview),
+            Hq, Hq // Hkv, k1.x.shape[2], plan.split_len, plan.n_splits,
+            HQ=_pad(Hq), C1=_pad(Hkv * k1.d), C2=_pad(Hkv * k2.d), CV=_pad(Hkv * vview.d),
+            K1_FMT=codes[k1.kind], K2_FMT=codes[k2.kind], V_FMT=codes[vview.kind],
+            HKV=Hkv, DVP=_pow2(vview.d), GROUPED=grouped,
+            PREFETCH=bool(TUNING["fused_prefetch"]),
+            WIDE=any(x.stride(0) >= 2**31 // 4 for x in (k1.x, k2.x, vview.x)),
+            FOLDV=grouped and vview.kind != "f16" and vview.d == vview.block,
+            DBA=dba, BLOCK_N=plan.block_n, SINGLE=plan.n_splits == 1, RETURN_LSE=return_lse,
+            num_warps=plan.num_warps, **_launch_options(),
+        )  # fmt: skip
+        self._merge(B, Hq, Dv, plan, parts, out, lse, return_lse)
 
 
 backend = TritonBackend()

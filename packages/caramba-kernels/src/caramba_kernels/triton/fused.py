@@ -1,0 +1,250 @@
+"""Triton kernel: decode attention with ALL heads of a sequence in one program (narrow caches).
+
+The per-KV-head kernel (kernels.decode_partial_kernel) spends its time unpacking: for DBA's
+narrow heads (4 semantic + 8 geometric key values per head) every program reads a few bytes
+per token and does a full round of address arithmetic for them. Here one program owns
+(batch, chunk of positions) and reads each token's rows once for every head:
+
+    scores (Hq, N) = Qbd_sem (Hq, Hkv*d_sem) @ K_sem^T + Qbd_geo (Hq, Hkv*d_geo) @ K_geo^T
+
+where Qbd is block-diagonal (query head h holds its values in the columns of KV head h // G,
+zeros elsewhere), so the tensor cores do the work on whole rows (fp16 operands, fp32
+accumulation). The weighted values P (Hq, N) @ V (N, Hkv*dv) are taken per (token, KV head)
+row when the shapes allow (GROUPED in fused_decode_kernel), so the accumulator holds only
+(Hq, dv). Where each KV head's values are one block, the value blocks' scales ride on the
+weights (p * d) and the cache bytes only become fp16 integers in registers, never scaled per
+value. Column order inside a block is the order values unpack in (kernels._columns); queries
+are gathered and outputs scattered in the same order.
+
+A tensor is described by its sub-rows: a head-layout cache has one sub-row per KV head
+(`s_h` apart, DSUB = d values each), a token-layout cache one sub-row per token (s_h = 0,
+DSUB = Hkv * d). `t_off` offsets count elements (f16) or bytes (q8_0, q4_0).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from caramba_kernels.triton.kernels import _columns
+
+
+@triton.jit
+def _cmap(FMT: tl.constexpr, C: tl.constexpr):
+    """Flattened logical column (over all sub-rows) of each of the C tile positions."""
+    return _columns(FMT, C, True)
+
+
+@triton.jit
+def _load_raw(base, t_off, tmask, s_h, DSUB, NVAL, FMT: tl.constexpr, N: tl.constexpr,
+              C: tl.constexpr):  # fmt: skip
+    """Raw storage of N tokens: f16 values (N, C), or (int16 words (N, NB, W), scales (N, NB))."""
+    if FMT == 1:
+        p = tl.arange(0, C)
+        addr = (p // DSUB) * s_h + p % DSUB
+        mask = tmask[:, None] & (p < NVAL)[None, :]
+        x = tl.load(base + t_off[:, None] + addr[None, :], mask=mask, other=0.0)
+        return x, x
+    else:
+        if FMT == 2:
+            BB: tl.constexpr = 34
+            W: tl.constexpr = 16
+        else:
+            BB: tl.constexpr = 18
+            W: tl.constexpr = 8
+        NB: tl.constexpr = C // 32
+        bps = DSUB // 32
+        blk = tl.arange(0, NB)
+        addr = (blk // bps) * s_h + (blk % bps) * BB
+        start = base + (t_off[:, None] + addr[None, :])  # (N, NB), even byte addresses
+        bmask = tmask[:, None] & (blk * 32 < NVAL)[None, :]
+        d = tl.load(start.to(tl.pointer_type(tl.float16)), mask=bmask, other=0.0)
+        i = tl.arange(0, W)
+        words = start.to(tl.pointer_type(tl.int16))[:, :, None] + 1 + i[None, None, :]
+        w = tl.load(words, mask=bmask[:, :, None] & (i < W)[None, None, :], other=0)
+        return w, d
+
+
+@triton.jit
+def _unpack(w, d, FMT: tl.constexpr, N: tl.constexpr, C: tl.constexpr, SCALED: tl.constexpr):
+    """fp16 (N, C) tile: raw integers (q8_0: q, q4_0: n in 0..15) or, SCALED, the values."""
+    if FMT == 1:
+        return w
+    else:
+        w = w.to(tl.int32)  # sign-extended
+        if FMT == 2:
+            q = tl.join((w << 24) >> 24, w >> 8)
+            if SCALED:
+                x = (q.to(tl.float32) * d.to(tl.float32)[:, :, None, None]).to(tl.float16)
+            else:
+                x = q.to(tl.float16)
+        else:
+            b0 = w & 0xFF
+            b1 = (w >> 8) & 0xFF
+            q = tl.join(tl.join(b0 & 15, b1 & 15), tl.join(b0 >> 4, b1 >> 4))
+            if SCALED:
+                x = ((q - 8).to(tl.float32) * d.to(tl.float32)[:, :, None, None, None]).to(
+                    tl.float16
+                )
+            else:
+                x = q.to(tl.float16)
+        return tl.reshape(x, (N, C))
+
+
+@triton.jit
+def _idx(t, WIDE: tl.constexpr):
+    if WIDE:
+        return t.to(tl.int64)
+    return t
+
+
+@triton.jit
+def _block_diag_q(q_ptr, q_b, sq_h, heads, kvh, hmask, d, scale, FMT: tl.constexpr,
+                  C: tl.constexpr):  # fmt: skip
+    """fp16 (HQ, C): query head h's values (times scale) in the columns of its KV head."""
+    c = _cmap(FMT, C)
+    within = c[None, :] - (kvh * d)[:, None]
+    mask = hmask[:, None] & (within >= 0) & (within < d)
+    x = tl.load(q_ptr + q_b + heads[:, None] * sq_h + within, mask=mask, other=0.0)
+    return (x.to(tl.float32) * scale).to(tl.float16)
+
+
+@triton.jit
+def fused_decode_kernel(
+    q1_ptr, q2_ptr, k1_ptr, k2_ptr, v_ptr, len_ptr,
+    m_ptr, l_ptr, o_ptr, lse_ptr,
+    scale1, scale2,
+    sq1_b, sq1_h, sq2_b, sq2_h,
+    k1_b, k1_h, k1_s, k1_sub, k1_n, d1,
+    k2_b, k2_h, k2_s, k2_sub, k2_n, d2,
+    v_b, v_h, v_s, v_sub, v_n, dv,
+    Hq, G, S_max, split_len, n_splits,
+    HQ: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, CV: tl.constexpr,
+    HKV: tl.constexpr, DVP: tl.constexpr,
+    K1_FMT: tl.constexpr, K2_FMT: tl.constexpr, V_FMT: tl.constexpr,
+    GROUPED: tl.constexpr, FOLDV: tl.constexpr, PREFETCH: tl.constexpr, WIDE: tl.constexpr,
+    DBA: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, RETURN_LSE: tl.constexpr,
+):  # fmt: skip
+    """One program: one (batch, split), every query head. Same outputs as decode_partial_kernel.
+
+    Scores are in the log2 domain (scales arrive multiplied by log2 e). PREFETCH loads the
+    next step's raw tiles before the current step is computed (more registers, loads in
+    flight). Offsets inside one sequence's cache are int32 unless WIDE.
+
+    GROUPED (Hkv = HKV and dv = DVP powers of two, each KV head's values a contiguous range of
+    the tile): the value tile (N, HKV*DVP) is viewed as (N*HKV, DVP) rows of one head each, and
+    the weights as (HQ, N*HKV) with p[h, t] at column t*HKV + h // G, zeros elsewhere, so the
+    accumulator is (HQ, DVP). FOLDV (one block per KV head): the block scale rides on the
+    weights and q4_0's -8 is subtracted once at the end. Otherwise the accumulator is
+    (HQ, CV) over every head's columns and each head keeps its own at the end.
+    """
+    b = tl.program_id(0)
+    split = tl.program_id(1)
+    length = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), S_max)
+    # The splits cut this sequence's own length (split_len, cut from S_max, bounds it): a cache
+    # whose capacity is far past its length still spreads its tokens over every split.
+    split_len = tl.minimum(tl.cdiv(tl.cdiv(length, n_splits), BLOCK_N) * BLOCK_N, split_len)
+    split_len = tl.maximum(split_len, BLOCK_N)
+    start = split * split_len
+    end = tl.minimum(start + split_len, length)
+    b64 = b.to(tl.int64)
+
+    heads = tl.arange(0, HQ)
+    hmask = heads < Hq
+    kvh = heads // G
+    qbd1 = _block_diag_q(q1_ptr, b64 * sq1_b, sq1_h, heads, kvh, hmask, d1, scale1, K1_FMT, C1)
+    base1 = k1_ptr + b64 * k1_b
+    if DBA:
+        qbd2 = _block_diag_q(q2_ptr, b64 * sq2_b, sq2_h, heads, kvh, hmask, d2, scale2, K2_FMT, C2)
+        base2 = k2_ptr + b64 * k2_b
+    base_v = v_ptr + b64 * v_b
+
+    m_i = tl.full([HQ], float("-inf"), tl.float32)
+    l_i = tl.zeros([HQ], tl.float32)
+    off_i = tl.zeros([HQ], tl.float32)  # sum of p * d, for q4_0's -8 (FOLDV)
+    if GROUPED:
+        acc = tl.zeros([HQ, DVP], tl.float32)
+        own = kvh[:, None] == tl.arange(0, HKV)[None, :]  # (HQ, HKV)
+    else:
+        acc = tl.zeros([HQ, CV], tl.float32)
+
+    if PREFETCH:
+        t = start + tl.arange(0, BLOCK_N)
+        tmask = t < end
+        t64 = _idx(t, WIDE)
+        w1, s1 = _load_raw(base1, t64 * k1_s, tmask, k1_h, k1_sub, k1_n, K1_FMT, BLOCK_N, C1)
+        if DBA:
+            w2, s2 = _load_raw(base2, t64 * k2_s, tmask, k2_h, k2_sub, k2_n, K2_FMT, BLOCK_N, C2)
+        wv, sv = _load_raw(base_v, t64 * v_s, tmask, v_h, v_sub, v_n, V_FMT, BLOCK_N, CV)
+
+    for n0 in range(start, end, BLOCK_N):
+        # With PREFETCH the next step's tiles (masked off past the end), else this step's.
+        tn = n0 + BLOCK_N * PREFETCH + tl.arange(0, BLOCK_N)
+        tnmask = tn < end
+        tn64 = _idx(tn, WIDE)
+        w1n, s1n = _load_raw(base1, tn64 * k1_s, tnmask, k1_h, k1_sub, k1_n, K1_FMT, BLOCK_N, C1)
+        if DBA:
+            w2n, s2n = _load_raw(
+                base2, tn64 * k2_s, tnmask, k2_h, k2_sub, k2_n, K2_FMT, BLOCK_N, C2
+            )
+        wvn, svn = _load_raw(base_v, tn64 * v_s, tnmask, v_h, v_sub, v_n, V_FMT, BLOCK_N, CV)
+        if not PREFETCH:
+            tmask = tnmask
+            w1, s1, wv, sv = w1n, s1n, wvn, svn
+            if DBA:
+                w2, s2 = w2n, s2n
+
+        k = _unpack(w1, s1, K1_FMT, BLOCK_N, C1, True)
+        s = tl.dot(qbd1, tl.trans(k), out_dtype=tl.float32)
+        if DBA:
+            k = _unpack(w2, s2, K2_FMT, BLOCK_N, C2, True)
+            s += tl.dot(qbd2, tl.trans(k), out_dtype=tl.float32)
+        s = tl.where(tmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        x = _unpack(wv, sv, V_FMT, BLOCK_N, CV, not FOLDV)
+        if GROUPED:
+            if FOLDV:
+                w3 = p[:, :, None] * sv.to(tl.float32)[None, :, :]  # sv: (N, HKV) scales
+            else:
+                w3 = tl.broadcast_to(p[:, :, None], (HQ, BLOCK_N, HKV))
+            w3 = tl.where(own[:, None, :], w3, 0.0)
+            pd = tl.reshape(w3, (HQ, BLOCK_N * HKV)).to(tl.float16)
+            if FOLDV and V_FMT == 3:
+                off_i = off_i * alpha + tl.sum(pd.to(tl.float32), axis=1)
+            xr = tl.reshape(x, (BLOCK_N * HKV, DVP))
+            acc = acc * alpha[:, None] + tl.dot(pd, xr, out_dtype=tl.float32)
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), x, out_dtype=tl.float32)
+        m_i = m_new
+
+        if PREFETCH:
+            tmask = tnmask
+            w1, s1, wv, sv = w1n, s1n, wvn, svn
+            if DBA:
+                w2, s2 = w2n, s2n
+
+    row = b64 * Hq + heads
+    if GROUPED:
+        if FOLDV and V_FMT == 3:
+            acc = acc - 8.0 * off_i[:, None]
+        within = tl.broadcast_to(_cmap(V_FMT, DVP)[None, :], (HQ, DVP))
+        omask = hmask[:, None] & (within < dv)
+    else:
+        # Each head keeps the columns of its own KV head.
+        c = _cmap(V_FMT, CV)
+        within = c[None, :] - (kvh * dv)[:, None]
+        omask = hmask[:, None] & (within >= 0) & (within < dv)
+    if SINGLE:
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(o_ptr + row[:, None] * dv + within, out, mask=omask)
+        if RETURN_LSE:
+            lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
+            tl.store(lse_ptr + row, lse, mask=hmask)
+    else:
+        part = row * n_splits + split
+        tl.store(m_ptr + part, m_i, mask=hmask)
+        tl.store(l_ptr + part, l_i, mask=hmask)
+        tl.store(o_ptr + part[:, None] * dv + within, acc, mask=omask)
