@@ -248,25 +248,18 @@ def sdpa_backends_that_run() -> list[str]:
 def autotune(l2: int) -> list:
     """Pick the all-heads kernel's launch variant on DBA q4_0 at 32k (batch 1 + batch 8)."""
     base = dict(ops.TUNING)
-    base_fused = dict(fused_prefetch=False, fused_num_stages=None, fused_maxnreg=None)
+    base_fused = dict(fused_prefetch=False, fused_num_stages=None, fused_maxnreg=None,
+                      fused_head_groups=1)  # fmt: skip
     trials = []
-    variants = [
-        dict(fused_grouped=grouped, fused_block_n=block_n, fused_num_warps=warps)
-        for grouped in (True, False)
-        for block_n, warps in ((32, 4), (64, 4), (128, 8))
-    ]
-    variants += [
-        dict(
-            fused_grouped=False,
-            fused_block_n=64,
-            fused_num_warps=4,
-            fused_num_stages=stages,
-            fused_maxnreg=regs,
-        )
-        for stages in (None, 1, 2)
-        for regs in (None, 128, 168)
-        if stages or regs
-    ]
+    variants = [dict(fused_grouped=True, fused_block_n=n, fused_num_warps=4) for n in (32, 64)]
+    variants += [dict(fused_grouped=False, fused_block_n=n, fused_num_warps=w)
+                 for n, w in ((32, 4), (64, 4), (128, 8))]  # fmt: skip
+    variants += [dict(fused_grouped=False, fused_block_n=n, fused_num_warps=4, fused_head_groups=g)
+                 for g in (2, 4, 8) for n in (64, 128)]  # fmt: skip
+    variants += [dict(fused_grouped=False, fused_block_n=64, fused_num_warps=4, **extra)
+                 for extra in (dict(fused_maxnreg=128), dict(fused_maxnreg=168),
+                               dict(fused_num_stages=1), dict(fused_num_stages=2),
+                               dict(fused_head_groups=4, fused_maxnreg=128))]  # fmt: skip
     for shape in variants:
         for waves in (2, 4):
             variant = dict(base_fused, **shape, fused_waves=waves)
@@ -290,9 +283,16 @@ def benchmark(batches, contexts, out_dir: Path, tune: bool) -> None:
     copy_bps = copy_bandwidth()
     print(f"device: {props.name}, {props.multi_processor_count} SMs, L2 {l2 / 2**20:.0f} MiB, "
           f"copy {copy_bps / 1e9:.0f} GB/s (read + write)", flush=True)  # fmt: skip
+    committed = dict(ops.TUNING)
     trials = autotune(l2) if tune else []
     errors = check_correctness(2, 3000)
     print("max |error| vs caramba reference:", errors, flush=True)
+    if any(e > 5e-3 for name, e in errors.items() if name.startswith("triton")):
+        print("the tuned variant is wrong on this GPU; back to the committed tuning", flush=True)
+        ops.TUNING.clear()
+        ops.TUNING.update(committed)
+        errors = check_correctness(2, 3000)
+        trials.append({"rejected": "max |error| > 5e-3 after autotune", "errors": errors})
     sdpa = sdpa_backends_that_run()
     print("SDPA backends that run decode with enable_gqa:", sdpa)
     impls = [f"sdpa:{b}" for b in sdpa] + list(IMPLS)

@@ -169,8 +169,11 @@ def test_mixed_layouts_with_lse_match_float64(formats) -> None:
         check(formats, draw(gen, formats), num_splits=[None, 1, 3][case % 3])
 
 
-def test_llama_dba_layout_matches_float64() -> None:
-    """The Llama-3.2-1B DBA cache: 8 KV heads, sem 4 / geo 8 token layout, v 32 head layout."""
+@pytest.mark.parametrize("head_groups", [1, 4])
+def test_llama_dba_layout_matches_float64(head_groups, monkeypatch) -> None:
+    """The Llama-3.2-1B DBA cache: 8 KV heads, sem 4 / geo 8 token layout, v 32 head layout;
+    the all-heads kernel with every KV head in one program, or 2 per program."""
+    monkeypatch.setitem(ops.TUNING, "fused_head_groups", head_groups)
     gen = torch.Generator().manual_seed(5)
     B, Hkv, group, S = 2, 8, 4 if ON_GPU else 2, 300 if ON_GPU else 70
     lengths = torch.tensor([S, S // 3], dtype=torch.int32)
@@ -252,3 +255,20 @@ def test_layout_mismatches_name_the_argument(change, message) -> None:
     return_lse = args.pop("return_lse", False)
     with pytest.raises(ValueError, match=message):
         backend.dba_decode_attention(**args, return_lse=return_lse)
+
+
+def test_tuning_override_from_the_environment(monkeypatch) -> None:
+    saved = dict(ops.TUNING)
+    try:
+        monkeypatch.setenv(ops.TUNING_ENV, '{"fused_head_groups": 2, "fused_block_n": 32}')
+        ops._tuning_from_env()
+        assert ops.TUNING["fused_head_groups"] == 2 and ops.TUNING["fused_block_n"] == 32
+        monkeypatch.setenv(ops.TUNING_ENV, '{"fused_blockn": 32}')
+        with pytest.raises(ValueError, match="CARAMBA_TRITON_TUNING: expected an object of keys"):
+            ops._tuning_from_env()
+        monkeypatch.setenv(ops.TUNING_ENV, "{not json")
+        with pytest.raises(ValueError, match="CARAMBA_TRITON_TUNING: not JSON"):
+            ops._tuning_from_env()
+    finally:
+        ops.TUNING.clear()
+        ops.TUNING.update(saved)

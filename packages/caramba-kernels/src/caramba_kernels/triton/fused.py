@@ -36,11 +36,12 @@ def _cmap(FMT: tl.constexpr, C: tl.constexpr):
 
 
 @triton.jit
-def _load_raw(base, t_off, tmask, s_h, DSUB, NVAL, FMT: tl.constexpr, N: tl.constexpr,
+def _load_raw(base, t_off, tmask, s_h, DSUB, NVAL, col0, FMT: tl.constexpr, N: tl.constexpr,
               C: tl.constexpr):  # fmt: skip
-    """Raw storage of N tokens: f16 values (N, C), or (int16 words (N, NB, W), scales (N, NB))."""
+    """Raw storage of N tokens from value `col0` (a block start) on: f16 values (N, C), or
+    (int16 words (N, NB, W), scales (N, NB))."""
     if FMT == 1:
-        p = tl.arange(0, C)
+        p = col0 + tl.arange(0, C)
         addr = (p // DSUB) * s_h + p % DSUB
         mask = tmask[:, None] & (p < NVAL)[None, :]
         x = tl.load(base + t_off[:, None] + addr[None, :], mask=mask, other=0.0)
@@ -54,7 +55,7 @@ def _load_raw(base, t_off, tmask, s_h, DSUB, NVAL, FMT: tl.constexpr, N: tl.cons
             W: tl.constexpr = 8
         NB: tl.constexpr = C // 32
         bps = DSUB // 32
-        blk = tl.arange(0, NB)
+        blk = col0 // 32 + tl.arange(0, NB)
         addr = (blk // bps) * s_h + (blk % bps) * BB
         start = base + (t_off[:, None] + addr[None, :])  # (N, NB), even byte addresses
         bmask = tmask[:, None] & (blk * 32 < NVAL)[None, :]
@@ -92,6 +93,14 @@ def _unpack(w, d, FMT: tl.constexpr, N: tl.constexpr, C: tl.constexpr, SCALED: t
 
 
 @triton.jit
+def _window(kv0, d, FMT: tl.constexpr):
+    """First value of the block holding KV head kv0's first value (block formats: 32 values)."""
+    if FMT == 1:
+        return kv0 * d
+    return kv0 * d // 32 * 32
+
+
+@triton.jit
 def _idx(t, WIDE: tl.constexpr):
     if WIDE:
         return t.to(tl.int64)
@@ -99,10 +108,10 @@ def _idx(t, WIDE: tl.constexpr):
 
 
 @triton.jit
-def _block_diag_q(q_ptr, q_b, sq_h, heads, kvh, hmask, d, scale, FMT: tl.constexpr,
+def _block_diag_q(q_ptr, q_b, sq_h, heads, kvh, hmask, d, scale, col0, FMT: tl.constexpr,
                   C: tl.constexpr):  # fmt: skip
     """fp16 (HQ, C): query head h's values (times scale) in the columns of its KV head."""
-    c = _cmap(FMT, C)
+    c = col0 + _cmap(FMT, C)
     within = c[None, :] - (kvh * d)[:, None]
     mask = hmask[:, None] & (within >= 0) & (within < d)
     x = tl.load(q_ptr + q_b + heads[:, None] * sq_h + within, mask=mask, other=0.0)
@@ -118,14 +127,16 @@ def fused_decode_kernel(
     k1_b, k1_h, k1_s, k1_sub, k1_n, d1,
     k2_b, k2_h, k2_s, k2_sub, k2_n, d2,
     v_b, v_h, v_s, v_sub, v_n, dv,
-    Hq, G, S_max, split_len, n_splits,
+    Hq, G, S_max, split_len, n_splits, kvp,
     HQ: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, CV: tl.constexpr,
     HKV: tl.constexpr, DVP: tl.constexpr,
     K1_FMT: tl.constexpr, K2_FMT: tl.constexpr, V_FMT: tl.constexpr,
     GROUPED: tl.constexpr, FOLDV: tl.constexpr, PREFETCH: tl.constexpr, WIDE: tl.constexpr,
     DBA: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, RETURN_LSE: tl.constexpr,
 ):  # fmt: skip
-    """One program: one (batch, split), every query head. Same outputs as decode_partial_kernel.
+    """One program: one (batch, split) and the query heads of `kvp` KV heads (all of them by
+    default; grid (B, splits, Hkv / kvp)); it reads only the blocks that hold its KV heads.
+    Same outputs as decode_partial_kernel.
 
     Scores are in the log2 domain (scales arrive multiplied by log2 e). PREFETCH loads the
     next step's raw tiles before the current step is computed (more registers, loads in
@@ -149,13 +160,20 @@ def fused_decode_kernel(
     end = tl.minimum(start + split_len, length)
     b64 = b.to(tl.int64)
 
-    heads = tl.arange(0, HQ)
-    hmask = heads < Hq
+    kv0 = tl.program_id(2) * kvp
+    local = tl.arange(0, HQ)
+    heads = kv0 * G + local
+    hmask = (local < kvp * G) & (heads < Hq)
     kvh = heads // G
-    qbd1 = _block_diag_q(q1_ptr, b64 * sq1_b, sq1_h, heads, kvh, hmask, d1, scale1, K1_FMT, C1)
+    c1 = _window(kv0, d1, K1_FMT)
+    c2 = _window(kv0, d2, K2_FMT)
+    cv = _window(kv0, dv, V_FMT)
+    qbd1 = _block_diag_q(q1_ptr, b64 * sq1_b, sq1_h, heads, kvh, hmask, d1, scale1, c1, K1_FMT, C1)
     base1 = k1_ptr + b64 * k1_b
     if DBA:
-        qbd2 = _block_diag_q(q2_ptr, b64 * sq2_b, sq2_h, heads, kvh, hmask, d2, scale2, K2_FMT, C2)
+        qbd2 = _block_diag_q(
+            q2_ptr, b64 * sq2_b, sq2_h, heads, kvh, hmask, d2, scale2, c2, K2_FMT, C2
+        )
         base2 = k2_ptr + b64 * k2_b
     base_v = v_ptr + b64 * v_b
 
@@ -172,22 +190,26 @@ def fused_decode_kernel(
         t = start + tl.arange(0, BLOCK_N)
         tmask = t < end
         t64 = _idx(t, WIDE)
-        w1, s1 = _load_raw(base1, t64 * k1_s, tmask, k1_h, k1_sub, k1_n, K1_FMT, BLOCK_N, C1)
+        w1, s1 = _load_raw(base1, t64 * k1_s, tmask, k1_h, k1_sub, k1_n, c1, K1_FMT, BLOCK_N, C1)
         if DBA:
-            w2, s2 = _load_raw(base2, t64 * k2_s, tmask, k2_h, k2_sub, k2_n, K2_FMT, BLOCK_N, C2)
-        wv, sv = _load_raw(base_v, t64 * v_s, tmask, v_h, v_sub, v_n, V_FMT, BLOCK_N, CV)
+            w2, s2 = _load_raw(
+                base2, t64 * k2_s, tmask, k2_h, k2_sub, k2_n, c2, K2_FMT, BLOCK_N, C2
+            )
+        wv, sv = _load_raw(base_v, t64 * v_s, tmask, v_h, v_sub, v_n, cv, V_FMT, BLOCK_N, CV)
 
     for n0 in range(start, end, BLOCK_N):
         # With PREFETCH the next step's tiles (masked off past the end), else this step's.
         tn = n0 + BLOCK_N * PREFETCH + tl.arange(0, BLOCK_N)
         tnmask = tn < end
         tn64 = _idx(tn, WIDE)
-        w1n, s1n = _load_raw(base1, tn64 * k1_s, tnmask, k1_h, k1_sub, k1_n, K1_FMT, BLOCK_N, C1)
+        w1n, s1n = _load_raw(
+            base1, tn64 * k1_s, tnmask, k1_h, k1_sub, k1_n, c1, K1_FMT, BLOCK_N, C1
+        )
         if DBA:
             w2n, s2n = _load_raw(
-                base2, tn64 * k2_s, tnmask, k2_h, k2_sub, k2_n, K2_FMT, BLOCK_N, C2
+                base2, tn64 * k2_s, tnmask, k2_h, k2_sub, k2_n, c2, K2_FMT, BLOCK_N, C2
             )
-        wvn, svn = _load_raw(base_v, tn64 * v_s, tnmask, v_h, v_sub, v_n, V_FMT, BLOCK_N, CV)
+        wvn, svn = _load_raw(base_v, tn64 * v_s, tnmask, v_h, v_sub, v_n, cv, V_FMT, BLOCK_N, CV)
         if not PREFETCH:
             tmask = tnmask
             w1, s1, wv, sv = w1n, s1n, wvn, svn
@@ -234,7 +256,7 @@ def fused_decode_kernel(
         omask = hmask[:, None] & (within < dv)
     else:
         # Each head keeps the columns of its own KV head.
-        c = _cmap(V_FMT, CV)
+        c = cv + _cmap(V_FMT, CV)
         within = c[None, :] - (kvh * dv)[:, None]
         omask = hmask[:, None] & (within >= 0) & (within < dv)
     if SINGLE:

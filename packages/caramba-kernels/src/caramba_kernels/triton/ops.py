@@ -12,6 +12,7 @@ cache writes nothing. The reference in caramba-core raises for both.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -61,7 +62,27 @@ TUNING: dict[str, Any] = {
     "fused_prefetch": False,
     "fused_num_stages": None,  # None: triton's default software pipelining
     "fused_maxnreg": None,  # a register cap per thread (more programs per SM), None: none
+    "fused_head_groups": 1,  # programs per (batch, split), each over Hkv / this KV heads
 }
+TUNING_ENV = "CARAMBA_TRITON_TUNING"  # a JSON object of TUNING entries to override
+
+
+def _tuning_from_env() -> None:
+    """Apply CARAMBA_TRITON_TUNING (e.g. what benchmarks/kernels_gpu.py --autotune picked)."""
+    raw = os.environ.get(TUNING_ENV)
+    if not raw:
+        return
+    try:
+        given = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{TUNING_ENV}: not JSON ({exc}): {raw!r}") from exc
+    unknown = sorted(set(given) - set(TUNING)) if isinstance(given, dict) else None
+    if unknown is None or unknown:
+        raise ValueError(f"{TUNING_ENV}: expected an object of keys from {sorted(TUNING)}")
+    TUNING.update(given)
+
+
+_tuning_from_env()
 FUSED_FORMATS = ("f16", "q8_0", "q4_0")
 FUSED_MAX_HEADS = 64  # query heads of one program
 FUSED_MAX_KEY_COLUMNS = 256  # padded values of all key rows of one token
@@ -275,11 +296,32 @@ def _kv_heads(key: CacheView) -> int:
     return key.row_elems // key.d if key.token else key.x.shape[1]
 
 
+def _head_groups(Hkv: int) -> int:
+    """KV-head groups of the fused kernel's grid: TUNING's, where it divides Hkv, else 1."""
+    groups = int(TUNING["fused_head_groups"])
+    return groups if groups >= 1 and Hkv % groups == 0 else 1
+
+
+def _window(view: CacheView, Hkv: int, groups: int) -> int:
+    """Padded tile width that holds the blocks of any one group's KV heads."""
+    block = 32 if view.kind in ("q8_0", "q4_0") else 1
+    per = Hkv // groups
+    widest = max(
+        -(-(g + 1) * per * view.d // block) * block - g * per * view.d // block * block
+        for g in range(groups)
+    )
+    return _pad(widest)
+
+
 def _grouped(Hkv: int, v: CacheView) -> bool:
     """Whether the fused kernel can view the value tile as one row per (token, KV head)."""
     pow2 = Hkv == _pow2(Hkv) and v.d == _pow2(v.d)
     return (
-        bool(TUNING["fused_grouped"]) and pow2 and v.d >= 16 and (v.kind != "q4_0" or v.d % 32 == 0)
+        bool(TUNING["fused_grouped"])
+        and _head_groups(Hkv) == 1
+        and pow2
+        and v.d >= 16
+        and (v.kind != "q4_0" or v.d % 32 == 0)
     )
 
 
@@ -314,11 +356,13 @@ def _splits(programs_per_split: int, S_max: int, block_n: int, target: int,
     return split_len, -(-S_max // split_len)
 
 
-def plan_fused(B: int, S_max: int, device: torch.device, num_splits: int | None) -> DecodePlan:
-    """Split-K plan of the all-heads kernel: (batch, split) programs filling the GPU."""
+def plan_fused(
+    B: int, S_max: int, device: torch.device, num_splits: int | None, groups: int = 1
+) -> DecodePlan:
+    """Split-K plan of the all-heads kernel: (batch, split, head group) programs filling the GPU."""
     block_n = int(TUNING["fused_block_n"])
     target = int(TUNING["fused_waves"]) * _sm_count(device)
-    split_len, n_splits = _splits(B, S_max, block_n, target, num_splits)
+    split_len, n_splits = _splits(B * groups, S_max, block_n, target, num_splits)
     return DecodePlan(
         block_n=block_n, split_len=split_len, n_splits=n_splits,
         num_warps=int(TUNING["fused_num_warps"]), use_dot=True, precision="fp16", g_pad=0,
@@ -497,7 +541,7 @@ class TritonBackend:
         out = torch.empty(B, Hq, Dv, dtype=torch.float32, device=q.device)
         lse = torch.empty(B, Hq, dtype=torch.float32, device=q.device) if return_lse else out
         if fused_applies(Hq, kviews, vview):
-            plan = plan_fused(B, S_max, q.device, num_splits)
+            plan = plan_fused(B, S_max, q.device, num_splits, _head_groups(Hkv))
             self._launch_fused(qs, kviews, vview, scales, lengths, plan, out, lse, return_lse)
         else:
             widths = [x.shape[-1] for x in qs] + [Dv]
@@ -555,7 +599,7 @@ class TritonBackend:
         self._merge(B, Hq, Dv, plan, parts, out, lse, return_lse)
 
     def _launch_fused(self, qs, kviews, vview, scales, lengths, plan, out, lse, return_lse):
-        """The all-heads kernel: one program per (batch, split)."""
+        """The all-heads kernel: one program per (batch, split, group of KV heads)."""
         q = qs[0]
         B, Hq, Dv = out.shape
         dba = len(qs) == 2
@@ -565,19 +609,21 @@ class TritonBackend:
         parts = self._partials(B, Hq, Dv, plan, out, q.device)
         codes = _kernels().FORMAT_CODES
         grouped = _grouped(Hkv, vview)
+        groups = _head_groups(Hkv)
 
         def tensor_args(view: CacheView) -> list[int]:
             x = view.x
             return [x.stride(0), view.head, x.stride(2), view.sub_elems, Hkv * view.d, view.d]
 
-        self.last_fused = _fused().fused_decode_kernel[(B, plan.n_splits)](
+        self.last_fused = _fused().fused_decode_kernel[(B, plan.n_splits, groups)](
             q, q2, k1.x, k2.x, vview.x, lengths,
             *parts, lse,
             scales[0] * LOG2E, (scales[1] if dba else 1.0) * LOG2E,
             q.stride(0), q.stride(1), q2.stride(0), q2.stride(1),
             *tensor_args(k1), *tensor_args(k2), *tensor_args(vview),
-            Hq, Hq // Hkv, k1.x.shape[2], plan.split_len, plan.n_splits,
-            HQ=_pad(Hq), C1=_pad(Hkv * k1.d), C2=_pad(Hkv * k2.d), CV=_pad(Hkv * vview.d),
+            Hq, Hq // Hkv, k1.x.shape[2], plan.split_len, plan.n_splits, Hkv // groups,
+            HQ=_pad(Hq // groups), C1=_window(k1, Hkv, groups), C2=_window(k2, Hkv, groups),
+            CV=_window(vview, Hkv, groups),
             K1_FMT=codes[k1.kind], K2_FMT=codes[k2.kind], V_FMT=codes[vview.kind],
             HKV=Hkv, DVP=_pow2(vview.d), GROUPED=grouped,
             PREFETCH=bool(TUNING["fused_prefetch"]),
