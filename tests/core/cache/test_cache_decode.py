@@ -107,9 +107,7 @@ def test_kernel_and_exact_decoding_agree_through_a_model(layout_models, val_toke
     exact = spec_for(model, kind, block_tokens=tail, use_kernels=False)
     a = decode_logits(model, tokens, fast, prefill=8)
     b = decode_logits(model, tokens, exact, prefill=8)
-    layouts = {t.layout for c in fast.caches for t in c.tensors if t.fmt.quantized}
-    if kind in ("q8_0", "q4_0", "nf4"):
-        assert layouts == {arch.split("-")[1]}
+    assert {t.layout for c in fast.caches for t in c.tensors} == {arch.split("-")[1]}
     steps = tokens.shape[1] - 8
     for c in fast.caches:
         assert c.exact_calls == 1  # the prefill; every decode step took the kernel path
@@ -147,7 +145,7 @@ def test_merged_decode_step_equals_the_exact_path_on_the_same_cache(kind, layout
         tensors = {n: CacheTensor(kind, 2, Hkv, w, block_tokens=tail, name=n)
                    for n, w in widths.items()}
         for t in tensors.values():
-            assert t.layout == ("head" if kind == "fp16" else layout)
+            assert t.layout == layout
             t.append(torch.randn(2, Hkv, 50, t.head_dim))
             t.append(torch.randn(2, Hkv, 20, t.head_dim))
         qs = [torch.randn(2, Hkv * group, 1, w) for n, w in widths.items() if n != "v"]

@@ -108,6 +108,20 @@ def test_recent_reads_token_layout_storage_and_the_tail():
         t.recent(46)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_narrow_heads_take_the_token_layout_in_every_kind(kind):
+    """Per-head rows of a few values waste the kernels' SIMD lanes; wide heads stay per head,
+    and one head is the same either way."""
+    assert CacheTensor(kind, 1, 8, 8).layout == "token"
+    assert CacheTensor(kind, 1, 8, 64).layout == "head"
+    assert CacheTensor(kind, 1, 1, 64).layout == "head"
+    x = torch.randn(1, 8, 5, 8)
+    t = CacheTensor(kind, 1, 8, 8, block_tokens=0)
+    t.append(x)
+    if kind in ("fp32", "fp16"):
+        assert torch.equal(t.read(), x.to(t.fmt.dtype).float())
+
+
 def test_unstorable_width_is_a_clear_error():
     with pytest.raises(CacheKindError, match=r"1 head\(s\) x 16 = 16 values"):
         CacheTensor("q8_0", 1, 1, 16)
