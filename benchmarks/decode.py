@@ -491,9 +491,11 @@ def notes(result: dict) -> list[str]:
         "is kept to show the key paths alone; 'dba-v384' reproduces the seed's 384 bytes per "
         "token in fp16.",
         "DBA's per-head key widths at these settings are 4 (semantic) and 8 (geometric) values "
-        "(values 32 per head at attn_dim 1024): narrower than a 32-value quantization block, "
-        "so quantized DBA keys are stored one row per token spanning the 8 KV heads (32 and 64 "
-        "values = whole blocks). The decode kernels read this token layout directly.",
+        "(values 32 per head at attn_dim 1024, 12 at 384): narrower than a 32-value "
+        "quantization block, so DBA keys are stored one row per token spanning the 8 KV heads "
+        "(32 and 64 values = whole blocks) — in every kind, since the kernels read such rows "
+        "far faster than per-head rows of 4 or 8 values. The decode kernels read this token "
+        "layout directly.",
         "Quantized caches keep the newest partial block of 32 tokens in full precision. A "
         "decode step reads the quantized prefix through the kernel backend (return_lse) and "
         "attends the < 32 pending tokens exactly, merging the two by log-sum-exp; '[tail 0]' "
