@@ -55,14 +55,14 @@ TUNING: dict[str, Any] = {
     # The all-heads kernel (fused.py) for narrow caches: fp16 tensor-core products. Picked by
     # benchmarks/kernels_gpu.py --autotune on an H100 (results/kernels_gpu.json).
     "fused": True,
-    "fused_block_n": 64,
+    "fused_block_n": 128,
     "fused_num_warps": 4,
     "fused_waves": 2,
     "fused_grouped": False,
     "fused_prefetch": False,
     "fused_num_stages": None,  # None: triton's default software pipelining
     "fused_maxnreg": None,  # a register cap per thread (more programs per SM), None: none
-    "fused_head_groups": 1,  # programs per (batch, split), each over Hkv / this KV heads
+    "fused_head_groups": 2,  # programs per (batch, split), each over Hkv / this KV heads
 }
 TUNING_ENV = "CARAMBA_TRITON_TUNING"  # a JSON object of TUNING entries to override
 
