@@ -94,6 +94,20 @@ def test_chat_through_piped_stdin(trained: Path) -> None:
     assert "caramba chat" in result.stderr and "context 64 tokens" in result.stderr
 
 
+def test_chat_with_a_draft_keeps_both_caches_across_turns(trained: Path) -> None:
+    script = "And God said unto Moses\n/stats\nThe king\n/stats\n/exit\n"
+    result = caramba("chat", "tiny.yml", "--runs-dir", "runs", "-n", "8", "--temperature",
+                     "0", "--cache-kind", "fp32", "--no-newline-ends-reply", "--draft",
+                     "runs/tiny_chat/train", cwd=trained, stdin=script)
+    assert result.returncode == 0, result.stderr
+    first, second = [json.loads(line) for line in result.stdout.splitlines()
+                     if line.startswith("{")]
+    assert first["rounds"] >= 1 and first["prefill_tokens"] == first["prompt_tokens"]
+    turn_1 = first["prompt_tokens"] + first["new_tokens"]
+    assert second["prefill_tokens"] == second["prompt_tokens"] - turn_1 + 1
+    assert "acceptance" in result.stderr and "prefilled" in result.stderr
+
+
 def test_chat_ends_cleanly_at_end_of_input_with_auto_cache(trained: Path) -> None:
     result = caramba("chat", "tiny.yml", "--runs-dir", "runs", "-n", "6", cwd=trained,
                      stdin="The lord\n")

@@ -4,8 +4,9 @@ the replies are exactly those of a fresh generation over the whole history."""
 import pytest
 import torch
 from caramba.errors import InputError
-from caramba.infer import GenerateConfig, Generator
+from caramba.infer import GenerateConfig, Generator, SpeculativeGenerator, tiny
 from caramba.infer.session import Conversation
+from caramba.infer.speculative import SpeculativeConfig
 
 TURNS = ["And God said unto Moses,", " Then the king answered", " ROMEO. What light"]
 
@@ -89,3 +90,28 @@ def test_reset_and_bad_conversations(standard_model, english):
         Conversation(Generator(standard_model, greedy(max_new_tokens=64)), context=64)
     with pytest.raises(InputError, match="no maximum sequence length"):
         Conversation(Generator(torch.nn.Linear(2, 2), greedy()))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_speculative_conversation_keeps_both_caches_and_matches_fresh_generations(
+        temperature, standard_model, english):
+    draft = tiny.tiny_model(tiny.DRAFT, data=english)
+    cfg = greedy(temperature=temperature, top_k=5, seed=1, max_new_tokens=10)
+    sc = SpeculativeConfig(spec_k=3, disable_below=0.0, cost_ratio=0.1)
+    gen = SpeculativeGenerator(standard_model, draft, cfg, sc)
+    conv = Conversation(gen, context=256)
+    for i, text in enumerate(TURNS):
+        message = english.tokenizer.encode(text)
+        history = conv.history + message
+        reply = list(conv.reply(message))
+        if temperature == 0:  # greedy: exactly the target's own greedy reply
+            assert reply == fresh_reply(standard_model, history, cfg), text
+        else:  # sampled: the same draws as a fresh speculative generation (a fixed cost
+            # ratio makes spec_k, and so the draws, independent of timing)
+            fresh = SpeculativeGenerator(standard_model, draft, cfg, sc)
+            assert reply == fresh.generate(history)[0, len(history):].tolist(), text
+        stats = gen.last_stats
+        assert stats.prefill_tokens == len(message) + (1 if i else 0)
+        assert stats.prompt_tokens == len(history)
+        assert conv.cached_tokens == len(conv.history) - 1
+        assert conv._state.d_ctx.position <= conv.cached_tokens

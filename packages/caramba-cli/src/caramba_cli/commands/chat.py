@@ -3,10 +3,10 @@
 Each line you type is appended to the conversation and the model continues it; replies
 stream as they are generated, followed by a line with tokens/s, the tokens prefilled and the
 cache plan (stderr). The KV cache lives across turns, so a turn prefills only its own new
-tokens (caramba.infer.session); when the conversation outgrows the context it is trimmed from
-the front and the cache rebuilt. With --draft (speculative decoding) every turn prefills the
-whole conversation again. Commands: /reset forgets the conversation, /stats prints the last
-reply's figures as JSON, /exit (or end of input) leaves.
+tokens (caramba.infer.session; with --draft both the target's and the draft's caches); when
+the conversation outgrows the context it is trimmed from the front and the cache rebuilt.
+Commands: /reset forgets the conversation, /stats prints the last reply's figures as JSON,
+/exit (or end of input) leaves.
 """
 
 from __future__ import annotations
@@ -79,7 +79,6 @@ def chat_command(
                         top_p=top_p, repetition_penalty=1.0 if draft else repetition_penalty,
                         seed=seed, cache_kind=cache_kind, cache_budget_mb=cache_budget_mb,
                         decode_plan=decode_plan))
-        from caramba.infer.generate import Generator
         from caramba.infer.session import Conversation
 
         tokenizer = loaded.tokenizer
@@ -89,12 +88,9 @@ def chat_command(
             raise InputError(f"{loaded.description}: the dataset has no tokenizer.",
                              hint="set data.config.tokenizer in the manifest.")
         context = generator.config.max_seq_len or loaded.max_seq_len
-        keep = max(1, context - generator.config.max_new_tokens)
         stderr.print(f"[bold]caramba chat[/] · {loaded.description} · context {context} "
                      f"tokens · {HELP}", highlight=False)
-        conversation = Conversation(generator, context) if isinstance(generator, Generator) \
-            else None
-        history: list[int] = []  # speculative decoding only: re-prefilled every turn
+        conversation = Conversation(generator, context)
         interactive = sys.stdin.isatty()
         while True:
             if interactive:
@@ -108,9 +104,7 @@ def chat_command(
             if command in ("/exit", "/quit"):
                 break
             if command == "/reset":
-                history = []
-                if conversation is not None:
-                    conversation.reset()
+                conversation.reset()
                 stderr.print("[dim]conversation cleared[/]")
                 continue
             if command == "/stats":
@@ -119,12 +113,7 @@ def chat_command(
                 continue
             if not command:
                 continue
-            message = tokenizer.encode(text + "\n")
-            if conversation is not None:
-                tokens = conversation.reply(message)
-            else:
-                history = (history + message)[-keep:]
-                tokens = generator.stream(history)
+            tokens = conversation.reply(tokenizer.encode(text + "\n"))
             stream = TextStream(tokenizer)
             try:
                 for token in tokens:
@@ -135,16 +124,11 @@ def chat_command(
                     if newline_ends_reply and stream.text().endswith("\n\n"):
                         break
             finally:
-                close = getattr(tokens, "close", None)
-                if close is not None:
-                    close()
-            if conversation is None:
-                history = (history + stream.ids)[-keep:]
+                tokens.close()
             sys.stdout.write("\n" if not stream.text().endswith("\n") else "")
             sys.stdout.flush()
             stats = generator.last_stats
-            prefilled = (f"prefilled {stats.prefill_tokens} of {stats.prompt_tokens} tokens · "
-                         if hasattr(stats, "prefill_tokens") else "")
-            stderr.print(f"[dim]{prefilled}{describe(generator)}[/]", highlight=False)
+            stderr.print(f"[dim]prefilled {stats.prefill_tokens} of {stats.prompt_tokens} "
+                         f"tokens · {describe(generator)}[/]", highlight=False)
 
     guarded(work, debug)

@@ -9,6 +9,9 @@ history again.
 
 When history and reply would overflow the context, the oldest tokens are dropped; positions
 then shift, so the cache is rebuilt from the trimmed history (one full prefill).
+
+A SpeculativeGenerator keeps both its caches (target and draft) the same way; after a reply
+they are rolled back to the history, dropping drafted tokens that were never emitted.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from caramba.cache.spec import CacheSpec
 from caramba.errors import InputError
 from caramba.infer.generate import Generator
+from caramba.infer.speculative import SpeculativeGenerator, SpeculativeState
 from caramba.layers.base import ForwardContext
 
 
@@ -27,8 +31,9 @@ class Conversation:
     """Token history of one conversation and the caches that hold all of it but the newest
     token. `context`: the most tokens the model may see (default: the generator's limit)."""
 
-    def __init__(self, generator: Generator, context: int | None = None) -> None:
-        limit = context or generator.max_seq_len
+    def __init__(self, generator: Generator | SpeculativeGenerator,
+                 context: int | None = None) -> None:
+        limit = context or _max_seq_len(generator)
         if limit is None:
             raise InputError("context: the model declares no maximum sequence length.",
                              hint="pass context= (or set max_seq_len in the GenerateConfig).")
@@ -43,15 +48,18 @@ class Conversation:
         self.rebuilds = 0  # times trimming forced a full prefill
         self._spec: CacheSpec | None = None
         self._ctx: ForwardContext | None = None
+        self._state: SpeculativeState | None = None  # a speculative generator's caches
 
     @property
     def cached_tokens(self) -> int:
+        if self._state is not None:
+            return self._state.t_ctx.position
         return self._ctx.position if self._ctx is not None else 0
 
     def reset(self) -> None:
         """Forget the conversation and its caches."""
         self.history = []
-        self._spec = self._ctx = None
+        self._spec = self._ctx = self._state = None
 
     def reply(self, message: list[int]) -> Iterator[int]:
         """Append `message`, then yield the reply's token ids as they are generated (a stop
@@ -62,9 +70,12 @@ class Conversation:
         keep = self.context - room
         if len(self.history) > keep:
             self.history = self.history[-keep:]
-            if self._ctx is not None:
+            if self.cached_tokens:
                 self.rebuilds += 1
-            self._spec = self._ctx = None
+            self._spec = self._ctx = self._state = None
+        if isinstance(gen, SpeculativeGenerator):
+            yield from self._speculative_reply(gen)
+            return
         if self._ctx is None:
             self._spec = gen.cache_spec(1, self.context)
             self._ctx = self._spec.context()
@@ -86,3 +97,23 @@ class Conversation:
                 yield value
         finally:  # close now, so the stats are final when the caller reads them
             steps.close()
+
+    def _speculative_reply(self, gen: SpeculativeGenerator) -> Iterator[int]:
+        if not self.history or self.cached_tokens >= len(self.history):
+            raise InputError("reply: the message is empty and nothing is pending.",
+                             hint="send at least one token.")
+        if self._state is None:
+            self._state = gen.new_state(self.context + gen.spec.spec_k_max + 1)
+        stream = gen.stream(self.history, state=self._state)
+        try:
+            for value in stream:
+                self.history.append(value)
+                yield value
+        finally:
+            stream.close()
+            self._state.rollback(len(self.history) - 1)
+
+
+def _max_seq_len(generator: Generator | SpeculativeGenerator) -> int | None:
+    inner = generator.target if isinstance(generator, SpeculativeGenerator) else generator
+    return inner.max_seq_len

@@ -27,10 +27,12 @@ from typing import Any
 
 import torch
 
+from caramba.cache.spec import CacheSpec
 from caramba.errors import InputError
 from caramba.infer.config import ConfigError, GenerateConfig
 from caramba.infer.generate import Generator, decode_one, prefill
 from caramba.infer.sampling import probabilities
+from caramba.layers.base import ForwardContext
 
 log = logging.getLogger("caramba.infer")
 
@@ -159,7 +161,26 @@ class CostModel:
 
 
 @dataclass
+class SpeculativeState:
+    """The target's and the draft's caches and positions, kept between calls of stream()."""
+
+    t_spec: CacheSpec
+    d_spec: CacheSpec
+    t_ctx: ForwardContext
+    d_ctx: ForwardContext
+
+    def rollback(self, n: int) -> None:
+        """Keep at most the first n tokens in both caches."""
+        for spec, ctx in ((self.t_spec, self.t_ctx), (self.d_spec, self.d_ctx)):
+            if ctx.position > n:
+                spec.truncate(n)
+                ctx.position = n
+
+
+@dataclass
 class SpeculativeStats:
+    prompt_tokens: int = 0
+    prefill_tokens: int = 0  # prompt tokens the target was fed (the rest were cached)
     rounds: int = 0
     proposed: int = 0
     accepted: int = 0
@@ -227,11 +248,22 @@ class SpeculativeGenerator:
         return torch.cat([tokens, torch.tensor([new], dtype=torch.long,
                                                device=tokens.device)], dim=1)
 
+    def new_state(self, capacity: int) -> SpeculativeState:
+        """Empty target and draft caches for up to `capacity` tokens (drafts included)."""
+        t_spec = self.target.cache_spec(1, capacity)
+        d_spec = self.draft.cache_spec(1, capacity)
+        return SpeculativeState(t_spec, d_spec, t_spec.context(), d_spec.context())
+
     @torch.no_grad()
-    def stream(self, prompt: torch.Tensor | list[int], keep_stop: bool = False
-               ) -> Iterator[int]:
+    def stream(self, prompt: torch.Tensor | list[int], keep_stop: bool = False,
+               state: SpeculativeState | None = None) -> Iterator[int]:
         """Token ids as they are accepted; a stop token ends the stream (yielded only with
-        keep_stop)."""
+        keep_stop).
+
+        state: caches that already hold a prefix of `prompt` (a conversation's earlier
+        turns): only the rest is prefilled. Afterwards they may hold rejected or unemitted
+        drafts; `state.rollback(n)` trims them to the first n tokens of what was emitted.
+        """
         tokens = self.target._as_batch(prompt)
         if tokens.shape[0] != 1:
             raise InputError("speculative decoding takes one prompt at a time (batch 1).")
@@ -239,7 +271,7 @@ class SpeculativeGenerator:
         room = self.target._budget(T)
         self.draft._budget(T)
         cfg, sc = self.config, self.spec
-        stats = SpeculativeStats()
+        stats = SpeculativeStats(prompt_tokens=T)
         self.last_stats = stats
         if room <= 0:
             stats.stop_reason = "context"
@@ -249,15 +281,20 @@ class SpeculativeGenerator:
         if cfg.temperature > 0:
             rng = torch.Generator(device=tokens.device)
             rng.manual_seed(cfg.seed if cfg.seed is not None else int(torch.seed() % 2**62))
-        limit = T + room + sc.spec_k_max + 1
-        t_spec = self.target.cache_spec(1, limit)
-        d_spec = self.draft.cache_spec(1, limit)
+        state = state or self.new_state(T + room + sc.spec_k_max + 1)
+        t_spec, d_spec, t_ctx, d_ctx = state.t_spec, state.d_spec, state.t_ctx, state.d_ctx
+        if not d_ctx.position <= t_ctx.position < T:
+            raise InputError(f"state: its caches hold {t_ctx.position} (target) and "
+                             f"{d_ctx.position} (draft) tokens; the prompt has {T}.",
+                             hint="pass a state whose caches hold a prefix of the prompt.")
 
         started = time.perf_counter()
-        t_ctx, d_ctx = t_spec.context(), d_spec.context()
-        logits = prefill(self.target.model, tokens, t_ctx, self.target.plan)
-        if T > 1:
-            prefill(self.draft.model, tokens[:, :-1], d_ctx, self.draft.plan)
+        stats.prefill_tokens = T - t_ctx.position
+        logits = prefill(self.target.model, tokens[:, t_ctx.position :], t_ctx,
+                         self.target.plan)
+        if d_ctx.position < T - 1:
+            prefill(self.draft.model, tokens[:, d_ctx.position : T - 1], d_ctx,
+                    self.draft.plan)
         last = _sample(logits, cfg, rng)
         # Invariant: the target cache holds every token before `last`; `pending` is what the
         # draft cache lacks, `last` included.
