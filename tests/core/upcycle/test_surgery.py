@@ -107,3 +107,23 @@ def test_shape_mismatches_name_the_tensor() -> None:
         upcycle_weights(teacher, student(2, n_heads=6, n_kv_heads=3, sem_dim=24, geo_dim=48,
                                          attn_dim=72))
     upcycle_weights(teacher, narrow)  # the matching student goes through
+
+
+def test_geometric_pairs_match_the_scaled_frequencies_of_a_llama3_teacher() -> None:
+    """Llama 3.x divides the slow pairs' frequencies: surgery matches what really rotates."""
+    from types import SimpleNamespace
+
+    from caramba.layers.rotary import RopeScaling, RotaryCache
+    from caramba.upcycle.surgery import _geo_pairs
+
+    scaling = RopeScaling(type="llama3", factor=32.0, low_freq_factor=1.0,
+                          high_freq_factor=4.0, original_max_position_embeddings=8192)
+    base = 500000.0
+    teacher = SimpleNamespace(rotary=RotaryCache(64, base, scaling))
+    ladder = base ** (8 * 8 / 64)  # stride 8: the teacher's pairs 0, 8, 16, 24 unscaled
+    pairs, error = _geo_pairs(teacher, SimpleNamespace(rotary=RotaryCache(8, ladder, scaling)))
+    assert pairs == [0, 8, 16, 24] and error < 1e-9
+    # Unscaled, the student's slow pairs rotate up to 32x faster than the teacher's pairs
+    # 16 and 24 do: they take the teacher pairs whose scaled frequencies are nearest.
+    pairs, error = _geo_pairs(teacher, SimpleNamespace(rotary=RotaryCache(8, ladder)))
+    assert pairs[:2] == [0, 8] and pairs[2:] != [16, 24] and error > 0.1

@@ -45,6 +45,7 @@ from torch import nn
 
 from caramba.errors import CheckpointError
 from caramba.layers.attention import AttentionLayer
+from caramba.layers.rotary import RotaryCache
 
 RIDGE = 1e-4  # whitening: covariance + RIDGE * mean eigenvalue * I
 FLOOR = 1e-3  # smallest kept singular value, relative to the largest, on the key/value side
@@ -206,16 +207,32 @@ def _whitener(cov: torch.Tensor | None, dim: int) -> tuple[torch.Tensor, torch.T
     return lower, torch.linalg.solve_triangular(lower, eye, upper=False)
 
 
+def _log_frequencies(rotary: RotaryCache) -> list[float]:
+    """log of each pair's angular frequency as the cache rotates it (RoPE scaling applied).
+
+    Computed in log space from the base, so equal ladders compare exactly equal; scaling
+    (Llama 3.x) enters as a per-pair log factor.
+    """
+    logs = [-(2 * j / rotary.dim) * math.log(rotary.base) for j in range(rotary.dim // 2)]
+    if rotary.scaling is None:
+        return logs
+    plain = torch.tensor(logs, dtype=torch.float64).exp()
+    factor = rotary.scaling.apply(plain) / plain
+    return [a + b for a, b in zip(logs, factor.log().tolist())]
+
+
 def _geo_pairs(t: AttentionLayer, s: AttentionLayer) -> tuple[list[int], float]:
-    """Teacher pair for each student geometric pair: nearest frequency, each used once."""
+    """Teacher pair for each student geometric pair: nearest frequency, each used once.
+
+    Frequencies are the ones each layer really rotates by, so a scaled teacher (Llama 3.x)
+    is matched on its scaled ladder.
+    """
     assert t.rotary is not None and s.rotary is not None
-    half_t, half_s = t.head_dim // 2, s.geo_head_dim // 2
-    log_t = [-(2 * j / t.head_dim) * math.log(t.rotary.base) for j in range(half_t)]
+    log_t, log_s = _log_frequencies(t.rotary), _log_frequencies(s.rotary)
     chosen: list[int] = []
     worst = 0.0
-    for i in range(half_s):
-        want = -(2 * i / s.geo_head_dim) * math.log(s.rotary.base)
-        free = [j for j in range(half_t) if j not in chosen]
+    for want in log_s:
+        free = [j for j in range(len(log_t)) if j not in chosen]
         j = min(free, key=lambda j: abs(log_t[j] - want))
         chosen.append(j)
         worst = max(worst, abs(log_t[j] - want))
