@@ -6,7 +6,7 @@ import torch
 from caramba.errors import InputError
 from caramba.infer import GenerateConfig, Generator, SpeculativeGenerator, tiny
 from caramba.infer.config import ConfigError
-from caramba.infer.speculative import SpeculativeConfig, accept_drafts, best_k
+from caramba.infer.speculative import CostModel, SpeculativeConfig, accept_drafts, best_k
 
 PROMPTS = ["And God said unto Moses,", "ROMEO. What light", "The king"]
 
@@ -153,3 +153,21 @@ def test_bad_speculative_settings(standard_model, draft_model):
     spec = SpeculativeGenerator(standard_model, draft_model, greedy())
     with pytest.raises(InputError, match="one prompt at a time"):
         spec.generate(torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_best_k_pays_for_longer_verify_passes():
+    """On a CPU a pass over k + 1 tokens costs more than one: spec_k shrinks accordingly."""
+    flat = best_k(0.7, 0.05, 1, 8, verify_cost=lambda k: 1.0)
+    growing = best_k(0.7, 0.05, 1, 8, verify_cost=lambda k: 1.0 + 0.5 * k)
+    assert flat > growing >= 1
+
+
+def test_cost_model_estimates_per_token_acceptance_and_borrows_unseen_verify_times():
+    costs = CostModel(ema=1.0)  # the newest round only
+    costs.update(k=4, accepted=2, draft_s=0.4, verify_s=1.0)
+    assert costs.alpha == pytest.approx(2 / 3)  # two successes, then one miss
+    assert costs.draft_s == pytest.approx(0.1)
+    costs.update(k=4, accepted=4, draft_s=0.4, verify_s=1.0)
+    assert costs.alpha == 1.0  # every draft accepted: no miss observed
+    costs.update(k=2, accepted=0, draft_s=0.2, verify_s=0.5)
+    assert costs.verify(2) == 0.5 and costs.verify(3) == 0.5 and costs.verify(7) == 1.0

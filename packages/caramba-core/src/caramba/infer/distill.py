@@ -71,7 +71,7 @@ class DraftConfig:
     n_heads: int = 4
     n_kv_heads: int = 2
     d_ff: int = 704
-    steps: int = 400
+    steps: int = 250
     batch_size: int = 16
     block_size: int = 128
     lr: float = 3e-3
