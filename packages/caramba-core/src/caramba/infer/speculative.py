@@ -13,8 +13,8 @@ One round, with both caches holding every token but the newest (`last`):
 
 With temperature 0 both distributions are one-hot, so acceptance means "the draft's token
 is the target's argmax" and the output is exactly the target's greedy output. spec_k adapts
-to the running acceptance rate, and below `disable_below` the generator falls back to plain
-decoding with the target.
+to the running acceptance rate and the measured costs, and when drafting stops paying the
+generator falls back to plain decoding with the target.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ class SpeculativeConfig:
         measured draft step time d and verify-pass time v(k), maximising the expected tokens
         per unit time (1 - alpha^(k+1)) / ((1 - alpha)(k d + v(k))).
     disable_below: fall back to plain decoding once the acceptance estimate stays below this
-        for `patience` rounds (after `warmup` rounds).
+        for `patience` rounds (after `warmup` rounds). With measured costs (cost_ratio None)
+        the test is the expected speedup instead: fall back once it stays below 1 (a cheap
+        draft pays even at low acceptance, a costly one not even at high acceptance).
     """
 
     spec_k: int = 4
@@ -152,6 +154,15 @@ class CostModel:
         self.draft_s = step if self.draft_s is None else (1 - w) * self.draft_s + w * step
         old = self.verify_s.get(k)
         self.verify_s[k] = verify_s if old is None else (1 - w) * old + w * verify_s
+
+    def speedup(self, k: int) -> float:
+        """Expected tokens per unit time of rounds of k drafts over plain decoding, a plain
+        step priced as the shortest verify pass measured (so, if anything, too cheap)."""
+        if self.draft_s is None:
+            return 1.0
+        a = min(max(self.alpha, 1e-3), 1 - 1e-3)
+        tokens = (1 - a ** (k + 1)) / (1 - a)
+        return tokens * self.verify(0) / (k * self.draft_s + self.verify(k))
 
     def verify(self, k: int) -> float:
         if k in self.verify_s:
@@ -367,12 +378,13 @@ class SpeculativeGenerator:
                     costs.update(k_now, a, t1 - t0, t2 - t1)
                     if sc.adaptive:
                         k = self._next_k(costs)
-                    low = low + 1 if costs.alpha < sc.disable_below else 0
+                    low = low + 1 if not self._pays(costs, k) else 0
                     if stats.rounds >= sc.warmup and low >= sc.patience:
                         speculating = False
                         stats.fell_back_at = emitted
-                        log.info("speculative decoding off after %d rounds: acceptance %.2f < %.2f",
-                                 stats.rounds, costs.alpha, sc.disable_below)
+                        log.info("speculative decoding off after %d rounds: acceptance %.2f, "
+                                 "expected speedup %.2f", stats.rounds, costs.alpha,
+                                 costs.speedup(k))
                 else:
                     logits = decode_one(self.target.model, last, t_ctx)
                     last = _sample(logits, cfg, rng)
@@ -386,6 +398,11 @@ class SpeculativeGenerator:
                      stats.new_tokens, stats.acceptance_rate, stats.rounds, stats.tokens_per_s,
                      "" if stats.fell_back_at is None else
                      f", plain decoding from token {stats.fell_back_at}")
+
+    def _pays(self, costs: CostModel, k: int) -> bool:
+        if self.spec.cost_ratio is not None:
+            return costs.alpha >= self.spec.disable_below
+        return costs.speedup(k) >= 1.0
 
     def _next_k(self, costs: CostModel) -> int:
         sc = self.spec
