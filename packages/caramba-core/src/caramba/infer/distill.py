@@ -61,8 +61,8 @@ class DraftConfig:
     teacher: str = SMOLLM2
     corpus: str = "corpus:english"  # KJV + Shakespeare; prompts come from its validation
     teacher_dtype: str = "bfloat16"  # the dtype the teacher decodes in: label what it says
-    label_tokens: int = 65_536  # training tokens the teacher labels (the costly part)
-    label_block: int = 256  # teacher context per labelled window
+    label_tokens: int = 98_304  # training tokens the teacher labels (the costly part)
+    label_block: int = 256  # teacher context per window; windows spread over the corpus
     keep_tokens: int = 4096  # draft vocabulary: the teacher's most frequent labels
     exit_layer: int = 0  # > 0: the teacher's first blocks + a trained adapter (see above)
     adapter_layers: int = 1  # exit drafts: residual sublayers after the exit (1: attention)
@@ -83,7 +83,8 @@ class DraftConfig:
 
     def labels_key(self) -> str:
         fields = ("teacher", "corpus", "teacher_dtype", "label_tokens", "label_block")
-        text = json.dumps({f: getattr(self, f) for f in fields}, sort_keys=True)
+        text = json.dumps({"windows": "spread", **{f: getattr(self, f) for f in fields}},
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def tiny(self) -> tiny.TinyConfig:
@@ -241,6 +242,15 @@ def exit_draft(teacher: nn.Module, top: ExitTop, cfg: DraftConfig, keep: torch.T
     return PrunedVocabModel(model.eval(), keep, vocab, prune_inputs=False)
 
 
+def label_windows(train: np.ndarray, n: int, block: int) -> np.ndarray:
+    """n // block windows of `block` tokens spread evenly over `train`, concatenated: every
+    part of the corpus (each book, each play) gets labels, not only its beginning."""
+    count = min(n // block, len(train) // block)
+    step = (len(train) - block) // max(count - 1, 1) if count > 1 else 0
+    rows = np.arange(count, dtype=np.int64)[:, None] * step + np.arange(block, dtype=np.int64)
+    return train[rows].reshape(-1)
+
+
 def corpus_data(cfg: DraftConfig) -> TokenData:
     """The corpus in the teacher's tokenization (built once, cached by the tokenizer's hash)."""
     return TokenDatasetSource.open({"path": cfg.corpus, "tokenizer": cfg.teacher}, Path("."))
@@ -272,7 +282,7 @@ def distilled_draft(cfg: DraftConfig = DraftConfig(), *, teacher: nn.Module | No
         model = _fresh(cfg, teacher, keep)
         model.load_state_dict(state)
         return _wrap(cfg, teacher, model, keep, vocab)
-    tokens = np.asarray(data.train.data[: cfg.label_tokens])
+    tokens = label_windows(np.asarray(data.train.data), cfg.label_tokens, cfg.label_block)
     labels, features = _labels(cfg, tokens, teacher, use_cache)
     counts = np.bincount(labels, minlength=vocab)
     keep = torch.as_tensor(np.argsort(-counts, kind="stable")[: cfg.keep_tokens].copy())
