@@ -29,6 +29,13 @@ inline float block_scale(const uint8_t* blk) {
     return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
 }
 
+// The block scale broadcast to 16 lanes: vpbroadcastw + one vcvtph2ps (exact, as F16C is).
+inline __m512 block_scale16(const uint8_t* blk) {
+    uint16_t h;
+    std::memcpy(&h, blk, sizeof h);
+    return _mm512_cvtph_ps(_mm256_set1_epi16(static_cast<short>(h)));
+}
+
 inline __m128i load16_bytes(const uint8_t* p) {
     return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
 }
@@ -42,7 +49,7 @@ struct Q8 {
         __m512 d;
         const uint8_t* qs;
     };
-    static Block prepare(const uint8_t* blk) { return {_mm512_set1_ps(block_scale(blk)), blk + 2}; }
+    static Block prepare(const uint8_t* blk) { return {block_scale16(blk), blk + 2}; }
     static __m512 strip(const Block& b, int s) {
         return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16_bytes(b.qs + 16 * s))), b.d);
     }
@@ -56,8 +63,7 @@ struct Q4 {  // strip 0: low nibbles (elements 0-15), strip 1: high nibbles (16-
     };
     static Block prepare(const uint8_t* blk) {
         const __m512 lut = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
-        return {_mm512_mul_ps(lut, _mm512_set1_ps(block_scale(blk))),
-                _mm512_cvtepu8_epi32(load16_bytes(blk + 2))};
+        return {_mm512_mul_ps(lut, block_scale16(blk)), _mm512_cvtepu8_epi32(load16_bytes(blk + 2))};
     }
     static __m512 strip(const Block& b, int s) {
         return _mm512_permutexvar_ps(s == 0 ? b.w : _mm512_srli_epi32(b.w, 4), b.table);
@@ -71,7 +77,7 @@ struct NF4 {  // strips 0,1: low nibbles of bytes 0-15, 16-31; strips 2,3: their
         __m512i w[2];
     };
     static Block prepare(const uint8_t* blk) {
-        return {_mm512_mul_ps(_mm512_loadu_ps(kNf4Codebook), _mm512_set1_ps(block_scale(blk))),
+        return {_mm512_mul_ps(_mm512_loadu_ps(kNf4Codebook), block_scale16(blk)),
                 {_mm512_cvtepu8_epi32(load16_bytes(blk + 2)), _mm512_cvtepu8_epi32(load16_bytes(blk + 18))}};
     }
     static __m512 strip(const Block& b, int s) {
@@ -341,6 +347,38 @@ void value_quant(const uint8_t* rows, int64_t row_stride, int n_rows, const floa
     }
 }
 
+// Two blocks per pass for the 2-strip formats and groups of 2-4 heads: each broadcast of a
+// probability feeds 4 strips instead of 2 (NG * 4 <= 16 accumulators stay in registers).
+template <class F, int NG>
+void value_quant_pairs(const uint8_t* rows, int64_t row_stride, int n_rows, const float* p,
+                       int64_t p_stride, int64_t dim, float* acc, int64_t acc_stride) {
+    static_assert(F::kStrips == 2, "two blocks of two strips");
+    constexpr int SP = 4;
+    const int64_t nb = dim / F::kElems;
+    for (int64_t b = 0; b + 2 <= nb; b += 2) {
+        const int64_t col = b * F::kElems;
+        __m512 a[NG][SP];
+        for (int g = 0; g < NG; ++g)
+            for (int j = 0; j < SP; ++j) a[g][j] = _mm512_loadu_ps(acc + g * acc_stride + col + 16 * j);
+        for (int t = 0; t < n_rows; ++t) {
+            const uint8_t* blk = rows + t * row_stride + b * F::kBytes;
+            const typename F::Block b0 = F::prepare(blk), b1 = F::prepare(blk + F::kBytes);
+            const __m512 v[SP] = {F::strip(b0, 0), F::strip(b0, 1), F::strip(b1, 0), F::strip(b1, 1)};
+            for (int g = 0; g < NG; ++g) {
+                const __m512 pg = _mm512_set1_ps(p[g * p_stride + t]);
+                for (int j = 0; j < SP; ++j) a[g][j] = _mm512_fmadd_ps(pg, v[j], a[g][j]);
+            }
+        }
+        for (int g = 0; g < NG; ++g)
+            for (int j = 0; j < SP; ++j) _mm512_storeu_ps(acc + g * acc_stride + col + 16 * j, a[g][j]);
+    }
+    if (nb % 2 != 0) {  // the last block alone
+        const int64_t off = (nb - 1) * F::kElems;
+        value_quant<F, NG>(rows + (nb - 1) * F::kBytes, row_stride, n_rows, p, p_stride, F::kElems,
+                           acc + off, acc_stride);
+    }
+}
+
 template <class F, int NG>
 void value_plain(const uint8_t* rows, int64_t row_stride, int n_rows, const float* p,
                  int64_t p_stride, int64_t dim, float* acc, int64_t acc_stride) {
@@ -412,7 +450,11 @@ template <class F, int NG>
 struct ValueQ {
     static void run(const uint8_t* r, int64_t rs, int n, const float* p, int64_t ps, int64_t d,
                     float* a, int64_t as) {
-        value_quant<F, NG>(r, rs, n, p, ps, d, a, as);
+        if constexpr (F::kStrips == 2 && NG >= 2 && NG <= 4) {
+            value_quant_pairs<F, NG>(r, rs, n, p, ps, d, a, as);
+        } else {
+            value_quant<F, NG>(r, rs, n, p, ps, d, a, as);
+        }
     }
 };
 template <class F, int NG>
