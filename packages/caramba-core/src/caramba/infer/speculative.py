@@ -36,6 +36,8 @@ from caramba.layers.base import ForwardContext
 
 log = logging.getLogger("caramba.infer")
 
+PLAIN_PROBES = 2  # plain steps timed at the start of a stream (measured-cost mode)
+
 
 @dataclass
 class SpeculativeConfig:
@@ -141,6 +143,10 @@ class CostModel:
         self.successes, self.trials = alpha, 1.0
         self.draft_s: float | None = None
         self.verify_s: dict[int, float] = {}
+        self.plain_s: float | None = None  # one plain target step (fastest seen)
+
+    def plain(self, seconds: float) -> None:
+        self.plain_s = seconds if self.plain_s is None else min(self.plain_s, seconds)
 
     @property
     def alpha(self) -> float:
@@ -156,13 +162,14 @@ class CostModel:
         self.verify_s[k] = verify_s if old is None else (1 - w) * old + w * verify_s
 
     def speedup(self, k: int) -> float:
-        """Expected tokens per unit time of rounds of k drafts over plain decoding, a plain
-        step priced as the shortest verify pass measured (so, if anything, too cheap)."""
+        """Expected tokens per unit time of rounds of k drafts over plain decoding (a plain
+        step priced as measured, else as the shortest verify pass seen)."""
         if self.draft_s is None:
             return 1.0
         a = min(max(self.alpha, 1e-3), 1 - 1e-3)
         tokens = (1 - a ** (k + 1)) / (1 - a)
-        return tokens * self.verify(0) / (k * self.draft_s + self.verify(k))
+        plain = self.plain_s if self.plain_s is not None else self.verify(0)
+        return tokens * plain / (k * self.draft_s + self.verify(k))
 
     def verify(self, k: int) -> float:
         if k in self.verify_s:
@@ -336,9 +343,23 @@ class SpeculativeGenerator:
             if token not in stop or keep_stop:
                 yield token
             speculating = True
+            # Price a plain decode step (the baseline speculation must beat) with the first
+            # PLAIN_PROBES new tokens, decoded plainly; the draft catches up in its next feed.
+            probes = PLAIN_PROBES if sc.cost_ratio is None else 0
             while not done:
                 n = t_ctx.position  # tokens in the target cache
-                if speculating:
+                if probes:
+                    probes -= 1
+                    t0 = time.perf_counter()
+                    logits = decode_one(self.target.model, last, t_ctx)
+                    last = _sample(logits, cfg, rng)
+                    costs.plain(time.perf_counter() - t0)
+                    pending = torch.cat((pending, last), dim=1)
+                    token = int(last[0, 0])
+                    done = emit(token)
+                    if token not in stop or keep_stop:
+                        yield token
+                elif speculating:
                     k_now = max(1, min(k, room - emitted))
                     t0 = time.perf_counter()
                     drafts, q = self._draft(d_ctx, pending, k_now, rng, greedy)
