@@ -224,6 +224,14 @@ def markdown(result: dict) -> str:
     for t in result["targets"]:
         out.append(f"- {'MET' if t['met'] else 'MISSED'}: {t['what']}: speedup "
                    f"{t['speedup']:.2f}x at acceptance {t['acceptance']:.2f}.")
+    if not result["targets"]:
+        best = max(result["rows"], key=lambda r: r["acceptance"])
+        fast = max(result["rows"], key=lambda r: r["speedup"])
+        out.append(f"- MISSED: no pair reached acceptance 0.6 (highest {best['acceptance']:.2f}"
+                   f", {best['target']} + {best['draft']}, {best['text']}, {best['mode']}), so "
+                   f"the conditional target is not demonstrated. Fastest: {fast['speedup']:.2f}x"
+                   f" ({fast['target']} + {fast['draft']}, {fast['text']}, {fast['mode']}, "
+                   f"acceptance {fast['acceptance']:.2f}).")
     out += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     return "\n".join(out) + "\n"
 
@@ -247,6 +255,11 @@ NOTES = [
     "one-token pass, so near-ties can flip and the two greedy texts part ways there.",
     "time in draft / verify: shares of speculative decode time; the rest is plain decoding "
     "after a fallback (expected speedup below 1 for `patience` rounds) and bookkeeping.",
+    "Why acceptance stays low: every draft trained within the CPU budget (at most ~100k "
+    "teacher-labelled tokens) agrees with SmolLM2's argmax on about 40% of held-out "
+    "positions teacher-forced (development runs: 2x256 standalone 0.32-0.38, first 2 blocks + "
+    "adapter 0.40, first 4 + adapter 0.41, first 12 + adapter 0.40), with train loss far "
+    "below validation loss: data-bound. The untrained 4-block early exit agrees on 6%.",
     "Shared 2-core machine under load from other jobs: absolute tokens/s vary run to run; "
     "each ratio comes from plain and speculative runs interleaved prompt by prompt.",
 ]
