@@ -162,13 +162,15 @@ class CostModel:
         self.verify_s[k] = verify_s if old is None else (1 - w) * old + w * verify_s
 
     def speedup(self, k: int) -> float:
-        """Expected tokens per unit time of rounds of k drafts over plain decoding (a plain
-        step priced as measured, else as the shortest verify pass seen)."""
+        """Expected tokens per unit time of rounds of k drafts over plain decoding. A plain
+        step is priced as measured, but never above the shortest verify pass seen (a pass
+        over one token cannot cost more than one over two; a noisy probe must not make a
+        useless draft look worth it)."""
         if self.draft_s is None:
             return 1.0
         a = min(max(self.alpha, 1e-3), 1 - 1e-3)
         tokens = (1 - a ** (k + 1)) / (1 - a)
-        plain = self.plain_s if self.plain_s is not None else self.verify(0)
+        plain = self.verify(0) if self.plain_s is None else min(self.plain_s, self.verify(0))
         return tokens * plain / (k * self.draft_s + self.verify(k))
 
     def verify(self, k: int) -> float:
