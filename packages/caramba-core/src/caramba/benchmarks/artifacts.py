@@ -77,23 +77,24 @@ def summary_png(results: list[BenchmarkResult], path: Path, title: str) -> Path 
     if not panels:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.8), dpi=120)
+    # One panel per benchmark present, so a target without e.g. `memory` leaves no blank.
+    fig, axes = plt.subplots(1, len(panels), figsize=(11 * len(panels) / 3 + 0.4, 3.8),
+                             dpi=120, squeeze=False)
+    slots = iter(axes[0])
     if ppl is not None:
-        _bars(axes[0], {n: ppl.summary[n]["perplexity"] for n in _models(ppl)},
+        _bars(next(slots), {n: ppl.summary[n]["perplexity"] for n in _models(ppl)},
               "held-out perplexity (lower is better)", ".2f")
     if lat is not None:
         context = lat.summary[_models(lat)[0]]["long_context"]
-        _bars(axes[1], {n: lat.summary[n]["long_context_decode_tokens_per_s"]
-                        for n in _models(lat)},
+        _bars(next(slots), {n: lat.summary[n]["long_context_decode_tokens_per_s"]
+                            for n in _models(lat)},
               f"decode tokens/s at {context} tokens of context", ".1f")
     if mem is not None:
         kind = next(k.removeprefix("kv_bytes_per_token_")
                     for k in mem.summary[_models(mem)[0]] if k.startswith("kv_bytes_per_token_"))
-        _bars(axes[2], {n: mem.summary[n][f"kv_bytes_per_token_{kind}"] for n in _models(mem)},
+        _bars(next(slots), {n: mem.summary[n][f"kv_bytes_per_token_{kind}"]
+                            for n in _models(mem)},
               f"KV-cache bytes per token ({kind})", ",.0f")
-    for ax, present in zip(axes, (ppl, lat, mem), strict=True):
-        if present is None:
-            ax.set_axis_off()
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
