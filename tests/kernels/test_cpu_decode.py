@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 import pytest
+from quant_bounds import BLOCK, FORMATS, U, delta_bound
 
 cpu = pytest.importorskip(
     "caramba_kernels.cpu",
@@ -33,26 +34,9 @@ cpu = pytest.importorskip(
 )
 backend = cpu.backend
 
-FORMATS = ("f32", "f16", "q8_0", "q4_0", "nf4")
-BLOCK = {"f32": 1, "f16": 1, "q8_0": 32, "q4_0": 32, "nf4": 64}
 # the reference and every SIMD variant this CPU runs ("simd" is the best of them)
 PATHS = tuple(p for p in backend.paths if p not in ("auto", "simd"))
-U = 2.0**-24
-U16 = 2.0**-11
 CASES = 1000
-
-
-def delta_bound(kind: str, x: np.ndarray) -> np.ndarray:
-    """Per-element bound on |dequantize(quantize(x)) - x| (test_cpu_quant's derivation)."""
-    if kind == "f32":
-        return np.zeros(x.shape)
-    if kind == "f16":
-        return np.maximum(np.abs(x) * U16, 2.0**-25)
-    block = BLOCK[kind]
-    amax = np.abs(x.reshape(*x.shape[:-1], -1, block)).max(axis=-1, keepdims=True)
-    rel, qmax = {"q8_0": (1 / 254 + U16, 127), "q4_0": (1 / 8 + U16, 8), "nf4": (0.1519037 + U16, 1)}[kind]
-    bound = amax * rel * (1 + 1e-4) + qmax * 2.0**-25
-    return np.broadcast_to(bound, (*amax.shape[:-1], block)).reshape(x.shape)
 
 
 def pick_dim(rng: np.random.Generator, kind: str) -> int:
