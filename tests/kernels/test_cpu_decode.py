@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 import pytest
+from float64_decode import propagated, reference
 from quant_bounds import BLOCK, FORMATS, U, delta_bound
 
 cpu = pytest.importorskip(
@@ -43,38 +44,6 @@ def pick_dim(rng: np.random.Generator, kind: str) -> int:
     if BLOCK[kind] == 1:
         return int(rng.integers(32, 80)) if rng.random() < 0.3 else 32 * int(rng.integers(1, 5))
     return BLOCK[kind] * int(rng.integers(1, 128 // BLOCK[kind] + 1))
-
-
-def reference(qs, ks, scales, v, lengths):
-    """float64 decode attention: qs (B, Hq, D_i), ks (B, Hkv, S, D_i), v (B, Hkv, S, Dv)."""
-    B, Hq = qs[0].shape[:2]
-    Hkv, S = v.shape[1:3]
-    G = Hq // Hkv
-    s = 0.0
-    sigma = 0.0
-    for q, k, scale in zip(qs, ks, scales, strict=True):
-        qg = q.astype(np.float64).reshape(B, Hkv, G, -1)
-        s = s + scale * np.einsum("bhgd,bhsd->bhgs", qg, k)
-        sigma = sigma + abs(scale) * np.einsum("bhgd,bhsd->bhgs", np.abs(qg), np.abs(k))
-    valid = np.arange(S)[None, :] < lengths[:, None]  # (B, S)
-    s = np.where(valid[:, None, None, :], s, -np.inf)
-    p = np.exp(s - s.max(axis=-1, keepdims=True))
-    p /= p.sum(axis=-1, keepdims=True)
-    out = np.einsum("bhgs,bhsd->bhgd", p, v).reshape(B, Hq, -1)
-    sigma = float(np.where(valid[:, None, None, :], sigma, 0).max())
-    return out, sigma
-
-
-def propagated(qs, dks, scales, lengths) -> float:
-    """max_t sum_paths |scale| sum_d |q_d| delta_k(t, d) over valid positions."""
-    B, Hq = qs[0].shape[:2]
-    Hkv, S = dks[0].shape[1:3]
-    total = 0.0
-    for q, dk, scale in zip(qs, dks, scales, strict=True):
-        qg = np.abs(q.astype(np.float64)).reshape(B, Hkv, Hq // Hkv, -1)
-        total = total + abs(scale) * np.einsum("bhgd,bhsd->bhgs", qg, dk)
-    valid = np.arange(S)[None, :] < lengths[:, None]
-    return float(np.where(valid[:, None, None, :], total, 0).max())
 
 
 def make_cache(rng, kind, B, Hkv, S, D):
@@ -104,8 +73,8 @@ def run_case(rng: np.random.Generator, k_kinds: list[str], v_kind: str) -> None:
     Dv = pick_dim(rng, v_kind)
     v_x, v, v_d = make_cache(rng, v_kind, B, Hkv, S, Dv)
 
-    ref_deq, sigma = reference(qs, ks_d, scales, v_d, lengths)
-    ref_orig, _ = reference(qs, ks_x, scales, v_x.astype(np.float64), lengths)
+    ref_deq, _, sigma = reference(qs, ks_d, scales, v_d, lengths)
+    ref_orig, _, _ = reference(qs, ks_x, scales, v_x.astype(np.float64), lengths)
     D_total = sum(q.shape[-1] for q in qs)
     vmax = float(np.abs(v_d).max())
     eps = (D_total + 4) * U * sigma
@@ -158,7 +127,7 @@ def test_split_k_and_thread_counts_agree_on_long_ragged_sequences() -> None:
     _, k, k_d = make_cache(rng, "q8_0", B, Hkv, S, D)
     _, v, v_d = make_cache(rng, "q4_0", B, Hkv, S, D)
     lengths = np.array([997, 1, 513], np.int32)  # odd, single, not a multiple of any chunk
-    expected, _ = reference([q], [k_d], [D**-0.5], v_d, lengths)
+    expected, _, _ = reference([q], [k_d], [D**-0.5], v_d, lengths)
     for path in PATHS:
         for splits in (1, 3, 7, 64, 5000):
             results = []
