@@ -7,9 +7,8 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from caramba.benchmarks.base import BenchmarkConfig, BenchmarkResult
+from caramba.benchmarks.base import BenchmarkConfig, BenchmarkResult, require_tokenizer
 from caramba.benchmarks.cloze import cloze_questions
-from caramba.errors import InputError
 from caramba.verify.scoring import choice_logprobs
 
 
@@ -31,11 +30,7 @@ class AccuracyBenchmark:
 
     def run(self, bench_id: str, config: AccuracyConfig, models: dict[str, Any], data: Any,
             device: torch.device) -> BenchmarkResult:
-        tokenizer = getattr(data, "tokenizer", None)
-        if tokenizer is None:
-            raise InputError(f"benchmark {bench_id!r}: accuracy needs the dataset's tokenizer "
-                             "to write the questions, and this dataset has none.",
-                             hint="set data.config.tokenizer.")
+        tokenizer = require_tokenizer(bench_id, "accuracy", data, " to write the questions")
         questions = cloze_questions(config.corpus, config.questions, config.choices,
                                     config.seed)
         result = BenchmarkResult(bench_id)

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from caramba.atomic import atomic_write_text
+from caramba.errors import InputError
 
 
 class BenchmarkConfig(BaseModel):
@@ -62,3 +63,13 @@ class BenchmarkResult:
         writer.writerows(self.rows)
         atomic_write_text(path, buffer.getvalue())
         return path
+
+
+def require_tokenizer(bench_id: str, benchmark: str, data: Any, why: str = "") -> Any:
+    """The dataset's tokenizer, or the one-paragraph error text benchmarks need it for."""
+    tokenizer = getattr(data, "tokenizer", None)
+    if tokenizer is None:
+        raise InputError(f"benchmark {bench_id!r}: {benchmark} needs the dataset's tokenizer"
+                         f"{why}, and this dataset has none.",
+                         hint="set data.config.tokenizer.")
+    return tokenizer

@@ -9,8 +9,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from caramba.benchmarks.base import BenchmarkConfig, BenchmarkResult
-from caramba.errors import InputError
+from caramba.benchmarks.base import BenchmarkConfig, BenchmarkResult, require_tokenizer
 
 
 class GenerationConfig(BenchmarkConfig):
@@ -29,11 +28,7 @@ class GenerationBenchmark:
 
     def run(self, bench_id: str, config: GenerationConfig, models: dict[str, Any], data: Any,
             device: torch.device) -> BenchmarkResult:
-        tokenizer = getattr(data, "tokenizer", None)
-        if tokenizer is None:
-            raise InputError(f"benchmark {bench_id!r}: generation needs the dataset's "
-                             "tokenizer, and this dataset has none.",
-                             hint="set data.config.tokenizer.")
+        tokenizer = require_tokenizer(bench_id, "generation", data)
         result = BenchmarkResult(bench_id)
         for name, model in models.items():
             was_training = model.training
