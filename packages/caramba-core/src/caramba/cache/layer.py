@@ -15,15 +15,19 @@ off take the exact path over the dequantized keys and values.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 
 from caramba.cache.attend import dba_qk, exact_attention, partial_attention
+from caramba.cache.graphs import DecodeGraphs, graph_mode, graphs_enabled
 from caramba.cache.plan import DecodePlan
 from caramba.cache.tensor import CacheTensor
 from caramba.kernels.dispatch import call_decode, get_backend
 from caramba.kernels.merge import merge_partials
+
+log = logging.getLogger("caramba.cache")
 
 
 def _row(q: torch.Tensor) -> torch.Tensor:
@@ -34,9 +38,12 @@ def _row(q: torch.Tensor) -> torch.Tensor:
 class _CacheBase:
     tensors: tuple[CacheTensor, ...]
 
-    def __init__(self, plan: DecodePlan | None, use_kernels: bool) -> None:
+    def __init__(self, plan: DecodePlan | None, use_kernels: bool,
+                 use_graphs: bool = True) -> None:
         self.plan = plan or DecodePlan()
         self.use_kernels = use_kernels
+        self.use_graphs = use_graphs  # CUDA-graph decode steps (caramba.cache.graphs)
+        self.graphs = DecodeGraphs()
         # Decode steps by how they were served (for tests and reports): the backend read the
         # stored prefix / the full-precision tail was attended exactly and merged / the whole
         # step took the exact path.
@@ -84,6 +91,18 @@ class _CacheBase:
         the backend and tail exactly, merged; returns (B, Hq, 1, Dv) in the query dtype."""
         *keys, v = self.tensors
         prefix = min(t.stored for t in self.tensors)  # what every tensor holds in storage
+        mode = graph_mode(self.tensors) if self.use_graphs and prefix else None
+        if mode is not None and not self.graphs.failed and graphs_enabled():
+            try:
+                out = self.graphs.step(self.tensors, mode, op, qs, scales)
+            except RuntimeError as exc:  # a backend that cannot be captured: stay eager
+                self.graphs.failed = True
+                log.warning("decode step not capturable as a CUDA graph (%s); eager from now",
+                            exc)
+            else:
+                self.kernel_calls += 1
+                self.tail_calls += prefix < self.length
+                return out.unsqueeze(2).to(qs[0].dtype, copy=True)
         rows = [_row(q) for q in qs]
         out = lse = None
         if prefix:
@@ -110,8 +129,8 @@ class LayerKVCache(_CacheBase):
     """Keys and values of one standard / GQA attention layer, (B, Hkv, n, D) each."""
 
     def __init__(self, k: CacheTensor, v: CacheTensor, plan: DecodePlan | None = None,
-                 use_kernels: bool = True) -> None:
-        super().__init__(plan, use_kernels)
+                 use_kernels: bool = True, use_graphs: bool = True) -> None:
+        super().__init__(plan, use_kernels, use_graphs)
         self.k, self.v = k, v
         self.tensors = (k, v)
 
@@ -139,8 +158,9 @@ class DecoupledKVCache(_CacheBase):
     its own kind."""
 
     def __init__(self, k_sem: CacheTensor, k_geo: CacheTensor, v: CacheTensor,
-                 plan: DecodePlan | None = None, use_kernels: bool = True) -> None:
-        super().__init__(plan, use_kernels)
+                 plan: DecodePlan | None = None, use_kernels: bool = True,
+                 use_graphs: bool = True) -> None:
+        super().__init__(plan, use_kernels, use_graphs)
         self.k_sem, self.k_geo, self.v = k_sem, k_geo, v
         self.tensors = (k_sem, k_geo, v)
 

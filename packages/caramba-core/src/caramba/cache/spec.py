@@ -39,6 +39,7 @@ class CacheSpec:
     block_tokens: int = DEFAULT_BLOCK_TOKENS
     plan: DecodePlan = field(default_factory=DecodePlan)
     use_kernels: bool = True
+    cuda_graphs: bool = True  # replay CUDA decode steps as graphs (caramba.cache.graphs)
     caches: list[LayerKVCache | DecoupledKVCache] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -65,10 +66,10 @@ class CacheSpec:
              for name, shape in shapes.items()}
         if set(t) == {"k", "v"}:
             cache: LayerKVCache | DecoupledKVCache = LayerKVCache(
-                t["k"], t["v"], self.plan, self.use_kernels)
+                t["k"], t["v"], self.plan, self.use_kernels, self.cuda_graphs)
         else:
             cache = DecoupledKVCache(t["k_sem"], t["k_geo"], t["v"], self.plan,
-                                     self.use_kernels)
+                                     self.use_kernels, self.cuda_graphs)
         self.caches.append(cache)
         return cache
 
