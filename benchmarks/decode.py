@@ -50,6 +50,7 @@ ARCHS = {
     "dba-v384": dict(mode="dba", sem_dim=128, geo_dim=256, attn_dim=384),
 }
 KINDS = ["fp16", "q8_0", "q4_0", "nf4"]
+EAGER_ROWS = {"standard": ("fp16",), HEADLINE: ("fp16", "q8_0")}  # CUDA: graphs-off rows too
 
 
 def layer_for(arch: str, device: torch.device, dtype: torch.dtype) -> AttentionLayer:
@@ -108,6 +109,7 @@ class DecodeCase:
     ctx: object
     cache: object
     x: torch.Tensor
+    graphs: bool = True
     best: float = math.inf  # seconds for `steps` steps, best round
 
     def run(self, steps: int, sync) -> float:
@@ -121,9 +123,9 @@ class DecodeCase:
 
 def prepare_case(layer: AttentionLayer, arch: str, kind: str, context: int, capacity: int,
                  device: torch.device, dtype: torch.dtype, block_tokens: int = 32,
-                 batch: int = 1) -> DecodeCase:
+                 batch: int = 1, graphs: bool = True) -> DecodeCase:
     spec = spec_for(layer, kind, capacity=capacity, block_tokens=block_tokens,
-                    plan=DecodePlan("auto"))
+                    plan=DecodePlan("auto"), cuda_graphs=graphs)
     ctx = spec.context(position=context)
     cache = spec.make(layer.cache_shapes(), batch, device, dtype)
     ctx.set_module_state(layer, cache)
@@ -134,11 +136,11 @@ def prepare_case(layer: AttentionLayer, arch: str, kind: str, context: int, capa
                  for h, d in layer.cache_shapes().values()]
         cache.append(*parts)
     x = torch.randn(batch, 1, D_MODEL, device=device, dtype=dtype)
-    return DecodeCase(arch, kind, block_tokens, layer, spec, ctx, cache, x)
+    return DecodeCase(arch, kind, block_tokens, layer, spec, ctx, cache, x, graphs)
 
 
 @torch.no_grad()
-def decode_rows(cases: list[tuple[str, str, int]], context: int, steps: int,
+def decode_rows(cases: list[tuple[str, str, int, bool]], context: int, steps: int,
                 device: torch.device, dtype: torch.dtype, rounds: int = 3,
                 batch: int = 1) -> list[dict]:
     """Time every (arch, kind, block_tokens) case at one context, interleaved: round r runs
@@ -146,10 +148,11 @@ def decode_rows(cases: list[tuple[str, str, int]], context: int, steps: int,
     ratio thus see the same background load — on a shared machine the load drifts more
     between minutes than between neighbouring rounds."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    layers = {arch: layer_for(arch, device, dtype) for arch, _, _ in cases}
+    layers = {arch: layer_for(arch, device, dtype) for arch, *_ in cases}
     capacity = context + (rounds + 1) * steps + 4
     prepared = [prepare_case(layers[arch], arch, kind, context, capacity, device, dtype,
-                             block_tokens, batch) for arch, kind, block_tokens in cases]
+                             block_tokens, batch, graphs)
+                for arch, kind, block_tokens, graphs in cases]
     for case in prepared:  # warm-up
         case.run(3, sync)
     for r in range(rounds):
@@ -162,7 +165,9 @@ def decode_rows(cases: list[tuple[str, str, int]], context: int, steps: int,
         path = "kernel" if c.cache.kernel_calls > c.cache.exact_calls else "exact"
         rows.append({"arch": c.arch, "cache": label(c.spec), "kind": c.kind,
                      "context": context, "batch": batch, "block_tokens": c.block_tokens,
-                     "rounds": rounds, "tokens_per_s": batch * steps / c.best,
+                     "rounds": rounds, "eager": not c.graphs,
+                     "graphs": c.cache.graphs.replays > 0,
+                     "tokens_per_s": batch * steps / c.best,
                      "ms_per_token": 1000 * c.best / steps, "path": path,
                      "kv_bytes_per_token": c.cache.bytes_per_token,
                      "kv_bytes_allocated": c.cache.nbytes})
@@ -190,6 +195,7 @@ def markdown(result: dict) -> str:
             "|---|---|---:|---:|---:|---|---:|"]
     for r in result["decode"]:
         tail = "" if r["block_tokens"] == 32 else f" [tail {r['block_tokens']}]"
+        tail += " [eager]" if r.get("eager") else ""
         out.append(f"| {r['arch']} | {r['cache']}{tail} | {r['context']} | "
                    f"{r['tokens_per_s']:.1f} | {r['ms_per_token']:.2f} | {r['path']} | "
                    f"{r['kv_bytes_per_token']} |")
@@ -216,7 +222,7 @@ def targets(result: dict, context: int) -> list[dict]:
             out.append({"what": f"{name(arch)} q8_0 KV bytes vs standard fp16", "value": ratio,
                         "target": 5.0, "met": ratio >= 5.0})
     speed = {(r["arch"], r["kind"], r["context"], r["block_tokens"]): r["tokens_per_s"]
-             for r in result["decode"]}
+             for r in result["decode"] if not r.get("eager")}
     base = speed.get(("standard", "fp16", context, 32))
     for arch in order:
         fast = speed.get((arch, "q8_0", context, 32))
@@ -272,9 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     for context in contexts:
         cases = []
         for arch in archs:
-            cases += [(arch, kind, 32) for kind in kinds]
+            cases += [(arch, kind, 32, True) for kind in kinds]
             if arch == "standard":  # every token quantized on arrival: no tail to merge
-                cases += [(arch, kind, 0) for kind in ("q8_0", "q4_0")]
+                cases += [(arch, kind, 0, True) for kind in ("q8_0", "q4_0")]
+            if device.type == "cuda":  # the same step without CUDA graphs, side by side
+                cases += [(arch, k, 32, False) for k in EAGER_ROWS.get(arch, ())]
         for row in decode_rows(cases, context, args.steps, device, dtype, rounds=args.rounds,
                                batch=args.batch):
             result["decode"].append(row)
@@ -317,8 +325,16 @@ def notes(result: dict) -> list[str]:
                "plus the cache append and attention. 'exact' rows dequantize the whole cache "
                "every step; compare them with the 'kernel' rows of the same kind.")
     if result["machine"]["device"].startswith("cuda"):
-        out.append("On CUDA a batch of 1 is launch-bound (about 1 ms per layer step whatever "
-                   "the cache); run with --batch 32 to see memory traffic.")
+        out.append("CUDA: a cache's decode attention (the backend's fused decode over the "
+                   "stored prefix, the full-precision tail masked inside its fixed 32-row "
+                   "buffer, the log-sum-exp merge) is captured once per storage buffer as a "
+                   "CUDA graph and replayed each step with device-side lengths "
+                   "(caramba.cache.graphs); '[eager]' rows are the same step with graphs "
+                   "off (CacheSpec(cuda_graphs=False)). Projections, RoPE and the append "
+                   "stay eager.")
+        out.append("On CUDA a batch of 1 is launch-bound (the layer's eager launches set the "
+                   "step time whatever the cache); run with --batch 32 to see memory "
+                   "traffic.")
     if result["machine"]["device"] == "cpu":
         out.append("CPU figures come from a shared 2-core machine under load from other jobs; "
                    "one intra-op thread (a second OpenMP thread was ~100x slower under "
