@@ -128,6 +128,9 @@ class CacheTensor:
 
     def _append_blocked(self, x: torch.Tensor) -> None:
         R, r = self.block_tokens, self.pending
+        if r + x.shape[2] < R:  # the block does not fill (most decode steps): one copy
+            self.tail[:, :, r : r + x.shape[2]] = x
+            return
         rows = torch.cat((self.tail[:, :, :r], x.to(self.dtype)), dim=2) if r else x
         full = rows.shape[2] // R * R
         if full:
