@@ -5,7 +5,8 @@ prompt decoded plainly, then speculatively, in alternation), one process.
 Pairs:
 - SmolLM2-135M (pretrained, bfloat16) + a draft distilled from it by caramba (teacher greedy
   labels on the corpus's training text, 4096-token pruned vocabulary; infer.distill, cached
-  under CARAMBA_CACHE, trained on first use);
+  under CARAMBA_CACHE, trained on first use), and the same draft on 4x the labels and 600
+  steps (--more-labels; ~12 min of one-off labelling and training);
 - SmolLM2-135M + its own first 4 blocks (early exit; no training) for reference;
 - a 256-wide 4-block caramba model + a 64-wide 1-block one (8192-token BPE), both trained here.
 
@@ -24,7 +25,7 @@ import copy
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -136,20 +137,26 @@ def smollm2_rows(args) -> list[Row]:
 
     cfg = DraftConfig()
     teacher, _ = load_teacher(cfg)  # bfloat16: the dtype the target decodes in
-    started = time.perf_counter()
-    draft = distilled_draft(cfg, teacher=teacher)
-    print(f"distilled draft ready in {time.perf_counter() - started:.0f} s", flush=True)
     texts = {name: prompts_from(corpus_data(DraftConfig(corpus=f"corpus:{name}")).val.data,
                                 args.prompts) for name in ("kjv", "shakespeare")}
     rows = []
     name = "SmolLM2-135M (bf16)"
-    dname = (f"distilled {cfg.n_layers}x{cfg.d_model}, {cfg.keep_tokens}-token vocab, "
-             f"{cfg.steps} steps on {cfg.label_tokens // 1024}k teacher labels")
-    for temperature in (0.0, args.temperature):
-        for text, prompts in texts.items():
-            rows.append(measure(teacher, draft, (name, dname, text), prompts, args.tokens,
-                                temperature, args.spec_k, args.rounds))
-            print(json.dumps(asdict(rows[-1])), flush=True)
+    variants = [(0, 0)] + [tuple(int(v) for v in spec.split(":"))
+                           for spec in args.more_labels.split(",") if spec]
+    for labels, steps in variants:
+        vcfg = replace(cfg, label_tokens=labels, steps=steps) if labels else cfg
+        started = time.perf_counter()
+        vdraft = distilled_draft(vcfg, teacher=teacher)
+        print(f"distilled draft ready in {time.perf_counter() - started:.0f} s", flush=True)
+        vname = (f"distilled {vcfg.n_layers}x{vcfg.d_model}, {vcfg.keep_tokens}-token vocab, "
+                 f"{vcfg.steps} steps on {vcfg.label_tokens // 1024}k teacher labels")
+        if not labels:
+            draft, dname = vdraft, vname
+        for temperature in (0.0, args.temperature):
+            for text, prompts in texts.items():
+                rows.append(measure(teacher, vdraft, (name, vname, text), prompts, args.tokens,
+                                    temperature, args.spec_k, args.rounds))
+                print(json.dumps(asdict(rows[-1])), flush=True)
     for spec in args.exit_drafts.split(",") if args.exit_drafts else []:
         layer, adapter, steps, labels = (int(v) for v in spec.split(":"))
         exit_cfg = DraftConfig(exit_layer=layer, adapter_layers=adapter, steps=steps,
@@ -255,11 +262,17 @@ NOTES = [
     "one-token pass, so near-ties can flip and the two greedy texts part ways there.",
     "time in draft / verify: shares of speculative decode time; the rest is plain decoding "
     "after a fallback (expected speedup below 1 for `patience` rounds) and bookkeeping.",
-    "Why acceptance stays low: every draft trained within the CPU budget (at most ~100k "
-    "teacher-labelled tokens) agrees with SmolLM2's argmax on about 40% of held-out "
+    "Why acceptance stays low: every draft trained on ~100k teacher labels or fewer "
+    "agrees with SmolLM2's argmax on about 40% of held-out "
     "positions teacher-forced (development runs: 2x256 standalone 0.32-0.38, first 2 blocks + "
     "adapter 0.40, first 4 + adapter 0.41, first 12 + adapter 0.40), with train loss far "
-    "below validation loss: data-bound. The untrained 4-block early exit agrees on 6%.",
+    "below validation loss. The untrained 4-block early exit agrees on 6%.",
+    "More labels lift acceptance little: 4x the teacher labels (384k, labelled in bfloat16 in "
+    "~7 min, one-off) and 600 steps narrow the train/val gap (final train loss 2.57, val "
+    "3.05), but the draft's acceptance and speedup (its rows) move only within this "
+    "benchmark's run-to-run noise (4 prompts per text; a run beside a test job measured it at "
+    "1.14/1.18x greedy), nowhere near 0.6: the small draft is bound by capacity or objective "
+    "as much as by data.",
     "Shared 2-core machine under load from other jobs: absolute tokens/s vary run to run; "
     "each ratio comes from plain and speculative runs interleaved prompt by prompt.",
 ]
@@ -275,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--exit-drafts", default="12:2:100:32768",
                     help="exit drafts LAYER:ADAPTER_SUBLAYERS:STEPS:LABELS, comma-separated")
+    ap.add_argument("--more-labels", default="393216:600",
+                    help="extra distilled drafts LABEL_TOKENS:STEPS (bf16 labelling), "
+                         "comma-separated")
     ap.add_argument("--no-smollm2", dest="smollm2", action="store_false")
     ap.add_argument("--no-tiny", dest="tiny", action="store_false")
     ap.add_argument("--out", type=Path, default=RESULTS)
