@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from caramba.cache import CacheSpec, DecodePlan, bytes_per_token
+from caramba.infer.step_graph import StepGraph
 from caramba.layers.attention import AttentionLayer
 
 RESULTS = Path(__file__).parent / "results"
@@ -50,7 +51,11 @@ ARCHS = {
     "dba-v384": dict(mode="dba", sem_dim=128, geo_dim=256, attn_dim=384),
 }
 KINDS = ["fp16", "q8_0", "q4_0", "nf4"]
-EAGER_ROWS = {"standard": ("fp16",), HEADLINE: ("fp16", "q8_0")}  # CUDA: graphs-off rows too
+# CUDA: the headline rows replay the whole layer step as one graph ("step"); these also run
+# with only the cache's attention captured ("attention") and with no graph ("eager").
+EAGER_ROWS = {"standard": ("fp16",), HEADLINE: ("fp16", "q8_0")}
+MODES = ("step", "attention", "eager")
+SUFFIX = {"step": "", "attention": " [attention graph]", "eager": " [eager]"}
 
 
 def layer_for(arch: str, device: torch.device, dtype: torch.dtype) -> AttentionLayer:
@@ -109,23 +114,25 @@ class DecodeCase:
     ctx: object
     cache: object
     x: torch.Tensor
-    graphs: bool = True
+    mode: str = "step"  # one of MODES
     best: float = math.inf  # seconds for `steps` steps, best round
+
+    def __post_init__(self) -> None:
+        self.steps = StepGraph(self.layer, enabled=self.mode == "step")
 
     def run(self, steps: int, sync) -> float:
         started = time.perf_counter()
         for _ in range(steps):
-            self.layer(self.x, self.ctx)
-            self.ctx.position += 1
+            self.steps(self.x, self.ctx, self.spec)  # advances ctx.position
         sync()
         return time.perf_counter() - started
 
 
 def prepare_case(layer: AttentionLayer, arch: str, kind: str, context: int, capacity: int,
                  device: torch.device, dtype: torch.dtype, block_tokens: int = 32,
-                 batch: int = 1, graphs: bool = True) -> DecodeCase:
+                 batch: int = 1, mode: str = "step") -> DecodeCase:
     spec = spec_for(layer, kind, capacity=capacity, block_tokens=block_tokens,
-                    plan=DecodePlan("auto"), cuda_graphs=graphs)
+                    plan=DecodePlan("auto"), cuda_graphs=mode != "eager")
     ctx = spec.context(position=context)
     cache = spec.make(layer.cache_shapes(), batch, device, dtype)
     ctx.set_module_state(layer, cache)
@@ -136,11 +143,11 @@ def prepare_case(layer: AttentionLayer, arch: str, kind: str, context: int, capa
                  for h, d in layer.cache_shapes().values()]
         cache.append(*parts)
     x = torch.randn(batch, 1, D_MODEL, device=device, dtype=dtype)
-    return DecodeCase(arch, kind, block_tokens, layer, spec, ctx, cache, x, graphs)
+    return DecodeCase(arch, kind, block_tokens, layer, spec, ctx, cache, x, mode)
 
 
 @torch.no_grad()
-def decode_rows(cases: list[tuple[str, str, int, bool]], context: int, steps: int,
+def decode_rows(cases: list[tuple[str, str, int, str]], context: int, steps: int,
                 device: torch.device, dtype: torch.dtype, rounds: int = 3,
                 batch: int = 1) -> list[dict]:
     """Time every (arch, kind, block_tokens) case at one context, interleaved: round r runs
@@ -151,8 +158,8 @@ def decode_rows(cases: list[tuple[str, str, int, bool]], context: int, steps: in
     layers = {arch: layer_for(arch, device, dtype) for arch, *_ in cases}
     capacity = context + (rounds + 1) * steps + 4
     prepared = [prepare_case(layers[arch], arch, kind, context, capacity, device, dtype,
-                             block_tokens, batch, graphs)
-                for arch, kind, block_tokens, graphs in cases]
+                             block_tokens, batch, mode)
+                for arch, kind, block_tokens, mode in cases]
     for case in prepared:  # warm-up
         case.run(3, sync)
     for r in range(rounds):
@@ -165,8 +172,9 @@ def decode_rows(cases: list[tuple[str, str, int, bool]], context: int, steps: in
         path = "kernel" if c.cache.kernel_calls > c.cache.exact_calls else "exact"
         rows.append({"arch": c.arch, "cache": label(c.spec), "kind": c.kind,
                      "context": context, "batch": batch, "block_tokens": c.block_tokens,
-                     "rounds": rounds, "eager": not c.graphs,
-                     "graphs": c.cache.graphs.replays > 0,
+                     "rounds": rounds, "mode": c.mode, "eager": c.mode == "eager",
+                     "graphs": c.cache.graphs.replays > 0 or c.steps.replays > 0,
+                     "step_replays": c.steps.replays,
                      "tokens_per_s": batch * steps / c.best,
                      "ms_per_token": 1000 * c.best / steps, "path": path,
                      "kv_bytes_per_token": c.cache.bytes_per_token,
@@ -195,7 +203,7 @@ def markdown(result: dict) -> str:
             "|---|---|---:|---:|---:|---|---:|"]
     for r in result["decode"]:
         tail = "" if r["block_tokens"] == 32 else f" [tail {r['block_tokens']}]"
-        tail += " [eager]" if r.get("eager") else ""
+        tail += SUFFIX[r.get("mode", "eager" if r.get("eager") else "step")]
         out.append(f"| {r['arch']} | {r['cache']}{tail} | {r['context']} | "
                    f"{r['tokens_per_s']:.1f} | {r['ms_per_token']:.2f} | {r['path']} | "
                    f"{r['kv_bytes_per_token']} |")
@@ -222,7 +230,7 @@ def targets(result: dict, context: int) -> list[dict]:
             out.append({"what": f"{name(arch)} q8_0 KV bytes vs standard fp16", "value": ratio,
                         "target": 5.0, "met": ratio >= 5.0})
     speed = {(r["arch"], r["kind"], r["context"], r["block_tokens"]): r["tokens_per_s"]
-             for r in result["decode"] if not r.get("eager")}
+             for r in result["decode"] if r.get("mode", "step") == "step"}
     base = speed.get(("standard", "fp16", context, 32))
     for arch in order:
         fast = speed.get((arch, "q8_0", context, 32))
@@ -278,11 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     for context in contexts:
         cases = []
         for arch in archs:
-            cases += [(arch, kind, 32, True) for kind in kinds]
+            cases += [(arch, kind, 32, "step") for kind in kinds]
             if arch == "standard":  # every token quantized on arrival: no tail to merge
-                cases += [(arch, kind, 0, True) for kind in ("q8_0", "q4_0")]
-            if device.type == "cuda":  # the same step without CUDA graphs, side by side
-                cases += [(arch, k, 32, False) for k in EAGER_ROWS.get(arch, ())]
+                cases += [(arch, kind, 0, "step") for kind in ("q8_0", "q4_0")]
+            if device.type == "cuda":  # the same step with less or nothing captured
+                cases += [(arch, k, 32, mode) for mode in MODES[1:]
+                          for k in EAGER_ROWS.get(arch, ())]
         for row in decode_rows(cases, context, args.steps, device, dtype, rounds=args.rounds,
                                batch=args.batch):
             result["decode"].append(row)
@@ -325,13 +334,14 @@ def notes(result: dict) -> list[str]:
                "plus the cache append and attention. 'exact' rows dequantize the whole cache "
                "every step; compare them with the 'kernel' rows of the same kind.")
     if result["machine"]["device"].startswith("cuda"):
-        out.append("CUDA: a cache's decode attention (the backend's fused decode over the "
-                   "stored prefix, the full-precision tail masked inside its fixed 32-row "
-                   "buffer, the log-sum-exp merge) is captured once per storage buffer as a "
-                   "CUDA graph and replayed each step with device-side lengths "
-                   "(caramba.cache.graphs); '[eager]' rows are the same step with graphs "
-                   "off (CacheSpec(cuda_graphs=False)). Projections, RoPE and the append "
-                   "stay eager.")
+        out.append("CUDA: every row without a suffix replays the whole layer step (the "
+                   "projections, RoPE at a device-side position, the cache write into storage "
+                   "or the full-precision tail, the fused decode over the stored prefix and "
+                   "the exact tail merged by log-sum-exp) as one CUDA graph "
+                   "(caramba.infer.step_graph, as the Generator does for a whole model); "
+                   "'[attention graph]' rows capture only the cache's attention "
+                   "(caramba.cache.graphs) and run the rest eagerly; '[eager]' rows capture "
+                   "nothing (CacheSpec(cuda_graphs=False)).")
         out.append("On CUDA a batch of 1 is launch-bound (the layer's eager launches set the "
                    "step time whatever the cache); run with --batch 32 to see memory "
                    "traffic.")

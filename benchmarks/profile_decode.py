@@ -1,6 +1,7 @@
 """Profile one attention layer's decode step on CUDA (torch.profiler, CPU + CUDA activity):
 kernel launches, graph launches, host syncs and allocations per step, and where host time
-goes, for standard fp16 and the headline DBA q8_0 cache, with and without CUDA graphs.
+goes, for standard fp16 and the headline DBA q8_0 cache, with nothing, the cache's attention
+or the whole layer step captured as a CUDA graph.
 
     python benchmarks/profile_decode.py --batch 32 --context 8192
 
@@ -29,10 +30,10 @@ def count(events, names) -> int:
 
 
 @torch.no_grad()
-def profile_case(arch: str, kind: str, graphs: bool, args, device) -> dict:
+def profile_case(arch: str, kind: str, mode: str, args, device) -> dict:
     layer = layer_for(arch, device, torch.bfloat16)
     case = prepare_case(layer, arch, kind, args.context, args.context + 4 * args.steps + 64,
-                        device, torch.bfloat16, 32, args.batch, graphs)
+                        device, torch.bfloat16, 32, args.batch, mode)
     case.run(40, torch.cuda.synchronize)  # warm-up: compile, capture, cross a tail block
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         case.run(args.steps, torch.cuda.synchronize)
@@ -41,13 +42,13 @@ def profile_case(arch: str, kind: str, graphs: bool, args, device) -> dict:
     kernels = sum(e.count for e in events if e.device_type.name == "CUDA")
     top = sorted((e for e in events if e.device_type.name == "CPU" and e.key.startswith("aten")),
                  key=lambda e: e.self_cpu_time_total, reverse=True)[:6]
-    return {"arch": arch, "kind": kind, "graphs": graphs, "steps": args.steps,
+    return {"arch": arch, "kind": kind, "mode": mode, "steps": args.steps,
             "launches_per_step": count(events, LAUNCH) * per,
             "graph_launches_per_step": count(events, ("cudaGraphLaunch",)) * per,
             "gpu_kernels_per_step": kernels * per,
             "syncs_per_step": count(events, SYNC) * per,
             "allocs_per_step": count(events, ALLOC) * per,
-            "graph_replays": case.cache.graphs.replays,
+            "graph_replays": case.cache.graphs.replays + case.steps.replays,
             "top_host_ops": [(e.key, round(e.self_cpu_time_total * per, 1), e.count // args.steps)
                              for e in top]}
 
@@ -60,19 +61,19 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     device = torch.device("cuda")
-    rows = [profile_case(arch, kind, graphs, args, device)
-            for arch, kind in CASES for graphs in (False, True)]
+    rows = [profile_case(arch, kind, mode, args, device)
+            for arch, kind in CASES for mode in ("eager", "attention", "step")]
     md = [f"# Decode step profile ({torch.cuda.get_device_name(device)})", "",
           f"One attention layer step, batch {args.batch}, context {args.context}, bfloat16, "
           f"torch {torch.__version__}; per step, averaged over {args.steps} profiled steps "
           "after 40 warm-up steps. Syncs count device-to-host reads (item, nonzero, "
           "stream/device synchronize) inside the steps.", "",
-          "| arch | cache | graphs | kernel launches | graph launches | GPU kernels | syncs | "
+          "| arch | cache | captured | kernel launches | graph launches | GPU kernels | syncs | "
           "cudaMalloc/Free | top host ops (self us, calls) |",
           "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         top = "; ".join(f"{k} {t} ({c})" for k, t, c in r["top_host_ops"][:4])
-        md.append(f"| {r['arch']} | {r['kind']} | {'on' if r['graphs'] else 'off'} | "
+        md.append(f"| {r['arch']} | {r['kind']} | {r['mode']} | "
                   f"{r['launches_per_step']:.1f} | {r['graph_launches_per_step']:.1f} | "
                   f"{r['gpu_kernels_per_step']:.1f} | {r['syncs_per_step']:.1f} | "
                   f"{r['allocs_per_step']:.1f} | {top} |")

@@ -67,9 +67,10 @@ def masked_tail_merge(
     return merged.reshape(B, Hq, Dv)
 
 
-def graph_mode(tensors: tuple[CacheTensor, ...]) -> str | None:
-    """"plain" (no tensor has a tail), "tail" (all quantized, one block size) or None."""
-    if any(not t.kernel_ready or t.device.type != "cuda" for t in tensors):
+def staged_mode(tensors: tuple[CacheTensor, ...]) -> str | None:
+    """"plain" (no tensor has a tail), "tail" (all quantized, one block size) or None: the
+    caches a fixed-shape step (device-side lengths, whole tail buffers) can attend."""
+    if any(not t.kernel_ready for t in tensors):
         return None
     if all(not t.fmt.quantized for t in tensors):
         return "plain"
@@ -77,6 +78,31 @@ def graph_mode(tensors: tuple[CacheTensor, ...]) -> str | None:
     if all(t.fmt.quantized for t in tensors) and len(blocks) == 1 and blocks != {0}:
         return "tail"
     return None
+
+
+def graph_mode(tensors: tuple[CacheTensor, ...]) -> str | None:
+    """staged_mode for CUDA tensors, else None."""
+    if any(t.device.type != "cuda" for t in tensors):
+        return None
+    return staged_mode(tensors)
+
+
+def staged_attention(tensors: tuple[CacheTensor, ...], mode: str, op: str,
+                     rows: list[torch.Tensor], scales: list[float], lengths: torch.Tensor,
+                     pending: torch.Tensor) -> torch.Tensor:
+    """Decode attention (B, Hq, Dv) float32 of the query rows (B, Hq, D) over the cache, with
+    no host-side length: the backend reads the stored prefix up to `lengths` (B,) int32, and
+    in mode "tail" the first `pending` rows of every tail buffer join by log-sum-exp."""
+    *keys, v = tensors
+    views = [t.kernel_view() for t in tensors]
+    backend = get_backend(rows[0].device)
+    out, lse = call_decode(backend, op, *rows, *views, lengths, *scales,
+                           *(t.fmt.name for t in tensors), return_lse=True)
+    if mode == "tail":
+        # A backend's one-launch merge_tail where it has one, else this module's torch ops.
+        merge = getattr(backend, "merge_tail", masked_tail_merge)
+        out = merge(out, lse, rows, [k.tail for k in keys], scales, v.tail, pending)
+    return out
 
 
 @dataclass
@@ -125,17 +151,9 @@ class DecodeGraphs:
         static_qs = [q[:, :, 0].to(torch.float32).contiguous() for q in qs]
         lengths = torch.full((qs[0].shape[0],), prefix, dtype=torch.int32, device=device)
         count = torch.full((), pending, dtype=torch.int32, device=device)
-        *keys, v = tensors
-        fmts = [t.fmt.name for t in tensors]
 
         def body() -> torch.Tensor:
-            views = [t.kernel_view() for t in tensors]
-            out, lse = call_decode(get_backend(device), op, *static_qs, *views, lengths,
-                                   *scales, *fmts, return_lse=True)
-            if mode == "tail":
-                out = masked_tail_merge(out, lse, static_qs, [k.tail for k in keys], scales,
-                                        v.tail, count)
-            return out
+            return staged_attention(tensors, mode, op, static_qs, scales, lengths, count)
 
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))

@@ -21,7 +21,13 @@ import math
 import torch
 
 from caramba.cache.attend import dba_qk, exact_attention, partial_attention
-from caramba.cache.graphs import DecodeGraphs, graph_mode, graphs_enabled
+from caramba.cache.graphs import (
+    DecodeGraphs,
+    graph_mode,
+    graphs_enabled,
+    staged_attention,
+    staged_mode,
+)
 from caramba.cache.plan import DecodePlan
 from caramba.cache.tensor import CacheTensor
 from caramba.kernels.dispatch import call_decode, get_backend
@@ -124,6 +130,61 @@ class _CacheBase:
     def _span(self, T: int) -> int | None:
         return self.plan.span(self.length) if T == 1 else None
 
+    # ------------------------------------------------------------------ staged steps
+    # A staged step (caramba.infer.step_graph) writes and attends one token at a device-side
+    # position, so a CUDA graph of the whole model step replays it: prepare_stage (host:
+    # room for the token) -> stage + attend_staged (device) -> commit (host bookkeeping).
+
+    DECODE_OP = "decode_attention"
+
+    def stage_ready(self) -> bool:
+        """Whether a staged step can serve this cache now: kernels on, every tensor plain or
+        every one blocked alike, and (with tails) at least one block stored, so the prefix
+        the backend reads is never empty."""
+        mode = staged_mode(self.tensors)
+        if not self.use_kernels or mode is None:
+            return False
+        return mode == "plain" or min(t.stored for t in self.tensors) > 0
+
+    def prepare_stage(self) -> tuple:
+        """Room for one more token in every tensor; returns the storage identity (pointers and
+        capacities) a captured step is valid for."""
+        for t in self.tensors:
+            t.reserve(t.length + 1)
+        self._sync_capacity()
+        return tuple((t.storage.data_ptr(), t.capacity, t.tail.data_ptr())
+                     for t in self.tensors)
+
+    def _stage(self, position: torch.Tensor, *xs: torch.Tensor) -> None:
+        for t, x in zip(self.tensors, xs, strict=True):
+            t.stage(x, position)
+
+    def attend_staged(self, position: torch.Tensor, qs: list[torch.Tensor],
+                      scales: list[float]) -> torch.Tensor:
+        """Attention (B, Hq, 1, Dv) of the staged token's queries over everything held plus
+        the staged token, every length derived on the device from `position`. A block the
+        token fills is attended from the exact tail and quantized at `commit` (an eager step
+        quantizes it first): at that one step the staged one is the more exact."""
+        mode = staged_mode(self.tensors)
+        assert mode is not None, "attend_staged needs stage_ready()"
+        rows = [_row(q) for q in qs]
+        if mode == "plain":
+            prefix, pending = position + 1, position  # no tail: pending is unused
+        else:
+            pending = torch.remainder(position, self.tensors[0].block_tokens) + 1
+            prefix = position + 1 - pending
+        lengths = prefix.to(torch.int32).view(1).expand(rows[0].shape[0]).contiguous()
+        out = staged_attention(self.tensors, mode, self.DECODE_OP, rows, scales, lengths,
+                               pending)
+        return out.unsqueeze(2).to(qs[0].dtype)
+
+    def commit(self) -> None:
+        """Count the staged token in every tensor (a filled tail block is quantized)."""
+        for t in self.tensors:
+            t.commit()
+        self.kernel_calls += 1
+        self.tail_calls += min(t.stored for t in self.tensors) < self.length
+
 
 class LayerKVCache(_CacheBase):
     """Keys and values of one standard / GQA attention layer, (B, Hkv, n, D) each."""
@@ -138,6 +199,10 @@ class LayerKVCache(_CacheBase):
         self.k.append(k)
         self.v.append(v)
         self._sync_capacity()
+
+    def stage(self, position: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write one token's k, v (B, Hkv, 1, D) at a device-side position (see commit)."""
+        self._stage(position, k, v)
 
     def attend(self, q: torch.Tensor, *, scale: float | None = None, causal: bool = True,
                dropout_p: float = 0.0) -> torch.Tensor:
@@ -169,6 +234,13 @@ class DecoupledKVCache(_CacheBase):
         self.k_geo.append(k_geo)
         self.v.append(v)
         self._sync_capacity()
+
+    DECODE_OP = "dba_decode_attention"
+
+    def stage(self, position: torch.Tensor, k_sem: torch.Tensor, k_geo: torch.Tensor,
+              v: torch.Tensor) -> None:
+        """Write one token's k_sem, k_geo, v at a device-side position (see commit)."""
+        self._stage(position, k_sem, k_geo, v)
 
     def attend(self, q_sem: torch.Tensor, q_geo: torch.Tensor, *, scale_sem: float,
                scale_geo: float, causal: bool = True, dropout_p: float = 0.0) -> torch.Tensor:

@@ -153,6 +153,36 @@ class CacheTensor:
         self.storage[:, :, self.stored : self.stored + T] = data
         self.stored += T
 
+    # ------------------------------------------------------------------ staged steps
+
+    def stage(self, x: torch.Tensor, position: torch.Tensor) -> None:
+        """Write one token x (B, H, 1, D) at a device-side `position` (0-d int64: the tokens
+        held before it), without touching the host bookkeeping: the write a CUDA graph of a
+        whole decode step can replay (caramba.infer.step_graph). `commit` then counts it.
+
+        Plain kinds write storage row `position`; quantized kinds write tail row
+        position % block_tokens (blocks flush exactly when they fill, so `stored` is always
+        length // block_tokens * block_tokens). Storage must already hold position + 1 rows
+        (`reserve`)."""
+        if self.fmt.quantized and self.block_tokens == 0:
+            raise ValueError(f"{self.name}: a quantized cache without a tail cannot stage")
+        if not self.fmt.quantized:
+            self.storage.index_copy_(2, position.view(1), self._to_rows(x).to(self.fmt.dtype))
+        else:
+            row = torch.remainder(position, self.block_tokens).view(1)
+            self.tail.index_copy_(2, row, x.to(self.dtype))
+
+    def commit(self) -> None:
+        """Count the token `stage` wrote: a quantized tail that fills is quantized into
+        storage (eagerly, once per block), keeping the block's exact copy for rollback."""
+        self.length += 1
+        if not self.fmt.quantized:
+            self.stored += 1
+        elif self.pending == self.block_tokens:
+            self._store(self.tail)
+            self.prev_block.copy_(self.tail)
+            self._prev_valid = True
+
     def reserve(self, n: int, *, exact: bool = False) -> None:
         """Make room for n tokens in storage, growing geometrically (to exactly n with
         `exact`, used to keep a layer's tensors at one capacity)."""

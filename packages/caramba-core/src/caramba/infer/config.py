@@ -57,6 +57,9 @@ class GenerateConfig:
     decode_plan: str = "auto"
     decode_bucket: int = 256
     prefill_chunk: int | None = None
+    # On CUDA, replay each single-token decode step of the whole model as one CUDA graph
+    # (caramba.infer.step_graph); False keeps every step eager.
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         self.stop_tokens = tuple(int(t) for t in self.stop_tokens)
@@ -92,6 +95,8 @@ class GenerateConfig:
         _int(self.decode_bucket, "decode_bucket", 1)
         if self.prefill_chunk is not None:
             _int(self.prefill_chunk, "prefill_chunk", 1)
+        if not isinstance(self.cuda_graphs, bool):
+            raise ConfigError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
 
     def replace(self, **changes: Any) -> GenerateConfig:
         return GenerateConfig(**{**asdict(self), **changes})

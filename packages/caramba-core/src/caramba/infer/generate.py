@@ -22,6 +22,7 @@ from caramba.cache.spec import CacheSpec
 from caramba.errors import InputError
 from caramba.infer.config import GenerateConfig
 from caramba.infer.sampling import next_token
+from caramba.infer.step_graph import StepGraph
 from caramba.layers.base import ForwardContext
 
 log = logging.getLogger("caramba.infer")
@@ -109,6 +110,7 @@ class Generator:
         self.last_stats = GenerationStats()
         self.plan = DecodePlan(self.config.decode_plan, self.config.decode_bucket,
                                self.config.prefill_chunk)
+        self.step_graph = StepGraph(self.model, enabled=self.config.cuda_graphs)
 
     # ------------------------------------------------------------------ caches
 
@@ -125,7 +127,8 @@ class Generator:
             kind, kinds = decision.kind, {**decision.kinds, **kinds}
             block_tokens = decision.block_tokens
         return CacheSpec(kind=kind, kinds=kinds, capacity=capacity, max_len=self.max_seq_len,
-                         block_tokens=block_tokens, plan=self.plan)
+                         block_tokens=block_tokens, plan=self.plan,
+                         cuda_graphs=self.config.cuda_graphs)
 
     def _budget(self, prompt_len: int) -> int:
         if self.max_seq_len is not None and prompt_len > self.max_seq_len:
@@ -210,7 +213,8 @@ class Generator:
                 if seen is not None:
                     seen = torch.cat((seen, token), dim=1)
                 if step + 1 < room:
-                    logits = decode_one(self.model, token, ctx)
+                    # One graph replay on CUDA; the logits buffer is reused by the next step.
+                    logits = self.step_graph(token, ctx, spec)[:, -1]
         finally:  # also when the caller stops iterating early
             end = time.perf_counter()
             stats.prefill_s = (first_at or end) - started

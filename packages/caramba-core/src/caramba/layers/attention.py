@@ -221,8 +221,20 @@ class AttentionLayer(nn.Module):
     def _rope(self, x: torch.Tensor, ctx: ForwardContext | None, *tensors: torch.Tensor):
         if self.rotary is None:
             return tensors
-        cos, sin = self.rotary(0 if ctx is None else ctx.position, x.shape[1], x.device)
+        if ctx is not None and ctx.step is not None:
+            cos, sin = self.rotary.at(ctx.step.position, ctx.step.limit, x.device)
+        else:
+            cos, sin = self.rotary(0 if ctx is None else ctx.position, x.shape[1], x.device)
         return tuple(apply_rotary(t, cos, sin) for t in tensors)
+
+    def _staged_cache(self, ctx: ForwardContext):
+        """The cache a staged step (ctx.step: one token at a device-side position) writes:
+        it must exist already (built by the prefill), and the step leaves the host-side
+        bookkeeping to the caller (caramba.infer.step_graph)."""
+        cache = ctx.module_state(self)
+        if cache is None:
+            raise RuntimeError("a staged decode step needs the caches a prefill builds first")
+        return cache
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext | None = None) -> torch.Tensor:
         if self.mode == "dba":
@@ -233,7 +245,11 @@ class AttentionLayer(nn.Module):
         v = self._heads(self.wv, x, self.n_kv_heads)
         q, k = self._rope(x, ctx, q, k)
         dropout = self.dropout if self.training else 0.0
-        if ctx is None or ctx.state is None:
+        if ctx is not None and ctx.step is not None:
+            cache = self._staged_cache(ctx)
+            cache.stage(ctx.step.position, k, v)
+            y = cache.attend_staged(ctx.step.position, [q], [1.0 / math.sqrt(self.head_dim)])
+        elif ctx is None or ctx.state is None:
             y = exact_attention(q, k, v, causal=self.causal, dropout_p=dropout)
         else:
             cache = cache_for(self, ctx, self.cache_shapes(), B, x.device, k.dtype)
@@ -250,7 +266,12 @@ class AttentionLayer(nn.Module):
         v = self._heads(self.wv, x, self.n_kv_heads)
         q_geo, k_geo = self._rope(x, ctx, q_geo, k_geo)
         dropout = self.dropout if self.training else 0.0
-        if ctx is None or ctx.state is None:
+        if ctx is not None and ctx.step is not None:
+            cache = self._staged_cache(ctx)
+            cache.stage(ctx.step.position, k_sem, k_geo, v)
+            y = cache.attend_staged(ctx.step.position, [q_sem, q_geo],
+                                    [self.scale_sem, self.scale_geo])
+        elif ctx is None or ctx.state is None:
             q, k = dba_qk(q_sem, q_geo, k_sem, k_geo, self.scale_sem, self.scale_geo)
             y = exact_attention(q, k, v, scale=1.0, causal=self.causal, dropout_p=dropout)
         else:

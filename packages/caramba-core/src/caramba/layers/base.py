@@ -46,6 +46,17 @@ class TopologyConfig(NodeConfig):
     child_field: ClassVar[str] = "layers"
 
 
+@dataclass(frozen=True)
+class DeviceStep:
+    """A staged single-token step: `position` (0-d int64 on the model's device) is the number
+    of tokens the caches held before it, written before each replay; `limit` (host) bounds
+    every position the captured step may see (the caches' capacity), so position tables are
+    sized once, before capture."""
+
+    position: Any  # torch.Tensor; Any keeps this module free of torch
+    limit: int
+
+
 @dataclass
 class ForwardContext:
     """Per-call information that flows through the topology tree.
@@ -53,11 +64,16 @@ class ForwardContext:
     position: absolute position of x[:, 0]; layers using RoPE offset by it.
     state: per-module decoding state keyed by id(module) (for example a layer's KV cache);
         None means no incremental decoding: every call sees the whole sequence.
+    step: set while a single-token decode step is staged for CUDA-graph replay
+        (caramba.infer.step_graph): the position then lives on the device, and a layer that
+        reads `position` must read `step.position` instead (or declare the class attribute
+        `device_step_unsafe = True`, which keeps models containing it eager).
     """
 
     position: int = 0
     state: dict[int, Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    step: DeviceStep | None = None
 
     def module_state(self, module: object) -> Any:
         return None if self.state is None else self.state.get(id(module))

@@ -47,6 +47,8 @@ class RoPE(nn.Module):
         return cls(config.d_model, config.base, config.scaling)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext | None = None) -> torch.Tensor:
-        start = 0 if ctx is None else ctx.position
-        cos, sin = self.rotary(start, x.shape[-2], x.device)
+        if ctx is not None and ctx.step is not None:
+            cos, sin = self.rotary.at(ctx.step.position, ctx.step.limit, x.device)
+        else:
+            cos, sin = self.rotary(0 if ctx is None else ctx.position, x.shape[-2], x.device)
         return apply_rotary(x, cos, sin)

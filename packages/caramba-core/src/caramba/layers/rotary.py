@@ -123,6 +123,17 @@ class RotaryCache(nn.Module):
             self._build(max(end, 2 * self._cos.shape[0], 256), device)
         return self._cos[start:end], self._sin[start:end]
 
+    def at(self, position: torch.Tensor, limit: int, device: torch.device | str = "cpu"
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (1, dim), for a device-side position (0-d int64 tensor) below
+        `limit`: a gather, so a CUDA graph replays it at whatever position it holds. The
+        tables grow here, never during replay (`limit` bounds every replayed position)."""
+        device = torch.device(device)
+        if limit > self._cos.shape[0] or self._cos.device != device:
+            self._build(max(limit, 2 * self._cos.shape[0], 256), device)
+        index = position.view(1)
+        return self._cos.index_select(0, index), self._sin.index_select(0, index)
+
     def extra_repr(self) -> str:
         scaling = "" if self.scaling is None else (
             f", scaling={self.scaling.type}(factor={self.scaling.factor})")

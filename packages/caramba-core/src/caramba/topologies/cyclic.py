@@ -46,7 +46,8 @@ class CyclicTopology(nn.Module):
             states = [{} for _ in range(self.cycles)]
             ctx.set_module_state(self, states)
         for state in states:
-            cycle_ctx = ForwardContext(position=ctx.position, state=state, extras=ctx.extras)
+            cycle_ctx = ForwardContext(position=ctx.position, state=state, extras=ctx.extras,
+                                       step=ctx.step)
             x = run_in_order(self.layers, x, cycle_ctx)
         return x
 

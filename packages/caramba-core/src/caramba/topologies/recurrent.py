@@ -43,10 +43,12 @@ class RecurrentTopology(nn.Module):
         start = 0 if ctx is None else ctx.position
         state = {} if ctx is None or ctx.state is None else ctx.state
         extras = {} if ctx is None else ctx.extras
+        step = None if ctx is None else ctx.step  # a staged step is one token: one chunk
         outputs = []
         for offset in range(0, x.shape[1], self.chunk_size):
             chunk = x[:, offset : offset + self.chunk_size]
-            chunk_ctx = ForwardContext(position=start + offset, state=state, extras=extras)
+            chunk_ctx = ForwardContext(position=start + offset, state=state, extras=extras,
+                                       step=step)
             outputs.append(run_in_order(self.layers, chunk, chunk_ctx))
         return torch.cat(outputs, dim=1)
 

@@ -26,7 +26,13 @@ from typing import Any
 
 import torch
 
-from caramba.devices import autocast, grad_scaler, resolve_device, resolve_dtype
+from caramba.devices import (
+    autocast,
+    grad_scaler,
+    keep_freed_memory,
+    resolve_device,
+    resolve_dtype,
+)
 from caramba.errors import CarambaError, CheckpointError, InputError, TrainingError
 from caramba.manifest.schema import RunSpec, RuntimeConfig
 from caramba.training.checkpoint import (
@@ -105,6 +111,8 @@ class StandardTrainer:
                 "not handle.", hint="set train.phase: standard or choose the matching trainer.")
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
+        if device.type == "cpu":
+            keep_freed_memory()  # large tensors reuse the heap instead of page-faulting anew
         self.ctx.data.check_block_size(cfg.block_size)
         seed_everything(run.seed)
 

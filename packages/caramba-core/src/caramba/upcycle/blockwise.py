@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from caramba.devices import autocast, resolve_device, resolve_dtype
+from caramba.devices import autocast, keep_freed_memory, resolve_device, resolve_dtype
 from caramba.errors import CheckpointError, InputError, TrainingError
 from caramba.layers.attention import AttentionLayer
 from caramba.manifest.schema import RunSpec
@@ -127,6 +127,8 @@ class BlockwisePhase:
         cfg = run.train
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
+        if device.type == "cpu":
+            keep_freed_memory()
         seed_everything(run.seed)
         student = self.ctx.model.to(device)
         blocks = [(n, m) for n, m in attention_layers(student) if m.mode == "dba"]

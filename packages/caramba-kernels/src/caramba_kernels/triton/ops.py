@@ -111,6 +111,13 @@ def _fused() -> Any:
 
 
 @functools.cache
+def _tail() -> Any:
+    from caramba_kernels.triton import tail
+
+    return tail
+
+
+@functools.cache
 def _codebook(device: torch.device) -> torch.Tensor:
     return torch.tensor(NF4_CODEBOOK, dtype=torch.float32, device=device)
 
@@ -342,9 +349,12 @@ def fused_applies(Hq: int, keys: list[CacheView], v: CacheView) -> bool:
 
 def _splits(programs_per_split: int, S_max: int, block_n: int, target: int,
             num_splits: int | None) -> tuple[int, int]:  # fmt: skip
-    """(split_len, n_splits): `target` programs in all, each split a few loop steps long."""
+    """(split_len, n_splits): at most `target` programs in all (one wave of resident
+    programs), each split a few loop steps long. Rounding the split count down matters: one
+    program past a full wave starts a second wave, and the step then takes two programs'
+    time instead of one slightly longer program's."""
     if num_splits is None:
-        wanted = -(-target // programs_per_split)
+        wanted = max(1, target // programs_per_split)
         most = max(1, S_max // (4 * block_n))  # shorter splits cost more in partials
         splits = max(1, min(wanted, most, MAX_SPLITS))
         split_len = -(-S_max // splits)
@@ -371,6 +381,22 @@ def plan_fused(
 
 
 # ----------------------------------------------------------------------------- the backend
+
+
+def _check_rows(x: object, argument: str, dtype: torch.dtype | None, dims: int,
+                shape: tuple[int, ...] | None = None, device: torch.device | None = None
+                ) -> torch.Tensor:
+    """A contiguous floating tensor of `dims` dims (of `dtype` and `shape` where given)."""
+    x = _tensor(x, argument, dims)
+    if not x.is_floating_point() or (dtype is not None and x.dtype != dtype):
+        raise ValueError(f"{argument}: expected {dtype or 'a floating'} tensor, got {x.dtype}")
+    if shape is not None and tuple(x.shape) != shape:
+        raise ValueError(f"{argument}: expected shape {shape}, got {tuple(x.shape)}")
+    if not x.is_contiguous():
+        raise ValueError(f"{argument}: must be contiguous (call .contiguous())")
+    if device is not None:
+        _check_device(x, argument, device)
+    return x
 
 
 class TritonBackend:
@@ -548,6 +574,51 @@ class TritonBackend:
             plan = plan_decode(B, Hkv, Hq // Hkv, S_max, widths, q.device, num_splits)
             self._launch_heads(qs, kviews, vview, scales, lengths, plan, out, lse, return_lse)
         return (out, lse) if return_lse else out
+
+    def merge_tail(self, out: torch.Tensor, lse: torch.Tensor, qs: list[torch.Tensor],
+                   k_tails: list[torch.Tensor], scales: list[float], v_tail: torch.Tensor,
+                   pending: torch.Tensor) -> torch.Tensor:
+        """The prefix partial (out (B, Hq, Dv), lse (B, Hq), float32) joined by log-sum-exp
+        with the first `pending` rows (a device-side int, not read on the host) of the tail
+        buffers k_tails[i] (B, Hkv, R, D_i) and v_tail (B, Hkv, R, Dv); score = sum_i
+        scale_i q_i . k_i for the float32 query rows qs[i] (B, Hq, D_i). One launch; the
+        torch reference is caramba.cache.graphs.masked_tail_merge."""
+        if len(qs) not in (1, 2) or len(k_tails) != len(qs) or len(scales) != len(qs):
+            raise ValueError("merge_tail: qs, k_tails and scales need one entry per key "
+                             f"tensor (1 or 2), got {len(qs)}, {len(k_tails)}, {len(scales)}")
+        out = _check_rows(out, "out", torch.float32, 3)
+        B, Hq, Dv = out.shape
+        lse = _check_rows(lse, "lse", torch.float32, 2, (B, Hq), out.device)
+        v_tail = _check_rows(v_tail, "v_tail", None, 4, device=out.device)
+        _, Hkv, R, _ = v_tail.shape
+        if v_tail.shape != (B, Hkv, R, Dv) or Hkv == 0 or Hq % Hkv:
+            raise ValueError(f"v_tail: expected (B, Hkv, R, Dv) = ({B}, Hkv dividing {Hq}, R, "
+                             f"{Dv}), got {tuple(v_tail.shape)}")
+        qs = [_check_rows(q, f"qs[{i}]", torch.float32, 3, device=out.device)
+              for i, q in enumerate(qs)]
+        k_tails = [_check_rows(k, f"k_tails[{i}]", None, 4,
+                               (B, Hkv, R, qs[i].shape[-1]), out.device)
+                   for i, k in enumerate(k_tails)]
+        for i, q in enumerate(qs):
+            if q.shape[:2] != (B, Hq):
+                raise ValueError(f"qs[{i}]: expected (B, Hq, D) = ({B}, {Hq}, D), got "
+                                 f"{tuple(q.shape)}")
+        pending = _tensor(pending, "pending")
+        if pending.numel() != 1 or pending.is_floating_point() or pending.device != out.device:
+            raise ValueError("pending: expected one integer on the device of out, got "
+                             f"{pending.dtype} {tuple(pending.shape)} on {pending.device}")
+        dba = len(qs) == 2
+        q2, k2 = (qs[1], k_tails[1]) if dba else (qs[0], k_tails[0])
+        res = torch.empty_like(out)
+        D1, D2 = qs[0].shape[-1], q2.shape[-1]
+        _tail().tail_merge_kernel[(B, Hkv)](
+            out, lse, qs[0], q2, k_tails[0], k2, v_tail, pending, res,
+            scales[0] * LOG2E, (scales[1] if dba else 1.0) * LOG2E,
+            Hq, Hkv, Hq // Hkv, R, D1, D2, Dv,
+            R_PAD=_pow2(R), D1_PAD=_pow2(D1), D2_PAD=_pow2(D2), DV_PAD=_pow2(Dv), DBA=dba,
+            num_warps=4,
+        )  # fmt: skip
+        return res
 
     def _partials(self, B, Hq, Dv, plan, out, device):
         if plan.n_splits == 1:
