@@ -115,6 +115,9 @@ def test_speculative_with_a_draft_keeps_greedy_output(trained: Path) -> None:
     spec = caramba("generate", "tiny.yml", *args, "--draft", "runs/tiny_lm/train", cwd=trained)
     assert spec.returncode == 0, spec.stderr
     assert spec.stdout == plain.stdout and "acceptance 1.00" in spec.stderr
+    lookup = caramba("generate", "tiny.yml", *args, "--draft", "lookup", cwd=trained)
+    assert lookup.returncode == 0, lookup.stderr
+    assert lookup.stdout == plain.stdout and "acceptance" in lookup.stderr
 
 
 @pytest.mark.parametrize(

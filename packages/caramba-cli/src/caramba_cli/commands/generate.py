@@ -36,7 +36,8 @@ PlanPathOpt = Annotated[Optional[Path], typer.Option(
     "--cache-plan", help="Persisted auto decisions (default: <run folder>/cache_plans.json).")]
 DecodePlanOpt = Annotated[str, typer.Option("--decode-plan", help="auto | fixed | none.")]
 DraftOpt = Annotated[Optional[str], typer.Option(
-    "--draft", help="A smaller model (manifest or checkpoint) for speculative decoding.")]
+    "--draft", help="Speculative decoding with a smaller model (manifest or checkpoint), or "
+    "'lookup': a draft that copies from the context (pays when the text repeats its input).")]
 SpecKOpt = Annotated[int, typer.Option("--spec-k", help="Draft tokens per round (start).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")]
 ContextOpt = Annotated[Optional[int], typer.Option(
@@ -89,9 +90,17 @@ def build_session(model_ref: str, *, target: str | None, runs_dir: Path, device:
         return Generator(loaded.model, cfg, probe=loaded.probe), loaded
     from caramba.infer.speculative import SpeculativeConfig, SpeculativeGenerator
 
-    small = load_for_inference(draft, runs_dir=runs_dir, device=dev)
+    if draft == "lookup":
+        import torch
+        from caramba.infer.lookup import ContextLookupDraft
+
+        with torch.no_grad():  # the vocabulary: the width of the target's logits
+            vocab = loaded.model(torch.zeros(1, 1, dtype=torch.long, device=dev)).shape[-1]
+        small_model = ContextLookupDraft(vocab)
+    else:
+        small_model = load_for_inference(draft, runs_dir=runs_dir, device=dev).model
     spec = SpeculativeConfig(spec_k=spec_k, spec_k_max=max(8, spec_k))
-    return SpeculativeGenerator(loaded.model, small.model, cfg, spec, probe=loaded.probe), loaded
+    return SpeculativeGenerator(loaded.model, small_model, cfg, spec, probe=loaded.probe), loaded
 
 
 def describe(generator: Any) -> str:

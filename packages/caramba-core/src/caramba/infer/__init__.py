@@ -17,6 +17,7 @@ _EXPORTS = {
     "CacheBudgetError": "caramba.infer.cache_plan",
     "SpeculativeConfig": "caramba.infer.speculative",
     "SpeculativeGenerator": "caramba.infer.speculative",
+    "ContextLookupDraft": "caramba.infer.lookup",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -102,8 +103,10 @@ class Generator:
                  probe: torch.Tensor | None = None) -> None:
         self.model = model.eval()
         self.config = config or GenerateConfig()
-        param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        # A draft may hold no weights at all (caramba.infer.lookup): then the CPU, float32.
+        held = next(itertools.chain(model.parameters(), model.buffers()), None)
+        self.device = held.device if held is not None else torch.device("cpu")
+        self.dtype = held.dtype if held is not None else torch.float32
         self.max_seq_len = self.config.max_seq_len or model_context(model)
         self.probe = probe
         self.cache_decision: Any = None  # caramba.infer.cache_plan.CacheDecision under auto
