@@ -11,30 +11,13 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from caramba.kernels import reference
+from caramba.kernels.formats import FORMATS
+from triton_backend import DEVICE, ON_GPU, backend, ops
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels module is imported
-pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
-
-from caramba.kernels import reference  # noqa: E402
-from caramba.kernels.formats import FORMATS  # noqa: E402
-
-try:
-    from caramba_kernels.triton import backend, ops
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).parents[2] / "packages/caramba-kernels/src"))
-    try:
-        from caramba_kernels.triton import backend, ops
-    except ImportError as exc:
-        pytest.skip(f"caramba_kernels.triton cannot be imported: {exc}", allow_module_level=True)
-
-ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 CASES = int(os.environ.get("CARAMBA_TRITON_FUZZ", 100 if ON_GPU else 8))
 U = 2.0**-24
 

@@ -8,26 +8,12 @@ tolerance is float32 rounding over at most R + 1 terms of values below ~10: 1e-5
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from caramba.cache.graphs import masked_tail_merge
+from triton_backend import DEVICE, ON_GPU, backend
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels module is imported
-pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
-
-from caramba.cache.graphs import masked_tail_merge  # noqa: E402
-
-try:
-    from caramba_kernels.triton import backend
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).parents[2] / "packages/caramba-kernels/src"))
-    from caramba_kernels.triton import backend
-
-ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 CASES = int(os.environ.get("CARAMBA_TRITON_FUZZ", 300 if ON_GPU else 24))
 
 
