@@ -145,9 +145,13 @@ def smollm2_rows(args) -> list[Row]:
     from torch import nn
 
     cfg = DraftConfig()
-    teacher, _ = load_teacher(cfg)  # bfloat16: the dtype the target decodes in
-    texts = {name: prompts_from(corpus_data(DraftConfig(corpus=f"corpus:{name}")).val.data,
-                                args.prompts) for name in ("kjv", "shakespeare")}
+    teacher, tokenizer = load_teacher(cfg)  # bfloat16: the dtype the target decodes in
+    vals = {name: corpus_data(DraftConfig(corpus=f"corpus:{name}")).val.data
+            for name in ("kjv", "shakespeare")}
+    texts = {name: prompts_from(val, args.prompts) for name, val in vals.items()}
+    # The quoting task for the first (base) draft only: can a small model copy?
+    quotes = {f"{name} quote": quote_prompts(val, args.prompts, tokenizer.encode("\n\n"))
+              for name, val in vals.items()}
     rows = []
     name = "SmolLM2-135M (bf16)"
     variants = [(0, 0)] + [tuple(int(v) for v in spec.split(":"))
@@ -165,6 +169,11 @@ def smollm2_rows(args) -> list[Row]:
             for text, prompts in texts.items():
                 rows.append(measure(teacher, vdraft, (name, vname, text), prompts, args.tokens,
                                     temperature, args.spec_k, args.rounds))
+                print(json.dumps(asdict(rows[-1])), flush=True)
+        for text, prompts in quotes.items() if not labels else ():
+            for k, adaptive in ((args.spec_k, True), (2, False)):
+                rows.append(measure(teacher, vdraft, (name, vname, text), prompts, args.tokens,
+                                    0.0, k, args.rounds, adaptive))
                 print(json.dumps(asdict(rows[-1])), flush=True)
     for spec in args.exit_drafts.split(",") if args.exit_drafts else []:
         layer, adapter, steps, labels = (int(v) for v in spec.split(":"))
