@@ -10,7 +10,8 @@ Pairs:
 - SmolLM2-135M + its own first 4 blocks (early exit; no training) for reference;
 - a 256-wide 4-block caramba model + a 64-wide 1-block one (8192-token BPE), both trained here;
 - SmolLM2-135M + a draft that copies from the context (caramba.infer.lookup, prompt lookup
-  decoding), on a quoting task and on free continuation.
+  decoding), alone and as an override of the distilled draft (LookupAugmentedDraft), on a
+  quoting task and on free continuation.
 
 Prompts: 48-token windows of the validation documents of KJV and of Shakespeare (never
 trained on). The quoting task ("<text> quote") gives a 96-token validation passage, a blank
@@ -18,7 +19,7 @@ line and the passage's first 8 tokens again, so a continuation that quotes it co
 counts decode only (tokens after the first / time after the first).
 
     python benchmarks/speculative.py            # CPU, a few minutes (plus one-off training)
-    python benchmarks/speculative.py --no-smollm2 --no-tiny --tag cpu_lookup   # lookup rows
+    python benchmarks/speculative.py --no-smollm2 --no-tiny --prompts 8 --tag cpu_lookup
 
 Results: benchmarks/results/speculative_<device>.json and .md.
 """
@@ -236,6 +237,32 @@ def lookup_rows(args) -> list[Row]:
     return rows
 
 
+def hybrid_rows(args) -> list[Row]:
+    """The distilled draft with context copies where the newest bigram occurred before."""
+    from caramba.infer import ContextLookupDraft, LookupAugmentedDraft
+    from caramba.infer.distill import DraftConfig, corpus_data, distilled_draft, load_teacher
+
+    cfg = DraftConfig()
+    teacher, tokenizer = load_teacher(cfg)
+    small = distilled_draft(cfg, teacher=teacher)
+    vocab = int(teacher.embedder.num_embeddings)
+    draft = LookupAugmentedDraft(small, ContextLookupDraft(vocab, max_ngram=3, min_ngram=2))
+    name = "SmolLM2-135M (bf16)"
+    dname = (f"distilled {cfg.n_layers}x{cfg.d_model} + context copies (n-grams 3..2)")
+    rows = []
+    for text in ("kjv", "shakespeare"):
+        val = corpus_data(DraftConfig(corpus=f"corpus:{text}")).val.data
+        cases = [(text, prompts_from(val, args.prompts), ((args.spec_k, True),)),
+                 (f"{text} quote", quote_prompts(val, args.prompts, tokenizer.encode("\n\n")),
+                  ((args.spec_k, True), (2, False)))]
+        for label, prompts, settings in cases:
+            for k, adaptive in settings:
+                rows.append(measure(teacher, draft, (name, dname, label), prompts, args.tokens,
+                                    0.0, k, args.rounds, adaptive))
+                print(json.dumps(asdict(rows[-1])), flush=True)
+    return rows
+
+
 def tiny_rows(args) -> list[Row]:
     from caramba.infer import tiny
 
@@ -351,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-smollm2", dest="smollm2", action="store_false")
     ap.add_argument("--no-tiny", dest="tiny", action="store_false")
     ap.add_argument("--no-lookup", dest="lookup", action="store_false")
+    ap.add_argument("--no-hybrid", dest="hybrid", action="store_false",
+                    help="skip the distilled draft + context copies rows")
     ap.add_argument("--tag", default="cpu", help="result file suffix")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -360,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += smollm2_rows(args)
     if args.lookup:
         rows += lookup_rows(args)
+    if args.hybrid:
+        rows += hybrid_rows(args)
     if args.tiny:
         rows += tiny_rows(args)
     result = {

@@ -5,7 +5,13 @@ generator without changing its greedy output."""
 import pytest
 import torch
 from caramba.errors import InputError
-from caramba.infer import ContextLookupDraft, GenerateConfig, Generator, SpeculativeGenerator
+from caramba.infer import (
+    ContextLookupDraft,
+    GenerateConfig,
+    Generator,
+    LookupAugmentedDraft,
+    SpeculativeGenerator,
+)
 from caramba.infer.speculative import SpeculativeConfig
 from caramba.layers.base import ForwardContext
 
@@ -49,3 +55,25 @@ def test_speculative_greedy_with_a_lookup_draft_equals_plain_greedy(standard_mod
     stats = spec.last_stats
     assert stats.proposed > 0 and stats.rounds > 0
     assert Generator(ContextLookupDraft(vocab), cfg).device == torch.device("cpu")
+
+
+def test_augmented_draft_copies_where_it_can_and_defers_to_the_model_elsewhere(standard_model,
+                                                                               val_tokens):
+    prompt = val_tokens[:40].tolist()
+    vocab = standard_model(torch.tensor([prompt[:2]])).shape[-1]
+    both = LookupAugmentedDraft(standard_model, ContextLookupDraft(vocab, min_ngram=2))
+    seen = prompt[:20] + prompt[10:12]  # ends in a bigram seen at 10..11: copy prompt[12]
+    ctx = ForwardContext(state={})
+    with torch.no_grad():
+        out = both(torch.tensor([seen]), ForwardContext(state={}))
+        alone = standard_model(torch.tensor([seen]), ctx)
+    assert out[0, -1].argmax() == prompt[12] and torch.isinf(out[0, -1]).sum() == vocab - 1
+    assert torch.equal(out[0, :-1], alone[0, :-1])
+    fresh = [t for t in range(vocab) if t not in prompt][:3]
+    with torch.no_grad():
+        out = both(torch.tensor([prompt[:20] + fresh]), ForwardContext(state={}))
+        alone = standard_model(torch.tensor([prompt[:20] + fresh]), ForwardContext(state={}))
+    assert torch.equal(out, alone)  # no earlier bigram: the model's own proposal
+    cfg = GenerateConfig(temperature=0.0, max_new_tokens=16, cache_kind="fp32")
+    spec = SpeculativeGenerator(standard_model, both, cfg, SpeculativeConfig(spec_k=3))
+    assert torch.equal(spec.generate(prompt), Generator(standard_model, cfg).generate(prompt))

@@ -18,6 +18,7 @@ _EXPORTS = {
     "SpeculativeConfig": "caramba.infer.speculative",
     "SpeculativeGenerator": "caramba.infer.speculative",
     "ContextLookupDraft": "caramba.infer.lookup",
+    "LookupAugmentedDraft": "caramba.infer.lookup",
 }
 
 __all__ = sorted(_EXPORTS)

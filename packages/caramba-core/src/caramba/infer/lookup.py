@@ -67,3 +67,28 @@ class ContextLookupDraft(nn.Module):
 
     def extra_repr(self) -> str:
         return f"vocab_size={self.vocab_size}, ngram={self.min_ngram}..{self.max_ngram}"
+
+
+class LookupAugmentedDraft(nn.Module):
+    """A draft model whose proposal gives way to a context copy wherever the newest tokens
+    occurred before (an n-gram of at least `lookup.min_ngram` tokens).
+
+    A small draft cannot copy (it has neither the context length nor the induction heads for
+    it), and a copy has nothing to say where the text is new: together each covers the
+    other's gap. The draft is fed every token as usual (its caches stay in step); only the
+    last row of its logits is replaced when a copy exists.
+    """
+
+    def __init__(self, draft: nn.Module, lookup: ContextLookupDraft) -> None:
+        super().__init__()
+        self.draft = draft
+        self.lookup = lookup
+        self.max_seq_len = getattr(draft, "max_seq_len", None)
+
+    def forward(self, tokens: torch.Tensor, ctx: ForwardContext | None = None) -> torch.Tensor:
+        logits = self.draft(tokens, ctx)
+        copy = self.lookup(tokens, ctx)[0, -1]
+        if torch.isinf(copy).any():  # a match: all mass on the copied token
+            logits = logits.clone()
+            logits[0, -1] = copy.to(logits.dtype)
+        return logits
