@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import platform
 import time
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from caramba.cache import CacheSpec
 from caramba.infer import GenerateConfig, Generator, SpeculativeGenerator
-from caramba.infer.generate import prefill
+from caramba.infer.generate import placement, prefill
 from caramba.infer.speculative import SpeculativeConfig
 
 RESULTS = Path(__file__).parent / "results"
@@ -71,8 +72,7 @@ class Row:
 @torch.no_grad()
 def pass_ms(model: torch.nn.Module, prompt: list[int], tokens: int, reps: int = 6) -> float:
     """Best time of one forward over `tokens` new tokens after a cached prompt."""
-    held = next(iter(model.parameters()), None)  # a lookup draft holds no weights
-    device = held.device if held is not None else torch.device("cpu")
+    device, _ = placement(model)
     spec = CacheSpec(kind="fp16", capacity=len(prompt) + tokens + 2)
     ctx = spec.context()
     ids = torch.tensor([prompt], device=device)
@@ -138,22 +138,47 @@ def prompts_from(tokens: np.ndarray, n: int, length: int = 48) -> list[list[int]
             for i in range(n)]
 
 
+def quote_prompts(tokens: np.ndarray, n: int, separator: list[int], passage: int = 96,
+                  cue: int = 8) -> list[list[int]]:
+    """A passage of real text, a blank line, then its first `cue` tokens again: quoting it
+    means copying."""
+    return [p + separator + p[:cue] for p in prompts_from(tokens, n, passage)]
+
+
+@functools.cache
+def smollm2(n_prompts: int) -> tuple[torch.nn.Module, dict[str, list[list[int]]]]:
+    """The SmolLM2 target (bfloat16: the dtype it decodes in), loaded once per run, and its
+    prompts: "kjv", "shakespeare" (free continuation) and "kjv quote", "shakespeare quote"."""
+    from caramba.infer.distill import DraftConfig, corpus_data, load_teacher
+
+    teacher, tokenizer = load_teacher(DraftConfig())
+    separator = tokenizer.encode("\n\n")
+    texts = {}
+    for name in ("kjv", "shakespeare"):
+        val = corpus_data(DraftConfig(corpus=f"corpus:{name}")).val.data
+        texts[name] = prompts_from(val, n_prompts)
+        texts[f"{name} quote"] = quote_prompts(val, n_prompts, separator)
+    return teacher, texts
+
+
+def record(rows: list[Row], row: Row) -> None:
+    rows.append(row)
+    print(json.dumps(asdict(row)), flush=True)
+
+
 def smollm2_rows(args) -> list[Row]:
-    from caramba.infer.distill import DraftConfig, corpus_data, distilled_draft, load_teacher
+    from caramba.infer.distill import DraftConfig, distilled_draft
     from caramba.models.language_model import LanguageModel
     from caramba.topologies.nested import NestedTopology
     from caramba.topologies.stacked import StackedTopology
     from torch import nn
 
     cfg = DraftConfig()
-    teacher, tokenizer = load_teacher(cfg)  # bfloat16: the dtype the target decodes in
-    vals = {name: corpus_data(DraftConfig(corpus=f"corpus:{name}")).val.data
-            for name in ("kjv", "shakespeare")}
-    texts = {name: prompts_from(val, args.prompts) for name, val in vals.items()}
+    teacher, prompts_by_text = smollm2(args.prompts)
+    texts = {name: prompts_by_text[name] for name in ("kjv", "shakespeare")}
     # The quoting task for the first (base) draft only: can a small model copy?
-    quotes = {f"{name} quote": quote_prompts(val, args.prompts, tokenizer.encode("\n\n"))
-              for name, val in vals.items()}
-    rows = []
+    quotes = {f"{name} quote": prompts_by_text[f"{name} quote"] for name in texts}
+    rows: list[Row] = []
     name = "SmolLM2-135M (bf16)"
     variants = [(0, 0)] + [tuple(int(v) for v in spec.split(":"))
                            for spec in args.more_labels.split(",") if spec]
@@ -168,14 +193,12 @@ def smollm2_rows(args) -> list[Row]:
             draft, dname = vdraft, vname
         for temperature in (0.0, args.temperature):
             for text, prompts in texts.items():
-                rows.append(measure(teacher, vdraft, (name, vname, text), prompts, args.tokens,
-                                    temperature, args.spec_k, args.rounds))
-                print(json.dumps(asdict(rows[-1])), flush=True)
+                record(rows, measure(teacher, vdraft, (name, vname, text), prompts,
+                                     args.tokens, temperature, args.spec_k, args.rounds))
         for text, prompts in quotes.items() if not labels else ():
             for k, adaptive in ((args.spec_k, True), (2, False)):
-                rows.append(measure(teacher, vdraft, (name, vname, text), prompts, args.tokens,
-                                    0.0, k, args.rounds, adaptive))
-                print(json.dumps(asdict(rows[-1])), flush=True)
+                record(rows, measure(teacher, vdraft, (name, vname, text), prompts,
+                                     args.tokens, 0.0, k, args.rounds, adaptive))
     for spec in args.exit_drafts.split(",") if args.exit_drafts else []:
         layer, adapter, steps, labels = (int(v) for v in spec.split(":"))
         exit_cfg = DraftConfig(exit_layer=layer, adapter_layers=adapter, steps=steps,
@@ -186,80 +209,58 @@ def smollm2_rows(args) -> list[Row]:
         what = (f"SmolLM2 first {layer} of 30 blocks + trained {adapter}-sublayer adapter, "
                 f"4096-token head ({steps} steps on {labels // 1024}k labels)")
         for text, prompts in texts.items():
-            rows.append(measure(teacher, exit_draft, (name, what, text), prompts, args.tokens,
-                                0.0, args.spec_k, args.rounds))
-            print(json.dumps(asdict(rows[-1])), flush=True)
+            record(rows, measure(teacher, exit_draft, (name, what, text), prompts,
+                                 args.tokens, 0.0, args.spec_k, args.rounds))
     nested, norm, head = teacher.topology.layers
     early = LanguageModel(teacher.embedder, StackedTopology(nn.ModuleList([
         NestedTopology(nn.ModuleList(list(nested.layers[:8]))), norm, head]))).eval()
-    rows.append(measure(teacher, early, (name, "SmolLM2 first 4 of 30 blocks (early exit)",
-                                         "kjv"), texts["kjv"], args.tokens, 0.0, args.spec_k, 1))
-    print(json.dumps(asdict(rows[-1])), flush=True)
+    record(rows, measure(teacher, early, (name, "SmolLM2 first 4 of 30 blocks (early exit)",
+                                          "kjv"), texts["kjv"], args.tokens, 0.0, args.spec_k, 1))
     fp32 = copy.deepcopy(teacher).float()
-    rows.append(measure(fp32, draft, ("SmolLM2-135M (fp32)", dname, "kjv"), texts["kjv"],
-                        args.tokens, 0.0, args.spec_k, 1))
-    print(json.dumps(asdict(rows[-1])), flush=True)
+    record(rows, measure(fp32, draft, ("SmolLM2-135M (fp32)", dname, "kjv"), texts["kjv"],
+                         args.tokens, 0.0, args.spec_k, 1))
     return rows
-
-
-def quote_prompts(tokens: np.ndarray, n: int, separator: list[int], passage: int = 96,
-                  cue: int = 8) -> list[list[int]]:
-    """A passage of real text, a blank line, then its first `cue` tokens again: quoting it
-    means copying."""
-    return [p + separator + p[:cue] for p in prompts_from(tokens, n, passage)]
 
 
 def lookup_rows(args) -> list[Row]:
     from caramba.infer import ContextLookupDraft
-    from caramba.infer.distill import DraftConfig, corpus_data, load_teacher
 
-    teacher, tokenizer = load_teacher(DraftConfig())
-    separator = tokenizer.encode("\n\n")
+    teacher, texts = smollm2(args.prompts)
     vocab = int(teacher.embedder.num_embeddings)
     draft = ContextLookupDraft(vocab, max_ngram=3)
     name, dname = "SmolLM2-135M (bf16)", "context lookup (n-grams 3..1, no weights)"
-    rows = []
-    for text in ("kjv", "shakespeare"):
-        val = corpus_data(DraftConfig(corpus=f"corpus:{text}")).val.data
-        cases = [(f"{text} quote", quote_prompts(val, args.prompts, separator))]
-        if text == "kjv":
-            cases.append((text, prompts_from(val, args.prompts)))
-        for label, prompts in cases:
-            # Adaptive spec_k maximises tokens/s and so drafts long (acceptance per proposed
-            # token falls); fixed k=2 and k=3 rows show the same pair at short draft lengths.
-            settings = [(0.0, args.spec_k, True), (args.temperature, args.spec_k, True)]
-            if label.endswith("quote"):
-                settings[1:1] = [(0.0, 2, False), (0.0, 3, False)]
-            for temperature, k, adaptive in settings:
-                rows.append(measure(teacher, draft, (name, dname, label), prompts,
-                                    args.tokens, temperature, k, args.rounds, adaptive))
-                print(json.dumps(asdict(rows[-1])), flush=True)
+    rows: list[Row] = []
+    for label in ("kjv quote", "kjv", "shakespeare quote"):
+        # Adaptive spec_k maximises tokens/s and so drafts long (acceptance per proposed
+        # token falls); fixed k=2 and k=3 rows show the same pair at short draft lengths.
+        settings = [(0.0, args.spec_k, True), (args.temperature, args.spec_k, True)]
+        if label.endswith("quote"):
+            settings[1:1] = [(0.0, 2, False), (0.0, 3, False)]
+        for temperature, k, adaptive in settings:
+            record(rows, measure(teacher, draft, (name, dname, label), texts[label],
+                                 args.tokens, temperature, k, args.rounds, adaptive))
     return rows
 
 
 def hybrid_rows(args) -> list[Row]:
     """The distilled draft with context copies where the newest bigram occurred before."""
     from caramba.infer import ContextLookupDraft, LookupAugmentedDraft
-    from caramba.infer.distill import DraftConfig, corpus_data, distilled_draft, load_teacher
+    from caramba.infer.distill import DraftConfig, distilled_draft
 
     cfg = DraftConfig()
-    teacher, tokenizer = load_teacher(cfg)
+    teacher, texts = smollm2(args.prompts)
     small = distilled_draft(cfg, teacher=teacher)
     vocab = int(teacher.embedder.num_embeddings)
     draft = LookupAugmentedDraft(small, ContextLookupDraft(vocab, max_ngram=3, min_ngram=2))
     name = "SmolLM2-135M (bf16)"
     dname = (f"distilled {cfg.n_layers}x{cfg.d_model} + context copies (n-grams 3..2)")
-    rows = []
+    rows: list[Row] = []
     for text in ("kjv", "shakespeare"):
-        val = corpus_data(DraftConfig(corpus=f"corpus:{text}")).val.data
-        cases = [(text, prompts_from(val, args.prompts), ((args.spec_k, True),)),
-                 (f"{text} quote", quote_prompts(val, args.prompts, tokenizer.encode("\n\n")),
-                  ((args.spec_k, True), (2, False)))]
-        for label, prompts, settings in cases:
+        for label, settings in ((text, ((args.spec_k, True),)),
+                                (f"{text} quote", ((args.spec_k, True), (2, False)))):
             for k, adaptive in settings:
-                rows.append(measure(teacher, draft, (name, dname, label), prompts, args.tokens,
-                                    0.0, k, args.rounds, adaptive))
-                print(json.dumps(asdict(rows[-1])), flush=True)
+                record(rows, measure(teacher, draft, (name, dname, label), texts[label],
+                                     args.tokens, 0.0, k, args.rounds, adaptive))
     return rows
 
 
@@ -272,12 +273,11 @@ def tiny_rows(args) -> list[Row]:
     target = tiny.tiny_model(tiny.TinyConfig(d_model=256, n_layers=4, n_heads=4, n_kv_heads=2,
                                              d_ff=704, steps=300), data=data)
     draft = tiny.tiny_model(tiny.DRAFT, data=data)
-    rows = []
+    rows: list[Row] = []
     for temperature in (0.0, args.temperature):
-        rows.append(measure(target, draft, ("tiny-256x4 (300 steps)", "tiny-64x1 (120 steps)",
-                                            "kjv+shakespeare"), prompts, args.tokens,
-                            temperature, args.spec_k, args.rounds))
-        print(json.dumps(asdict(rows[-1])), flush=True)
+        record(rows, measure(target, draft, ("tiny-256x4 (300 steps)", "tiny-64x1 (120 steps)",
+                                             "kjv+shakespeare"), prompts, args.tokens,
+                             temperature, args.spec_k, args.rounds))
     return rows
 
 

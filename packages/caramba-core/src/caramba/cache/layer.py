@@ -155,7 +155,9 @@ class _CacheBase:
         return tuple((t.storage.data_ptr(), t.capacity, t.tail.data_ptr())
                      for t in self.tensors)
 
-    def _stage(self, position: torch.Tensor, *xs: torch.Tensor) -> None:
+    def stage(self, position: torch.Tensor, *xs: torch.Tensor) -> None:
+        """Write one token's cached tensors (k, v; or k_sem, k_geo, v), each (B, H, 1, D), at
+        a device-side position; `commit` counts it."""
         for t, x in zip(self.tensors, xs, strict=True):
             t.stage(x, position)
 
@@ -200,10 +202,6 @@ class LayerKVCache(_CacheBase):
         self.v.append(v)
         self._sync_capacity()
 
-    def stage(self, position: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write one token's k, v (B, Hkv, 1, D) at a device-side position (see commit)."""
-        self._stage(position, k, v)
-
     def attend(self, q: torch.Tensor, *, scale: float | None = None, causal: bool = True,
                dropout_p: float = 0.0) -> torch.Tensor:
         """Attention of q (B, Hq, T, D) — the newest T tokens, already appended — over the
@@ -236,11 +234,6 @@ class DecoupledKVCache(_CacheBase):
         self._sync_capacity()
 
     DECODE_OP = "dba_decode_attention"
-
-    def stage(self, position: torch.Tensor, k_sem: torch.Tensor, k_geo: torch.Tensor,
-              v: torch.Tensor) -> None:
-        """Write one token's k_sem, k_geo, v at a device-side position (see commit)."""
-        self._stage(position, k_sem, k_geo, v)
 
     def attend(self, q_sem: torch.Tensor, q_geo: torch.Tensor, *, scale_sem: float,
                scale_geo: float, causal: bool = True, dropout_p: float = 0.0) -> torch.Tensor:

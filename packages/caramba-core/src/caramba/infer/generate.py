@@ -80,6 +80,15 @@ class GenerationStats:
         return {**asdict(self), "tokens_per_s": self.tokens_per_s}
 
 
+def placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of a model's first weight (or buffer). A draft may hold neither
+    (caramba.infer.lookup): then the CPU and float32."""
+    held = next(itertools.chain(model.parameters(), model.buffers()), None)
+    if held is None:
+        return torch.device("cpu"), torch.float32
+    return held.device, held.dtype
+
+
 def model_context(model: torch.nn.Module) -> int | None:
     """The longest sequence a model declares it handles (attribute max_seq_len), if any."""
     value = getattr(model, "max_seq_len", None)
@@ -103,10 +112,7 @@ class Generator:
                  probe: torch.Tensor | None = None) -> None:
         self.model = model.eval()
         self.config = config or GenerateConfig()
-        # A draft may hold no weights at all (caramba.infer.lookup): then the CPU, float32.
-        held = next(itertools.chain(model.parameters(), model.buffers()), None)
-        self.device = held.device if held is not None else torch.device("cpu")
-        self.dtype = held.dtype if held is not None else torch.float32
+        self.device, self.dtype = placement(model)
         self.max_seq_len = self.config.max_seq_len or model_context(model)
         self.probe = probe
         self.cache_decision: Any = None  # caramba.infer.cache_plan.CacheDecision under auto

@@ -41,6 +41,13 @@ def staged_context(ctx: ForwardContext, spec: CacheSpec, position: torch.Tensor
                           step=DeviceStep(position, limit))
 
 
+def commit_step(ctx: ForwardContext, spec: CacheSpec) -> None:
+    """The host side of a staged step once it ran: every cache counts its token."""
+    for cache in spec.caches:
+        cache.commit()
+    ctx.position += 1
+
+
 def staged_step(module: nn.Module, x: torch.Tensor, ctx: ForwardContext, spec: CacheSpec
                 ) -> torch.Tensor:
     """One staged step run eagerly (any device): what a replayed graph computes. Advances
@@ -49,9 +56,7 @@ def staged_step(module: nn.Module, x: torch.Tensor, ctx: ForwardContext, spec: C
         cache.prepare_stage()
     position = torch.full((), ctx.position, dtype=torch.long, device=x.device)
     out = module(x, staged_context(ctx, spec, position))
-    for cache in spec.caches:
-        cache.commit()
-    ctx.position += 1
+    commit_step(ctx, spec)
     return out
 
 
@@ -110,9 +115,7 @@ class StepGraph:
                 captured.x.copy_(x)
                 captured.position.fill_(ctx.position)
                 captured.graph.replay()
-                for cache in spec.caches:
-                    cache.commit()
-                ctx.position += 1
+                commit_step(ctx, spec)
                 self.replays += 1
                 return captured.out
         self.eager_steps += 1
