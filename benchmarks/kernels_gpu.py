@@ -15,7 +15,9 @@ Every row of the table is timed in the same run: CUDA graphs of one pass over en
 the inputs to overflow L2 (so the cache is read from HBM, as in real decode), replayed many
 times, median of 7 trials. "GB/s" counts the bytes a kernel must read (cache rows up to the
 length, the query) and write (the output); split-K partials are not counted. "% peak" divides
-it by the H100 SXM's 3.35 TB/s; "% copy" by a device-to-device copy measured in the same run
+it by the GPU's datasheet HBM bandwidth (HBM_PEAKS: H100 SXM 3.35 TB/s, H200 4.8 TB/s; a GPU
+not in the table uses the measured copy's); "% copy" by a device-to-device copy measured in the
+same run
 (bytes read + written). Ratios are SDPA's time over each kernel's time (> 1: faster than SDPA).
 
     python benchmarks/kernels_gpu.py [--batches 1 8] [--contexts 4096 ... 65536] [--out DIR]
@@ -46,7 +48,16 @@ from caramba_kernels.triton import backend, ops  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 STD = dict(Hq=32, Hkv=8, D=64)
 DBA = dict(Hq=32, Hkv=8, Ds=4, Dg=8, Dv=32)
-HBM_PEAK = 3.35e12  # H100 SXM5 80GB HBM3, bytes/s (datasheet)
+# HBM peak bytes/s from the datasheets, by a word of the device name (first match wins).
+HBM_PEAKS = (("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12),
+             ("A100-SXM4-80GB", 2.039e12), ("A100", 1.555e12))  # fmt: skip
+
+
+def hbm_peak(name: str) -> float | None:
+    """The datasheet HBM bandwidth of a GPU named `name`, or None when it is not in the table."""
+    return next((peak for word, peak in HBM_PEAKS if word in name), None)
+
+
 DEVICE = "cuda"
 SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION")
 IMPLS = ("triton_std_f16", "triton_std_q8_0", "triton_std_q4_0",
@@ -162,7 +173,8 @@ def time_per_call(calls, trials: int = 7) -> float:
     return statistics.median(times)
 
 
-def measure(name: str, B: int, S: int, l2_bytes: int, copy_bps: float) -> dict:
+def measure(name: str, B: int, S: int, l2_bytes: int, copy_bps: float, peak_bps: float = 1.0
+            ) -> dict:  # fmt: skip
     gen = torch.Generator(device=DEVICE).manual_seed(B * 1_000_003 + S)
     run, moved, _ = make_problem(name, B, S, gen)
     copies = [run]
@@ -174,7 +186,7 @@ def measure(name: str, B: int, S: int, l2_bytes: int, copy_bps: float) -> dict:
     torch.cuda.empty_cache()
     bps = moved / (us * 1e-6)
     return {"impl": name, "batch": B, "context": S, "us": us, "bytes": moved,
-            "GBps": bps / 1e9, "pct_hbm_peak": 100 * bps / HBM_PEAK,
+            "GBps": bps / 1e9, "pct_hbm_peak": 100 * bps / peak_bps,
             "pct_copy": 100 * bps / copy_bps}  # fmt: skip
 
 
@@ -278,6 +290,7 @@ def benchmark(batches, contexts, out_dir: Path, tune: bool) -> None:
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 * 2**20)
     copy_bps = copy_bandwidth()
+    peak_bps = hbm_peak(props.name) or copy_bps
     print(f"device: {props.name}, {props.multi_processor_count} SMs, L2 {l2 / 2**20:.0f} MiB, "
           f"copy {copy_bps / 1e9:.0f} GB/s (read + write)", flush=True)  # fmt: skip
     committed = dict(ops.TUNING)
@@ -294,10 +307,11 @@ def benchmark(batches, contexts, out_dir: Path, tune: bool) -> None:
     print("SDPA backends that run decode with enable_gqa:", sdpa)
     impls = [f"sdpa:{b}" for b in sdpa] + list(IMPLS)
     rows = []
-    meta = dict(errors=errors, sdpa=sdpa, props=props, copy_bps=copy_bps, autotune=trials)
+    meta = dict(errors=errors, sdpa=sdpa, props=props, copy_bps=copy_bps, peak_bps=peak_bps,
+                autotune=trials)  # fmt: skip
     for B in batches:
         for S in contexts:
-            group = [measure(name, B, S, l2, copy_bps) for name in impls]
+            group = [measure(name, B, S, l2, copy_bps, peak_bps) for name in impls]
             base = min((r for r in group if r["impl"].startswith("sdpa")), key=lambda r: r["us"])
             for r in group:
                 r["vs_sdpa"] = base["us"] / r["us"]
@@ -325,7 +339,7 @@ def write_results(rows, meta, out_dir: Path, echo=True) -> None:
         "tuning": ops.TUNING,
         "sdpa_backends_run": meta["sdpa"],
         "max_abs_error_vs_reference": meta["errors"],
-        "hbm_peak_Bps": HBM_PEAK,
+        "hbm_peak_Bps": meta["peak_bps"],
         "copy_Bps_read_plus_write": meta["copy_bps"],
         "method": "CUDA graph over >= 3x L2 of input copies, median of 7 trials",
         "autotune_trials": meta["autotune"],
@@ -338,10 +352,12 @@ def write_results(rows, meta, out_dir: Path, echo=True) -> None:
         f"{props.name}, torch {torch.__version__}, triton {triton.__version__}. "
         "Standard: 32 q heads / 8 KV heads / dim 64, fp16. DBA: 32 q heads / 8 KV heads, "
         "per KV head sem 4 + geo 8 (keys in the token layout: rows of 32 + 64 values) and "
-        "v 32 (head layout). triton_dba_* is the all-heads kernel (fused.py); "
-        "triton_dba_q4_0_perhead the per-KV-head kernel on the same cache. "
+        "v 32 (head layout). triton_std_* and triton_dba_* run the all-heads kernel (fused.py; "
+        "a head-layout cache gets one KV head per program); triton_dba_q4_0_perhead the "
+        "per-KV-head kernel (kernels.py) on the same cache. "
         "Time per call (us), speed-up over the fastest SDPA backend, bandwidth on bytes moved: "
-        f"% of the {HBM_PEAK / 1e12:.2f} TB/s HBM peak and of a measured device-to-device copy "
+        f"% of the {meta['peak_bps'] / 1e12:.2f} TB/s HBM peak and of a measured "
+        "device-to-device copy "
         f"({meta['copy_bps'] / 1e9:.0f} GB/s, read + write).",
         "",
         "| batch | context | impl | us | vs SDPA | GB/s | % peak | % copy |",

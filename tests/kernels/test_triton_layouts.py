@@ -255,3 +255,33 @@ def test_tuning_override_from_the_environment(monkeypatch) -> None:
     finally:
         ops.TUNING.clear()
         ops.TUNING.update(saved)
+
+
+def test_head_layout_caches_take_the_fused_kernel_one_kv_head_per_program() -> None:
+    """A standard head-layout cache (Llama-3.2-1B: 8 KV heads of 64) runs the all-heads kernel
+    with one KV head per program; token-layout keys keep TUNING's groups; wide heads get fewer
+    tokens per step so a step's tiles stay within FUSED_MAX_TILE."""
+    gen = torch.Generator().manual_seed(11)
+
+    def views(kinds, d, token):
+        k = store(kinds[0], torch.randn(1, 8, 40, d, generator=gen), token)
+        v = store(kinds[1], torch.randn(1, 8, 40, d, generator=gen), False)
+        q = torch.randn(1, 32, d, generator=gen)
+        kviews, vview, _, _ = backend._views([q], [(k, "k", kinds[0], "k_format")], v, kinds[1])
+        return kviews, vview
+
+    for kind in ("f16", "q8_0", "q4_0"):
+        kviews, vview = views((kind, kind), 64, False)
+        assert ops._head_groups(8, [*kviews, vview]) == 8
+        assert ops.fused_applies(32, kviews, vview)
+        assert ops._fused_columns(8, kviews, vview, 8) == 128
+    kviews, vview = views(("q4_0", "q4_0"), 32, True)
+    assert ops._head_groups(8, [*kviews, vview]) == ops._head_groups(8, kviews) != 8
+    for d, block_n in ((64, ops.TUNING["fused_block_n"]), (128, 64), (256, 32)):
+        kviews, vview = views(("f16", "f16"), d, False)
+        columns = ops._fused_columns(8, kviews, vview, 8)
+        plan = ops.plan_fused(1, 4096, torch.device("cpu"), None, 8, columns)
+        assert plan.block_n == min(block_n, ops.TUNING["fused_block_n"])
+        assert plan.block_n * columns <= ops.FUSED_MAX_TILE
+    kviews, vview = views(("nf4", "nf4"), 64, False)
+    assert not ops.fused_applies(32, kviews, vview)  # nf4 stays on the per-KV-head kernel

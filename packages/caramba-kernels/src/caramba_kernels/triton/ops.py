@@ -88,6 +88,7 @@ FUSED_MAX_HEADS = 64  # query heads of one program
 FUSED_MAX_KEY_COLUMNS = 256  # padded values of all key rows of one token
 FUSED_MAX_VALUE_COLUMNS = 256  # padded values of a token's value rows
 FUSED_MAX_ACC = 8192  # fp32 accumulator: query heads x padded value columns it keeps
+FUSED_MAX_TILE = 24576  # tokens per loop step x padded key and value columns of one program
 MAX_SPLITS = 1024
 SMEM_TOKEN_COLUMNS = 16384  # tokens per step x padded columns of all rows read (dot path)
 
@@ -303,8 +304,16 @@ def _kv_heads(key: CacheView) -> int:
     return key.row_elems // key.d if key.token else key.x.shape[1]
 
 
-def _head_groups(Hkv: int) -> int:
-    """KV-head groups of the fused kernel's grid: TUNING's, where it divides Hkv, else 1."""
+def _head_groups(Hkv: int, tensors: list[CacheView]) -> int:
+    """KV-head groups of the fused kernel's grid (programs per batch and split).
+
+    Head-layout caches alone: one KV head per program (its rows share no block with another
+    head's, so grouping heads only widens the tiles and wastes products on the other heads'
+    values). A token-layout cache keeps TUNING's groups, where they divide Hkv (else 1): its
+    heads share rows, and a program reads each shared row once for all its heads.
+    """
+    if not any(t.token for t in tensors):
+        return Hkv
     groups = int(TUNING["fused_head_groups"])
     return groups if groups >= 1 and Hkv % groups == 0 else 1
 
@@ -320,12 +329,12 @@ def _window(view: CacheView, Hkv: int, groups: int) -> int:
     return _pad(widest)
 
 
-def _grouped(Hkv: int, v: CacheView) -> bool:
+def _grouped(Hkv: int, v: CacheView, groups: int) -> bool:
     """Whether the fused kernel can view the value tile as one row per (token, KV head)."""
     pow2 = Hkv == _pow2(Hkv) and v.d == _pow2(v.d)
     return (
         bool(TUNING["fused_grouped"])
-        and _head_groups(Hkv) == 1
+        and groups == 1
         and pow2
         and v.d >= 16
         and (v.kind != "q4_0" or v.d % 32 == 0)
@@ -333,16 +342,19 @@ def _grouped(Hkv: int, v: CacheView) -> bool:
 
 
 def fused_applies(Hq: int, keys: list[CacheView], v: CacheView) -> bool:
-    """Whether the all-heads kernel serves this call: narrow rows in f16/q8_0/q4_0."""
+    """Whether the all-heads kernel serves this call: f16/q8_0/q4_0 rows whose tiles (one
+    group of KV heads wide) fit its register budget."""
     if not TUNING["fused"] or any(x.kind not in FUSED_FORMATS for x in (*keys, v)):
         return False
     Hkv = _kv_heads(keys[0])
-    key_columns = sum(_pad(Hkv * k.d) for k in keys)
-    acc = _pad(Hq) * (_pow2(v.d) if _grouped(Hkv, v) else _pad(Hkv * v.d))
+    groups = _head_groups(Hkv, [*keys, v])
+    key_columns = sum(_window(k, Hkv, groups) for k in keys)
+    value_columns = _window(v, Hkv, groups)
+    acc = _pad(Hq // groups) * (_pow2(v.d) if _grouped(Hkv, v, groups) else value_columns)
     return (
-        _pad(Hq) <= FUSED_MAX_HEADS
+        _pad(Hq // groups) <= FUSED_MAX_HEADS
         and key_columns <= FUSED_MAX_KEY_COLUMNS
-        and _pad(Hkv * v.d) <= FUSED_MAX_VALUE_COLUMNS
+        and value_columns <= FUSED_MAX_VALUE_COLUMNS
         and acc <= FUSED_MAX_ACC
     )
 
@@ -366,11 +378,21 @@ def _splits(programs_per_split: int, S_max: int, block_n: int, target: int,
     return split_len, -(-S_max // split_len)
 
 
+def _fused_columns(Hkv: int, keys: list[CacheView], v: CacheView, groups: int) -> int:
+    """Padded values of one token that a program of the all-heads kernel reads (keys + values)."""
+    return sum(_window(x, Hkv, groups) for x in (*keys, v))
+
+
 def plan_fused(
-    B: int, S_max: int, device: torch.device, num_splits: int | None, groups: int = 1
+    B: int, S_max: int, device: torch.device, num_splits: int | None, groups: int, columns: int
 ) -> DecodePlan:
-    """Split-K plan of the all-heads kernel: (batch, split, head group) programs filling the GPU."""
-    block_n = int(TUNING["fused_block_n"])
+    """Split-K plan of the all-heads kernel: (batch, split, head group) programs filling the GPU.
+
+    Tokens per loop step are TUNING's, fewer where a step's tiles (`columns` values per token)
+    would pass FUSED_MAX_TILE: wide heads (128, 256 values) otherwise run out of shared memory.
+    """
+    fit = max(16, FUSED_MAX_TILE // columns)
+    block_n = min(int(TUNING["fused_block_n"]), 1 << (fit.bit_length() - 1))
     target = int(TUNING["fused_waves"]) * _sm_count(device)
     split_len, n_splits = _splits(B * groups, S_max, block_n, target, num_splits)
     return DecodePlan(
@@ -567,7 +589,9 @@ class TritonBackend:
         out = torch.empty(B, Hq, Dv, dtype=torch.float32, device=q.device)
         lse = torch.empty(B, Hq, dtype=torch.float32, device=q.device) if return_lse else out
         if fused_applies(Hq, kviews, vview):
-            plan = plan_fused(B, S_max, q.device, num_splits, _head_groups(Hkv))
+            groups = _head_groups(Hkv, [*kviews, vview])
+            columns = _fused_columns(Hkv, kviews, vview, groups)
+            plan = plan_fused(B, S_max, q.device, num_splits, groups, columns)
             self._launch_fused(qs, kviews, vview, scales, lengths, plan, out, lse, return_lse)
         else:
             widths = [x.shape[-1] for x in qs] + [Dv]
@@ -679,8 +703,8 @@ class TritonBackend:
         Hkv = _kv_heads(k1)
         parts = self._partials(B, Hq, Dv, plan, out, q.device)
         codes = _kernels().FORMAT_CODES
-        grouped = _grouped(Hkv, vview)
-        groups = _head_groups(Hkv)
+        groups = _head_groups(Hkv, [*kviews, vview])
+        grouped = _grouped(Hkv, vview, groups)
 
         def tensor_args(view: CacheView) -> list[int]:
             x = view.x
