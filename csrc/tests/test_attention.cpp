@@ -237,11 +237,45 @@ void test_workspace_and_single_position() {
                 CHECK(std::fabs(out[(b * 4 + h) * 32 + j] - v.row(b, h / 2, 0)[j]) <= 1e-6 * (1 + std::fabs(v.row(b, h / 2, 0)[j])));
 }
 
+void test_queried_workspace_serves_equal_and_ragged_lengths() {
+    // The workspace query knows no lengths: its bytes must serve equal and ragged lengths
+    // alike, with the same output as a workspace the library allocates itself.
+    std::mt19937 rng(11);
+    const int64_t B = 3, Hq = 4, Hkv = 2, S = 700, D = 32;
+    const Cache k = make_cache(rng, CARAMBA_FORMAT_Q4_0, B, Hkv, S, D, 0);
+    const Cache v = make_cache(rng, CARAMBA_FORMAT_Q8_0, B, Hkv, S, D, 0);
+    std::vector<float> q = test::randn(rng, B * Hq * D);
+    caramba_decode_params p;
+    caramba_decode_params_init(&p);
+    p.batch = B;
+    p.num_q_heads = Hq;
+    p.num_kv_heads = Hkv;
+    p.max_seq_len = S;
+    p.num_threads = 2;
+    size_t need = 0;
+    CHECK_OK(caramba_decode_workspace_bytes(&p, D, &need));
+    std::vector<char> ws(need);
+    const int32_t equal[3] = {700, 700, 700}, ragged[3] = {700, 5, 300};
+    for (const int32_t* lengths : {equal, ragged}) {
+        std::vector<float> own(B * Hq * D), given(B * Hq * D);
+        p.workspace = nullptr;
+        p.workspace_bytes = 0;
+        CHECK_OK(caramba_decode_attention(&p, {q.data(), D, Hq * D, D}, k.tensor(), v.tensor(), lengths,
+                                          0.2f, {own.data(), D, Hq * D, D}));
+        p.workspace = ws.data();
+        p.workspace_bytes = need;
+        CHECK_OK(caramba_decode_attention(&p, {q.data(), D, Hq * D, D}, k.tensor(), v.tensor(), lengths,
+                                          0.2f, {given.data(), D, Hq * D, D}));
+        CHECK(own == given);
+    }
+}
+
 }  // namespace
 
 int main() {
     std::mt19937 rng(20240601);
     test_workspace_and_single_position();
+    test_queried_workspace_serves_equal_and_ragged_lengths();
     for (int i = 0; i < 600; ++i) run_case(rng, false);
     for (int i = 0; i < 300; ++i) run_case(rng, true);
     std::printf("test_attention: %lld decode calls checked\n", static_cast<long long>(g_cases));
