@@ -82,7 +82,8 @@ typedef struct caramba_decode_params {
     int64_t num_kv_heads; /* num_q_heads % num_kv_heads == 0 */
     int64_t max_seq_len;  /* S_max: every lengths[b] must be in [1, max_seq_len] */
     int32_t num_splits;   /* chunks per sequence, 0 = auto */
-    int32_t num_threads;  /* 0 = caramba_default_num_threads() */
+    int32_t num_threads;  /* 0 = auto: caramba_default_num_threads(), or 1 for a call of under
+                           * 4M multiply-adds, which waking helper threads would slow down */
     caramba_path path;
     /* Optional scratch of at least caramba_decode_workspace_bytes(); NULL = one allocation per
      * call, made before any thread starts (never inside the loops). */
