@@ -66,3 +66,29 @@ def test_every_path_is_callable_or_refused_by_name() -> None:
             a = cpu.backend.quantize(kind, x, path="scalar")
             b = cpu.backend.quantize(kind, x, path=path)
             assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def test_torch_tensors_cross_in_place_whatever_their_view() -> None:
+    """CPU torch tensors reach C++ as views of their own memory: an append writes into the
+    torch cache itself, a torch `out` is filled in place, and a tensor whose negation is still
+    pending (raw memory holds -x) crosses with its values, not its raw memory."""
+    torch = pytest.importorskip("torch")
+    backend = cpu.backend
+    gen = torch.Generator().manual_seed(3)
+    cache = torch.zeros(1, 2, 4, 34, dtype=torch.uint8)
+    rows = torch.randn(1, 2, 32, generator=gen)
+    backend.append("q8_0", cache, rows, torch.tensor([1], dtype=torch.int32))
+    assert torch.equal(cache[:, :, 1], backend.quantize("q8_0", rows))
+    assert int(cache[:, :, [0, 2, 3]].abs().sum()) == 0
+
+    q = torch.randn(1, 4, 32, generator=gen)
+    k = backend.quantize("q8_0", torch.randn(1, 2, 9, 32, generator=gen))
+    v = backend.quantize("q8_0", torch.randn(1, 2, 9, 32, generator=gen))
+    lengths = torch.tensor([9], dtype=torch.int32)
+    out = torch.empty(1, 4, 32)
+    got = backend.decode_attention(q, k, v, lengths, 0.2, "q8_0", "q8_0", out=out)
+    assert got.data_ptr() == out.data_ptr()
+    negated = torch._neg_view(-q)  # the same values as q, with the negation still pending
+    assert negated.is_neg()
+    same = backend.decode_attention(negated, k, v, lengths, 0.2, "q8_0", "q8_0")
+    torch.testing.assert_close(same, out, rtol=0, atol=0)
