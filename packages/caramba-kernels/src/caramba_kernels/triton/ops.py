@@ -592,7 +592,8 @@ class TritonBackend:
             groups = _head_groups(Hkv, [*kviews, vview])
             columns = _fused_columns(Hkv, kviews, vview, groups)
             plan = plan_fused(B, S_max, q.device, num_splits, groups, columns)
-            self._launch_fused(qs, kviews, vview, scales, lengths, plan, out, lse, return_lse)
+            self._launch_fused(qs, kviews, vview, scales, lengths, plan, groups, out, lse,
+                               return_lse)
         else:
             widths = [x.shape[-1] for x in qs] + [Dv]
             plan = plan_decode(B, Hkv, Hq // Hkv, S_max, widths, q.device, num_splits)
@@ -693,7 +694,8 @@ class TritonBackend:
         )  # fmt: skip
         self._merge(B, Hq, Dv, plan, parts, out, lse, return_lse)
 
-    def _launch_fused(self, qs, kviews, vview, scales, lengths, plan, out, lse, return_lse):
+    def _launch_fused(self, qs, kviews, vview, scales, lengths, plan, groups, out, lse,
+                      return_lse):
         """The all-heads kernel: one program per (batch, split, group of KV heads)."""
         q = qs[0]
         B, Hq, Dv = out.shape
@@ -703,7 +705,6 @@ class TritonBackend:
         Hkv = _kv_heads(k1)
         parts = self._partials(B, Hq, Dv, plan, out, q.device)
         codes = _kernels().FORMAT_CODES
-        groups = _head_groups(Hkv, [*kviews, vview])
         grouped = _grouped(Hkv, vview, groups)
 
         def tensor_args(view: CacheView) -> list[int]:
