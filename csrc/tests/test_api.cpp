@@ -23,15 +23,7 @@ struct Setup {
     std::vector<float> v = std::vector<float>(static_cast<size_t>(B * Hkv * S * Dv), 1.0f);
     std::vector<float> out = std::vector<float>(static_cast<size_t>(B * Hq * Dv));
     int32_t lengths[2] = {3, 8};
-    caramba_decode_params p{};
-
-    Setup() {
-        caramba_decode_params_init(&p);
-        p.batch = B;
-        p.num_q_heads = Hq;
-        p.num_kv_heads = Hkv;
-        p.max_seq_len = S;
-    }
+    caramba_decode_params p = test::decode_params(B, Hq, Hkv, S);
     caramba_query_tensor qt() const { return {q.data(), D, Hq * D, D}; }
     caramba_kv_tensor kt() const { return {k.data(), CARAMBA_FORMAT_Q8_0, D, Hkv * S * 68, S * 68, 68}; }
     caramba_kv_tensor vt() const {

@@ -154,12 +154,7 @@ void run_case(std::mt19937& rng, bool dba) {
     for (caramba_path path : {CARAMBA_PATH_SCALAR, CARAMBA_PATH_AVX2, CARAMBA_PATH_AVX512,
                               CARAMBA_PATH_NEON}) {
         if (!caramba_path_available(path)) continue;
-        caramba_decode_params p;
-        caramba_decode_params_init(&p);
-        p.batch = cs.B;
-        p.num_q_heads = cs.Hq;
-        p.num_kv_heads = cs.Hkv;
-        p.max_seq_len = cs.S;
+        caramba_decode_params p = test::decode_params(cs.B, cs.Hq, cs.Hkv, cs.S);
         p.num_splits = static_cast<int32_t>(pick(rng, 0, 3) == 0 ? 0 : pick(rng, 1, 9));
         p.num_threads = static_cast<int32_t>(pick(rng, 0, 4));
         p.path = path;
@@ -217,12 +212,7 @@ void test_workspace_and_single_position() {
     std::vector<float> q = test::randn(rng, 2 * 4 * 64);
     std::vector<float> out(2 * 4 * 32);
     const int32_t lengths[2] = {1, 1};
-    caramba_decode_params p;
-    caramba_decode_params_init(&p);
-    p.batch = 2;
-    p.num_q_heads = 4;
-    p.num_kv_heads = 2;
-    p.max_seq_len = 1;
+    caramba_decode_params p = test::decode_params(2, 4, 2, 1);
     p.num_threads = 3;
     size_t need = 0;
     CHECK_OK(caramba_decode_workspace_bytes(&p, 32, &need));
@@ -245,12 +235,7 @@ void test_queried_workspace_serves_equal_and_ragged_lengths() {
     const Cache k = make_cache(rng, CARAMBA_FORMAT_Q4_0, B, Hkv, S, D, 0);
     const Cache v = make_cache(rng, CARAMBA_FORMAT_Q8_0, B, Hkv, S, D, 0);
     std::vector<float> q = test::randn(rng, B * Hq * D);
-    caramba_decode_params p;
-    caramba_decode_params_init(&p);
-    p.batch = B;
-    p.num_q_heads = Hq;
-    p.num_kv_heads = Hkv;
-    p.max_seq_len = S;
+    caramba_decode_params p = test::decode_params(B, Hq, Hkv, S);
     p.num_threads = 2;
     size_t need = 0;
     CHECK_OK(caramba_decode_workspace_bytes(&p, D, &need));

@@ -101,9 +101,7 @@ void run_case(std::mt19937& rng, caramba_path path, bool dba) {
     const Cache v = make_cache(rng, vf, v_token, B, Hkv, S, pick_dim(rng, vf, v_token, Hkv));
     const int64_t Dv = v.dim;
 
-    caramba_decode_params p;
-    caramba_decode_params_init(&p);
-    p.batch = B, p.num_q_heads = Hq, p.num_kv_heads = Hkv, p.max_seq_len = S;
+    caramba_decode_params p = test::decode_params(B, Hq, Hkv, S);
     p.num_splits = static_cast<int32_t>(pick(rng, 0, 5));
     p.num_threads = static_cast<int32_t>(pick(rng, 0, 3));
     p.path = path;
@@ -167,9 +165,7 @@ void api_rules() {
     std::vector<float> q = test::randn(rng, static_cast<size_t>(Hq * d));
     std::vector<float> out(static_cast<size_t>(Hq * 32)), lse(static_cast<size_t>(Hq));
     const int32_t lengths[1] = {S};
-    caramba_decode_params p;
-    caramba_decode_params_init(&p);
-    p.batch = B, p.num_q_heads = Hq, p.num_kv_heads = Hkv, p.max_seq_len = S;
+    caramba_decode_params p = test::decode_params(B, Hq, Hkv, S);
     const caramba_query_tensor qt{q.data(), d, Hq * d, d};
     const caramba_output_tensor ot{out.data(), 32, Hq * 32, 32};
 

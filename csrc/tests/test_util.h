@@ -58,4 +58,16 @@ inline int64_t row_bytes(caramba_format f, int64_t n) {
     return b;
 }
 
+// Decode parameters for B sequences of Hq query / Hkv KV heads over S cached positions; the
+// rest (splits, threads, path, workspace) at caramba_decode_params_init's defaults.
+inline caramba_decode_params decode_params(int64_t B, int64_t Hq, int64_t Hkv, int64_t S) {
+    caramba_decode_params p;
+    caramba_decode_params_init(&p);
+    p.batch = B;
+    p.num_q_heads = Hq;
+    p.num_kv_heads = Hkv;
+    p.max_seq_len = S;
+    return p;
+}
+
 }  // namespace test
