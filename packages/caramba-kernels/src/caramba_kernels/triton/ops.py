@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from caramba_kernels import cuda
 from caramba_kernels.triton.layout import CacheView, key_heads, value_heads
 
 LOG2E = 1.4426950408889634
@@ -63,6 +64,10 @@ TUNING: dict[str, Any] = {
     "fused_num_stages": None,  # None: triton's default software pipelining
     "fused_maxnreg": None,  # a register cap per thread (more programs per SM), None: none
     "fused_head_groups": 2,  # programs per (batch, split), each over Hkv / this KV heads
+    # The tensor-core CUDA kernel (caramba_kernels.cuda) for q8_0/q4_0 caches it serves, where
+    # the package was built with it: one warp per (batch, KV head, split).
+    "cuda": True,
+    "cuda_warps_per_sm": 16,  # split-K target: resident warps per SM
 }
 TUNING_ENV = "CARAMBA_TRITON_TUNING"  # a JSON object of TUNING entries to override
 
@@ -588,6 +593,9 @@ class TritonBackend:
         Dv = vview.d
         out = torch.empty(B, Hq, Dv, dtype=torch.float32, device=q.device)
         lse = torch.empty(B, Hq, dtype=torch.float32, device=q.device) if return_lse else out
+        if self._launch_cuda(qs, kviews, vview, scales, lengths, Hkv, num_splits, out, lse,
+                             return_lse):  # fmt: skip
+            return (out, lse) if return_lse else out
         if fused_applies(Hq, kviews, vview):
             groups = _head_groups(Hkv, [*kviews, vview])
             columns = _fused_columns(Hkv, kviews, vview, groups)
@@ -652,15 +660,40 @@ class TritonBackend:
         o = torch.empty(B * Hq * plan.n_splits, Dv, dtype=torch.float32, device=device)
         return m, torch.empty_like(m), o
 
-    def _merge(self, B, Hq, Dv, plan, parts, out, lse, return_lse) -> None:
-        if plan.n_splits == 1:
+    def _merge(self, B, Hq, Dv, n_splits, parts, out, lse, return_lse) -> None:
+        """Join split partials (m, l, o) into out (and lse); a one-split plan wrote out itself
+        unless `parts` are separate buffers."""
+        if parts[2] is out:
             return
-        p_pad = _pow2(plan.n_splits)
+        p_pad = _pow2(n_splits)
         _kernels().merge_kernel[(B * Hq,)](
-            *parts, out, lse, plan.n_splits, Dv,
+            *parts, out, lse, n_splits, Dv,
             DV_PAD=_pow2(Dv), P_PAD=p_pad, P_BLOCK=min(16, p_pad), RETURN_LSE=return_lse,
             num_warps=4,
         )  # fmt: skip
+
+    def _launch_cuda(self, qs, kviews, vview, scales, lengths, Hkv, num_splits, out, lse,
+                     return_lse) -> bool:
+        """The tensor-core kernel (caramba_kernels.cuda), where it is built and serves the
+        call's formats and shapes; False leaves the call to the Triton kernels."""
+        q = qs[0]
+        if q.device.type != "cuda" or not TUNING["cuda"] or cuda.load() is None:
+            return False
+        B, Hq, Dv = out.shape
+        S_max = kviews[0].x.shape[2]
+        target = int(TUNING["cuda_warps_per_sm"]) * _sm_count(q.device)
+        split_len, _ = _splits(B * Hkv, S_max, cuda.CHUNK, target, num_splits)
+        split_len = -(-split_len // cuda.CHUNK) * cuda.CHUNK
+        n_splits = -(-S_max // split_len)
+        qs32 = [x.to(torch.float32).contiguous() for x in qs]
+        m = torch.empty(B * Hq * n_splits, dtype=torch.float32, device=q.device)
+        parts = (m, torch.empty_like(m), torch.empty(B * Hq * n_splits, Dv, device=q.device))
+        p = cuda.params(qs32, kviews, vview, scales, lengths, parts, Hkv, split_len, n_splits)
+        if not cuda.supported(p):
+            return False
+        cuda.launch(p, torch.cuda.current_stream(q.device).cuda_stream)
+        self._merge(B, Hq, Dv, n_splits, parts, out, lse, return_lse)
+        return True
 
     def _launch_heads(self, qs, kviews, vview, scales, lengths, plan, out, lse, return_lse):
         """The per-KV-head kernel: one program per (batch, KV head, split)."""
@@ -692,7 +725,7 @@ class TritonBackend:
             PKV=plan.packed and vview.aligned, RETURN_LSE=return_lse,
             num_warps=plan.num_warps,
         )  # fmt: skip
-        self._merge(B, Hq, Dv, plan, parts, out, lse, return_lse)
+        self._merge(B, Hq, Dv, plan.n_splits, parts, out, lse, return_lse)
 
     def _launch_fused(self, qs, kviews, vview, scales, lengths, plan, groups, out, lse,
                       return_lse):
@@ -728,7 +761,7 @@ class TritonBackend:
             DBA=dba, BLOCK_N=plan.block_n, SINGLE=plan.n_splits == 1, RETURN_LSE=return_lse,
             num_warps=plan.num_warps, **_launch_options(),
         )  # fmt: skip
-        self._merge(B, Hq, Dv, plan, parts, out, lse, return_lse)
+        self._merge(B, Hq, Dv, plan.n_splits, parts, out, lse, return_lse)
 
 
 backend = TritonBackend()

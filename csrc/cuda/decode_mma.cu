@@ -1,0 +1,502 @@
+// Fused decode attention over q8_0 / q4_0 caches on tensor cores (mma.sync m16n8k16, sm_80+).
+//
+// Why a CUDA kernel next to the Triton one: decoding narrow quantized heads is bound by
+// instruction issue, not memory. Triton unpacks GGML blocks (2-byte aligned, 18 or 34 bytes) one
+// 16-bit word and one value at a time and moves tiles through shared memory to reach the tensor
+// cores. Here each lane builds its mma fragments straight from the bytes it loads: two nibbles
+// (or two int8) become one half2 with one byte permute and one LOP3, and the softmax weights
+// move from the score accumulators to the value operand with one register transpose
+// (movmatrix) per 8x8 tile.
+//
+// One warp owns one (sequence, KV head, split) and walks its positions 32 at a time:
+//   scores  S^T (32 tokens x 8 heads) = K (tokens x keys) @ Q^T       2 x KS mma
+//   values  O^T (dv x 8 heads)       += V^T (dv x tokens) @ P'^T        (dv / 16) x 2 mma
+// Keys are dequantized into the A operand (fp16, as the Triton kernel). Values enter as exact
+// small integers; each token's block scale rides on its softmax weight (P' = p * d). The query
+// heads of one KV head (at most 8) are the n = 8 columns; the key dimension (semantic values
+// then geometric, zero-padded) is the mma's k.
+//
+// Value rows are permuted so that one 16-bit load gives a lane all it needs of a token: within
+// a block, tile 0 row r holds value 2r (r < 8) or 2(r - 8) + 1, tile 1 the same plus 16, i.e.
+// lane g reads bytes 2g and 2g + 1: q4_0 low nibbles are values 2g, 2g + 1 and high nibbles
+// 2g + 16, 2g + 17.
+#include "caramba/cuda.h"
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+
+namespace {
+
+constexpr int kChunk = 32;  // positions per warp loop step
+constexpr int kWarps = 4;   // warps per block, each its own split
+constexpr int kMaxKeySteps = 4;
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
+    uint32_t y;
+    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+    return y;
+}
+
+__device__ __forceinline__ uint32_t as_u32(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+__device__ __forceinline__ __half2 as_h2(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
+
+__device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    return as_u32(__floats2half2_rn(lo, hi));
+}
+
+// 16 bits at row t of rows `stride` bytes apart from `at` (one sequence's rows of one KV head
+// span < 2 GiB): one 32 x 32 -> 64-bit multiply-add and one load, through the read-only path.
+__device__ __forceinline__ uint32_t load_u16(const uint8_t* at, uint32_t t, uint32_t stride) {
+    uint32_t v;
+    asm("{\n\t.reg .u64 a;\n\tmad.wide.u32 a, %1, %2, %3;\n\tld.global.nc.u16 %0, [a];\n\t}"
+        : "=r"(v)
+        : "r"(t), "r"(stride), "l"(at));
+    return v;
+}
+
+// 2^x to 2^-22 relative (the tolerance the tests derive allows it); 2^-inf = 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Two q4_0 nibbles (bits 0-3 of each 16-bit lane) -> half2 of (nibble - 8), exact.
+__device__ __forceinline__ __half2 nibbles(uint32_t y) {
+    const __half2 x = as_h2((y & 0x000F000Fu) | 0x64006400u);  // 1024 + n
+    return __hsub2(x, __half2half2(__ushort_as_half(0x6408)));  // - 1032
+}
+
+// Two int8 (bits 0-7 of each 16-bit lane) -> half2 of their values, exact.
+__device__ __forceinline__ __half2 int8s(uint32_t y) {
+    const __half2 x = as_h2((y & 0x00FF00FFu) ^ 0x64806480u);  // 1024 + 128 + q
+    return __hsub2(x, __half2half2(__ushort_as_half(0x6480)));  // - 1152
+}
+
+// A key pair (the low 16 bits of `raw`; q4_0 high halves shifted down by `shift`) times its
+// block's fp16 scale (the high 16 bits).
+template <bool Q4>
+__device__ __forceinline__ uint32_t key_values(uint32_t raw, int shift) {
+    const uint32_t y = __byte_perm(raw >> shift, 0, 0x4140);  // bytes 0, 1 -> lanes 0, 1
+    const __half2 q = Q4 ? nibbles(y) : int8s(y);
+    return as_u32(__hmul2(q, as_h2(__byte_perm(raw, 0, 0x3232))));  // scale in both lanes
+}
+
+__device__ __forceinline__ float warp_max_over_rows(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 4));
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 8));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 16));
+}
+
+__device__ __forceinline__ float warp_sum_over_rows(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 4);
+    x += __shfl_xor_sync(0xffffffffu, x, 8);
+    return x + __shfl_xor_sync(0xffffffffu, x, 16);
+}
+
+// Key groups: the mma's k axis is cut into groups of 8 positions, group i = (k-step i / 2,
+// half i % 2); the semantic values take the first ceil(d_sem / 8) groups, the geometric ones
+// the next ceil(d_geo / 8). So every group reads one tensor (a warp-uniform base) and lane c
+// holds values 2c, 2c + 1 of its group.
+__host__ __device__ inline int groups(int d) { return (d + 7) / 8; }
+
+__host__ __device__ inline int key_steps(int ds, int dg) {
+    return (groups(ds) + groups(dg) + 1) / 2;
+}
+
+// Where a lane's key pair lives: value index u (even) of a row of `format` blocks.
+struct PairOffsets {
+    uint32_t data, scale;
+    int shift;
+};
+
+__device__ __forceinline__ PairOffsets pair_offsets(int u, bool q4) {
+    const int block = u >> 5, r = u & 31;
+    PairOffsets o;
+    o.scale = block * (q4 ? 18 : 34);
+    o.data = o.scale + 2 + (q4 ? (r & 15) : r);
+    o.shift = q4 ? (r & 16) >> 2 : 0;
+    return o;
+}
+
+template <int KFMT, int VFMT, int NBV, int KS>
+__global__ void __launch_bounds__(kWarps * 32)
+    decode_mma_kernel(const caramba_cuda_decode_params p) {
+    const int lane = threadIdx.x & 31;
+    const int g = lane >> 2;  // mma groupID: token row / value row / query head
+    const int c = lane & 3;   // mma thread in group: column pair
+    const int split = blockIdx.y * kWarps + (threadIdx.x >> 5);
+    if (split >= p.n_splits) return;
+    const int b = blockIdx.x / p.kv_heads;
+    const int kvh = blockIdx.x % p.kv_heads;
+    const int G = p.q_heads / p.kv_heads;
+    const bool dba = p.q_geo != nullptr;
+    const int ds = p.k_sem.dim, dg = dba ? p.k_geo.dim : 0, dv = p.v.dim;
+
+    // This split's positions (the Triton kernel's rule; see caramba/cuda.h).
+    const int length = min(max(p.lengths[b], 0), p.s_max);
+    int split_len = ((length + p.n_splits - 1) / p.n_splits + kChunk - 1) / kChunk * kChunk;
+    split_len = max(min(split_len, p.split_len), kChunk);
+    const int start = split * split_len;
+    const int end = min(start + split_len, length);
+
+    auto head_rows = [&](const caramba_cuda_cache& t) {
+        return static_cast<const uint8_t*>(t.data) + b * t.batch_stride + kvh * t.head_stride;
+    };
+
+    // Per key group (k-step, half): its tensor's rows, and where this lane's pair sits in a row.
+    // The query fragments (B operand: k = key position, n = query head) follow the same map,
+    // with each path's scale and log2 e folded in.
+    const uint8_t* key_data[KS][2];   // this lane's pair in row 0
+    const uint8_t* key_scale[KS][2];  // its block's scale in row 0
+    uint32_t key_stride[KS][2];
+    constexpr bool kKeyQ4 = KFMT == CARAMBA_FORMAT_Q4_0;
+    PairOffsets key_at[KS][2];
+    uint32_t qf[KS][2];
+    const int h = kvh * G + g;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int group = 2 * ks + half;
+            // Groups past both paths (padding up to the k-step) read the semantic rows.
+            const bool geo = group >= groups(ds) && group < groups(ds) + groups(dg);
+            const caramba_cuda_cache& t = geo ? p.k_geo : p.k_sem;
+            const int d = geo ? dg : ds;
+            const int j = 8 * (geo ? group - groups(ds) : group) + 2 * c;  // value in the head
+            key_stride[ks][half] = static_cast<uint32_t>(t.token_stride);
+            // A padding pair (j >= d) reads the row's first bytes (finite once dequantized)
+            // against zero queries.
+            key_at[ks][half] = pair_offsets(j < d ? kvh * t.head_shift + j : 0, kKeyQ4);
+            key_data[ks][half] = head_rows(t) + key_at[ks][half].data;
+            key_scale[ks][half] = head_rows(t) + key_at[ks][half].scale;
+            float q0 = 0.f, q1 = 0.f;
+            if (g < G && j < d) {
+                const float* q = (geo ? p.q_geo : p.q_sem) + (int64_t(b) * p.q_heads + h) * d;
+                const float scale = (geo ? p.scale_geo : p.scale_sem) * kLog2e;
+                q0 = q[j] * scale;
+                q1 = q[j + 1] * scale;
+            }
+            qf[ks][half] = pack(q0, q1);
+        }
+    }
+    constexpr bool kQ4 = VFMT == CARAMBA_FORMAT_Q4_0;
+    constexpr int kBlockBytes = kQ4 ? 18 : 34;
+    const uint8_t* v_rows = head_rows(p.v);
+    const uint8_t* v_data = v_rows + 2 + 2 * g;  // bytes 2g, 2g + 1 of block 0
+    const uint32_t v_stride = static_cast<uint32_t>(p.v.token_stride);
+
+    // One chunk's raw bytes, two 16-bit loads per register. Where registers allow (kPrefetch)
+    // they are loaded a chunk ahead of their use, so that each warp has the next chunk's loads
+    // in flight while it computes this one.
+    constexpr int kValueWords = kQ4 ? 2 : 4;
+    constexpr bool kPrefetch = 8 * KS + NBV * (2 + 2 * kValueWords) <= 24;
+    struct Raw {
+        uint32_t key[2][KS][2][2];        // [m-tile][k-step][half][row]: pair | scale << 16
+        uint32_t v_scale[NBV][2];         // [value block][m-tile]: row g | row g + 8 << 16
+        uint32_t v[NBV][2][kValueWords];  // [value block][k-step]: tokens (t, t + 1) per word
+    };
+    // Positions past `end` (only in a split's last chunk) read position end - 1 instead:
+    // their weights are zero, and its bytes are in bounds and finite.
+    auto load = [&](Raw& raw, int t0, bool tail) {
+        auto at = [&](int t) -> uint32_t { return tail ? min(t, end - 1) : t; };
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+            uint32_t vs[NBV][2];
+#pragma unroll
+            for (int row = 0; row < 2; ++row) {
+                const uint32_t t = at(t0 + 16 * mt + g + 8 * row);
+#pragma unroll
+                for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+                    for (int half = 0; half < 2; ++half) {
+                        const uint32_t stride = key_stride[ks][half];
+                        raw.key[mt][ks][half][row] =
+                            load_u16(key_data[ks][half], t, stride) |
+                            load_u16(key_scale[ks][half], t, stride) << 16;
+                    }
+                }
+#pragma unroll
+                for (int nb = 0; nb < NBV; ++nb)
+                    vs[nb][row] = load_u16(v_rows + nb * kBlockBytes, t, v_stride);
+            }
+#pragma unroll
+            for (int nb = 0; nb < NBV; ++nb) raw.v_scale[nb][mt] = vs[nb][0] | vs[nb][1] << 16;
+        }
+#pragma unroll
+        for (int kt = 0; kt < 2; ++kt) {
+#pragma unroll
+            for (int nb = 0; nb < NBV; ++nb) {
+                uint32_t x[4], y[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const uint32_t t = at(t0 + 16 * kt + 2 * c + (i & 1) + 8 * (i >> 1));
+                    x[i] = load_u16(v_data + nb * kBlockBytes, t, v_stride);
+                    y[i] = kQ4 ? 0u : load_u16(v_data + nb * kBlockBytes + 16, t, v_stride);
+                }
+                raw.v[nb][kt][0] = __byte_perm(x[0], x[1], 0x5410);  // tokens 2c, 2c + 1
+                raw.v[nb][kt][1] = __byte_perm(x[2], x[3], 0x5410);  // tokens 2c + 8, 2c + 9
+                if (!kQ4) {
+                    raw.v[nb][kt][2] = __byte_perm(y[0], y[1], 0x5410);
+                    raw.v[nb][kt][3] = __byte_perm(y[2], y[3], 0x5410);
+                }
+            }
+        }
+    };
+
+    float m_run[2] = {-INFINITY, -INFINITY};  // heads 2c, 2c + 1
+    float l_run[2] = {0.f, 0.f};              // this lane's share of the rows
+    float acc[NBV][2][4] = {};                // O^T fragments per value block and tile
+
+    auto fetch = [&](Raw& raw, int t0) {
+        if (t0 + kChunk <= end) load(raw, t0, false);
+        else if (t0 < end) load(raw, t0, true);
+    };
+    // One chunk: scores, online softmax, weighted values.
+    auto step = [&](const Raw& cur, int t0) {
+        // ---- scores: S^T (tokens x heads), m-tile mt holds tokens t0 + 16 mt + [0, 16)
+        float s[2][4] = {};
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+            for (int ks = 0; ks < KS; ++ks) {
+                uint32_t a[4];
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+#pragma unroll
+                    for (int row = 0; row < 2; ++row) {
+                        a[2 * half + row] = key_values<kKeyQ4>(cur.key[mt][ks][half][row],
+                                                               key_at[ks][half].shift);
+                    }
+                }
+                mma16816(s[mt], a, qf[ks][0], qf[ks][1]);
+            }
+        }
+
+        // ---- online softmax over this chunk; s[.][0..1] are row g, s[.][2..3] row g + 8
+        float cmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                if (t0 + kChunk > end && t0 + 16 * mt + g + 8 * (i >> 1) >= end)
+                    s[mt][i] = -INFINITY;  // past the length (a split's last chunk only)
+                cmax[i & 1] = fmaxf(cmax[i & 1], s[mt][i]);
+            }
+        }
+        float alpha[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const float m_new = fmaxf(m_run[i], warp_max_over_rows(cmax[i]));
+            alpha[i] = fast_exp2(m_run[i] - m_new);  // 0 on the first chunk
+            m_run[i] = m_new;
+            l_run[i] *= alpha[i];
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                s[mt][i] = fast_exp2(s[mt][i] - m_run[i & 1]);
+                l_run[i & 1] += s[mt][i];
+            }
+        }
+#pragma unroll
+        for (int nb = 0; nb < NBV; ++nb)
+#pragma unroll
+            for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) acc[nb][tile][i] *= alpha[i & 1];
+
+        // ---- values: per block, weights times the block's scale, then V^T @ P'^T
+#pragma unroll
+        for (int nb = 0; nb < NBV; ++nb) {
+            uint32_t pb[2][2];  // B fragments of the k-steps (tokens 0-15, 16-31)
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+                const uint32_t scales = cur.v_scale[nb][mt];
+                const float da = __half2float(__ushort_as_half(scales & 0xFFFFu));
+                const float db = __half2float(__ushort_as_half(scales >> 16));
+                pb[mt][0] = transpose8x8(pack(s[mt][0] * da, s[mt][1] * da));
+                pb[mt][1] = transpose8x8(pack(s[mt][2] * db, s[mt][3] * db));
+            }
+#pragma unroll
+            for (int kt = 0; kt < 2; ++kt) {
+                const uint32_t lo = cur.v[nb][kt][0];  // tokens 2c, 2c + 1
+                const uint32_t hi = cur.v[nb][kt][1];  // tokens 2c + 8, 2c + 9
+                uint32_t a0[4], a1[4];  // tiles 0 and 1 of this block
+                if (kQ4) {
+                    a0[0] = as_u32(nibbles(lo));
+                    a0[1] = as_u32(nibbles(lo >> 8));
+                    a0[2] = as_u32(nibbles(hi));
+                    a0[3] = as_u32(nibbles(hi >> 8));
+                    a1[0] = as_u32(nibbles(lo >> 4));
+                    a1[1] = as_u32(nibbles(lo >> 12));
+                    a1[2] = as_u32(nibbles(hi >> 4));
+                    a1[3] = as_u32(nibbles(hi >> 12));
+                } else {
+                    const uint32_t lo2 = cur.v[nb][kt][kValueWords - 2];
+                    const uint32_t hi2 = cur.v[nb][kt][kValueWords - 1];
+                    a0[0] = as_u32(int8s(lo));
+                    a0[1] = as_u32(int8s(lo >> 8));
+                    a0[2] = as_u32(int8s(hi));
+                    a0[3] = as_u32(int8s(hi >> 8));
+                    a1[0] = as_u32(int8s(lo2));
+                    a1[1] = as_u32(int8s(lo2 >> 8));
+                    a1[2] = as_u32(int8s(hi2));
+                    a1[3] = as_u32(int8s(hi2 >> 8));
+                }
+                mma16816(acc[nb][0], a0, pb[kt][0], pb[kt][1]);
+                mma16816(acc[nb][1], a1, pb[kt][0], pb[kt][1]);
+            }
+        }
+    };
+    if (kPrefetch) {  // two buffers, alternating (no copies between them)
+        Raw a, b;
+        fetch(a, start);
+        for (int t0 = start; t0 < end; t0 += 2 * kChunk) {
+            fetch(b, t0 + kChunk);
+            step(a, t0);
+            if (t0 + kChunk >= end) break;
+            fetch(a, t0 + 2 * kChunk);
+            step(b, t0 + kChunk);
+        }
+    } else {
+        Raw a;
+        for (int t0 = start; t0 < end; t0 += kChunk) {
+            fetch(a, t0);
+            step(a, t0);
+        }
+    }
+
+    // ---- partials: heads 2c, 2c + 1 of this KV head
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int hl = 2 * c + i;
+        const float l = warp_sum_over_rows(l_run[i]);
+        if (hl >= G) continue;
+        const int64_t part = (int64_t(b) * p.q_heads + kvh * G + hl) * p.n_splits + split;
+        if (g == 0) {
+            p.m[part] = m_run[i];
+            p.l[part] = l;
+        }
+        float* o = p.o + part * dv;
+#pragma unroll
+        for (int nb = 0; nb < NBV; ++nb) {
+#pragma unroll
+            for (int tile = 0; tile < 2; ++tile) {
+                const int value = 32 * nb + 16 * tile + 2 * g;
+                o[value] = acc[nb][tile][i];          // row g
+                o[value + 1] = acc[nb][tile][2 + i];  // row g + 8
+            }
+        }
+    }
+}
+
+caramba_status status(caramba_status_code code, const char* message) {
+    caramba_status s;
+    s.code = code;
+    std::snprintf(s.message, sizeof s.message, "%s", message);
+    return s;
+}
+
+int key_steps(const caramba_cuda_decode_params& p) {
+    return key_steps(p.k_sem.dim, p.q_geo ? p.k_geo.dim : 0);
+}
+
+// One sequence's rows of one tensor must span < 2 GiB: the kernel addresses them by 32-bit
+// offsets from the KV head's first row.
+bool fits_32_bits(const caramba_cuda_cache& t, int s_max) {
+    return t.token_stride > 0 && int64_t(s_max) * t.token_stride + 256 * 34 < (int64_t(1) << 31);
+}
+
+using Kernel = void (*)(caramba_cuda_decode_params);
+
+template <int KFMT, int VFMT, int NBV>
+Kernel pick_steps(int steps) {
+    switch (steps) {
+        case 1: return decode_mma_kernel<KFMT, VFMT, NBV, 1>;
+        case 2: return decode_mma_kernel<KFMT, VFMT, NBV, 2>;
+        default: return decode_mma_kernel<KFMT, VFMT, NBV, 4>;  // 3 runs with a zero k-step
+    }
+}
+
+template <int KFMT, int VFMT>
+Kernel pick_blocks(int blocks, int steps) {
+    switch (blocks) {
+        case 1: return pick_steps<KFMT, VFMT, 1>(steps);
+        case 2: return pick_steps<KFMT, VFMT, 2>(steps);
+        default: return pick_steps<KFMT, VFMT, 4>(steps);
+    }
+}
+
+template <int KFMT>
+Kernel pick_values(int v_format, int blocks, int steps) {
+    return v_format == CARAMBA_FORMAT_Q4_0 ? pick_blocks<KFMT, CARAMBA_FORMAT_Q4_0>(blocks, steps)
+                                           : pick_blocks<KFMT, CARAMBA_FORMAT_Q8_0>(blocks, steps);
+}
+
+bool quantized(int format) {
+    return format == CARAMBA_FORMAT_Q8_0 || format == CARAMBA_FORMAT_Q4_0;
+}
+
+}  // namespace
+
+extern "C" caramba_status caramba_cuda_decode_supported(const caramba_cuda_decode_params* params) {
+    if (!params) return status(CARAMBA_ERR_INVALID_ARGUMENT, "params: NULL");
+    const caramba_cuda_decode_params& p = *params;
+    const bool dba = p.q_geo != nullptr;
+    if (!quantized(p.k_sem.format) || (dba && !quantized(p.k_geo.format)) ||
+        !quantized(p.v.format))
+        return status(CARAMBA_ERR_UNSUPPORTED, "formats: q8_0 or q4_0 caches only");
+    if (dba && p.k_geo.format != p.k_sem.format)
+        return status(CARAMBA_ERR_UNSUPPORTED, "formats: k_sem and k_geo in one format");
+    if (p.k_sem.dim <= 0 || p.k_sem.dim % 2 || (dba && (p.k_geo.dim <= 0 || p.k_geo.dim % 2)))
+        return status(CARAMBA_ERR_UNSUPPORTED, "key dims: positive and even");
+    if (key_steps(p) > kMaxKeySteps)
+        return status(CARAMBA_ERR_UNSUPPORTED,
+                      "key dims: at most 8 groups of 8 key values per head (ceil(d_sem / 8) + "
+                      "ceil(d_geo / 8) <= 8)");
+    if (!fits_32_bits(p.k_sem, p.s_max) || (dba && !fits_32_bits(p.k_geo, p.s_max)) ||
+        !fits_32_bits(p.v, p.s_max))
+        return status(CARAMBA_ERR_UNSUPPORTED, "strides: positive, and s_max rows under 2 GiB");
+    if (p.v.dim != 32 && p.v.dim != 64 && p.v.dim != 128)
+        return status(CARAMBA_ERR_UNSUPPORTED, "v.dim: 32, 64 or 128");
+    if (p.v.head_shift != 0)
+        return status(CARAMBA_ERR_UNSUPPORTED, "v: heads must start on a block");
+    if (p.kv_heads <= 0 || p.q_heads % p.kv_heads || p.q_heads / p.kv_heads > 8)
+        return status(CARAMBA_ERR_UNSUPPORTED, "heads: at most 8 query heads per KV head");
+    if (p.batch <= 0 || p.s_max <= 0 || p.n_splits <= 0 || p.split_len <= 0 ||
+        p.split_len % kChunk)
+        return status(CARAMBA_ERR_INVALID_ARGUMENT,
+                      "batch, s_max, n_splits: positive; split_len: a positive multiple of 32");
+    return status(CARAMBA_OK, "");
+}
+
+extern "C" caramba_status caramba_cuda_decode_partials(const caramba_cuda_decode_params* params,
+                                                       void* stream) {
+    caramba_status s = caramba_cuda_decode_supported(params);
+    if (s.code != CARAMBA_OK) return s;
+    const caramba_cuda_decode_params& p = *params;
+    const int blocks = p.v.dim / 32, steps = key_steps(p);
+    const Kernel kernel = p.k_sem.format == CARAMBA_FORMAT_Q4_0
+                              ? pick_values<CARAMBA_FORMAT_Q4_0>(p.v.format, blocks, steps)
+                              : pick_values<CARAMBA_FORMAT_Q8_0>(p.v.format, blocks, steps);
+    const dim3 grid(p.batch * p.kv_heads, (p.n_splits + kWarps - 1) / kWarps);
+    kernel<<<grid, kWarps * 32, 0, static_cast<cudaStream_t>(stream)>>>(p);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return status(CARAMBA_ERR_INTERNAL, cudaGetErrorString(err));
+    return s;
+}

@@ -1,0 +1,79 @@
+/* Fused decode attention on NVIDIA tensor cores over q8_0 / q4_0 KV caches (CUDA, sm_80+).
+ *
+ * A separate library (caramba::kernels_cuda, built when CMake finds a CUDA compiler) so that the
+ * CPU library stays free of the CUDA runtime. Pointers are device pointers; nothing is copied
+ * to or from the host and no call synchronises.
+ *
+ * One call computes split-K partials for one new query token per sequence, standard/GQA
+ * attention (k_geo.data == NULL) or DBA (score = scale_sem q_sem.k_sem + scale_geo q_geo.k_geo,
+ * one softmax). Partial p = (b * q_heads + h) * n_splits + split holds, in the log2 domain,
+ * m[p] = max score * log2 e, l[p] = sum exp2(score * log2 e - m[p]) and o[p * dim_v + i] =
+ * sum exp2(...) * v_i; an empty split has m = -inf, l = 0, o = 0. Merging the splits by
+ * log-sum-exp (caramba_kernels' merge kernel) gives the attention output.
+ *
+ * Split s of sequence b covers positions [s * n, min((s + 1) * n, length)) where
+ * n = max(32, min(split_len, 32 * ceil(ceil(length / n_splits) / 32))) and
+ * length = clamp(lengths[b], 0, s_max).
+ */
+#ifndef CARAMBA_CUDA_H
+#define CARAMBA_CUDA_H
+
+#include <stdint.h>
+
+#include "caramba/quant.h"
+#include "caramba/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One cache tensor. Value i of KV head g at position t of sequence b is value
+ * (g * head_shift + i) of the row that starts at
+ *     data + b * batch_stride + g * head_stride + t * token_stride   (bytes),
+ * rows being GGML blocks. Head layout: head_stride = the tensor's head stride, head_shift = 0.
+ * Token layout (every head in one row): head_stride = 0 and head_shift = dim, or, where dim is a
+ * whole number of blocks, head_stride = the head's bytes and head_shift = 0. */
+typedef struct caramba_cuda_cache {
+    const void* data;
+    int64_t batch_stride;
+    int64_t head_stride;
+    int64_t token_stride;
+    int32_t head_shift;
+    int32_t format; /* caramba_format: CARAMBA_FORMAT_Q8_0 or CARAMBA_FORMAT_Q4_0 */
+    int32_t dim;    /* values per KV head */
+} caramba_cuda_cache;
+
+typedef struct caramba_cuda_decode_params {
+    const float* q_sem;  /* (batch, q_heads, k_sem.dim) float32, contiguous */
+    const float* q_geo;  /* (batch, q_heads, k_geo.dim) float32, contiguous; NULL: standard */
+    caramba_cuda_cache k_sem;
+    caramba_cuda_cache k_geo;
+    caramba_cuda_cache v;
+    const int32_t* lengths; /* (batch,) cached positions per sequence */
+    float* m;               /* (batch * q_heads * n_splits) */
+    float* l;               /* (batch * q_heads * n_splits) */
+    float* o;               /* (batch * q_heads * n_splits, v.dim) */
+    float scale_sem;        /* natural-log domain (e.g. 1 / sqrt(dim)) */
+    float scale_geo;
+    int32_t batch;
+    int32_t q_heads;
+    int32_t kv_heads;
+    int32_t s_max;
+    int32_t split_len; /* a multiple of 32 */
+    int32_t n_splits;
+} caramba_cuda_decode_params;
+
+/* CARAMBA_OK when caramba_cuda_decode_partials serves these shapes and formats, else
+ * CARAMBA_ERR_UNSUPPORTED with the reason: q8_0/q4_0 everywhere, an even dim per key tensor
+ * with k_sem.dim + k_geo.dim <= 64, v.dim in {32, 64, 128}, at most 8 query heads per KV head. */
+CARAMBA_API caramba_status caramba_cuda_decode_supported(const caramba_cuda_decode_params* params);
+
+/* Launch on `stream` (a cudaStream_t; NULL: the default stream). */
+CARAMBA_API caramba_status caramba_cuda_decode_partials(const caramba_cuda_decode_params* params,
+                                                        void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CARAMBA_CUDA_H */

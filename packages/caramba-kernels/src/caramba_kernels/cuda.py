@@ -1,0 +1,145 @@
+"""The tensor-core decode kernel (csrc/cuda, caramba/cuda.h) for CUDA tensors, through ctypes.
+
+The library libcaramba_kernels_cuda is built with the package when CMake finds a CUDA compiler
+and lives in caramba_kernels/lib; CARAMBA_KERNELS_CUDA_LIB names another file. Without it (or
+without a GPU) `load()` returns None and the Triton kernels serve every call. It takes plain
+device pointers, so it needs no torch at build time; the Triton backend calls it for the
+shapes it serves (`supported`) and merges its split partials with its own merge kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+LIBRARY_ENV = "CARAMBA_KERNELS_CUDA_LIB"
+DISABLE_ENV = "CARAMBA_KERNELS_CUDA"  # "0": never use the library
+CHUNK = 32  # positions per warp step; split lengths are multiples of it
+FORMAT_CODES = {"q8_0": 2, "q4_0": 3}
+
+
+class Cache(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("batch_stride", ctypes.c_int64),
+        ("head_stride", ctypes.c_int64),
+        ("token_stride", ctypes.c_int64),
+        ("head_shift", ctypes.c_int32),
+        ("format", ctypes.c_int32),
+        ("dim", ctypes.c_int32),
+    ]
+
+
+class Params(ctypes.Structure):
+    _fields_ = [
+        ("q_sem", ctypes.c_void_p),
+        ("q_geo", ctypes.c_void_p),
+        ("k_sem", Cache),
+        ("k_geo", Cache),
+        ("v", Cache),
+        ("lengths", ctypes.c_void_p),
+        ("m", ctypes.c_void_p),
+        ("l", ctypes.c_void_p),
+        ("o", ctypes.c_void_p),
+        ("scale_sem", ctypes.c_float),
+        ("scale_geo", ctypes.c_float),
+        ("batch", ctypes.c_int32),
+        ("q_heads", ctypes.c_int32),
+        ("kv_heads", ctypes.c_int32),
+        ("s_max", ctypes.c_int32),
+        ("split_len", ctypes.c_int32),
+        ("n_splits", ctypes.c_int32),
+    ]
+
+
+class Status(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_int), ("message", ctypes.c_char * 256)]
+
+
+def _library_path() -> Path | None:
+    given = os.environ.get(LIBRARY_ENV)
+    if given:
+        return Path(given)
+    here = Path(__file__).resolve().parent / "lib"
+    found = sorted(here.glob("libcaramba_kernels_cuda*.so")) + sorted(
+        here.glob("caramba_kernels_cuda*.dll")
+    )
+    return found[0] if found else None
+
+
+@functools.cache
+def load() -> Any | None:
+    """The library's functions, or None where it is not built or disabled."""
+    if os.environ.get(DISABLE_ENV, "1") == "0":
+        return None
+    path = _library_path()
+    if path is None or not path.exists():
+        return None
+    lib = ctypes.CDLL(str(path))
+    for name in ("caramba_cuda_decode_supported", "caramba_cuda_decode_partials"):
+        fn = getattr(lib, name)
+        fn.restype = Status
+    lib.caramba_cuda_decode_supported.argtypes = [ctypes.POINTER(Params)]
+    lib.caramba_cuda_decode_partials.argtypes = [ctypes.POINTER(Params), ctypes.c_void_p]
+    return lib
+
+
+def cache(view: Any) -> Cache:
+    """A caramba_cuda_cache of one CacheView (caramba_kernels.triton.layout)."""
+    x = view.x
+    return Cache(
+        data=x.data_ptr(),
+        batch_stride=x.stride(0),
+        head_stride=view.head,
+        token_stride=x.stride(2),
+        head_shift=view.shift,
+        format=FORMAT_CODES.get(view.kind, -1),
+        dim=view.d,
+    )
+
+
+def params(
+    qs: list[Any], kviews: list[Any], vview: Any, scales: list[float], lengths: Any,
+    parts: tuple[Any, Any, Any], Hkv: int, split_len: int, n_splits: int,
+) -> Params:  # fmt: skip
+    """The call's parameters; qs are float32 contiguous (B, Hq, D) queries."""
+    dba = len(qs) == 2
+    m, l, o = parts  # noqa: E741
+    q = qs[0]
+    return Params(
+        q_sem=q.data_ptr(),
+        q_geo=qs[1].data_ptr() if dba else None,
+        k_sem=cache(kviews[0]),
+        k_geo=cache(kviews[1]) if dba else Cache(),
+        v=cache(vview),
+        lengths=lengths.data_ptr(),
+        m=m.data_ptr(),
+        l=l.data_ptr(),
+        o=o.data_ptr(),
+        scale_sem=scales[0],
+        scale_geo=scales[1] if dba else 1.0,
+        batch=q.shape[0],
+        q_heads=q.shape[1],
+        kv_heads=Hkv,
+        s_max=kviews[0].x.shape[2],
+        split_len=split_len,
+        n_splits=n_splits,
+    )
+
+
+def supported(p: Params) -> bool:
+    lib = load()
+    return lib is not None and lib.caramba_cuda_decode_supported(ctypes.byref(p)).code == 0
+
+
+def launch(p: Params, stream: int) -> None:
+    """Queue the partials kernel on `stream` (a cudaStream_t as an int)."""
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f"libcaramba_kernels_cuda is not available (set {LIBRARY_ENV})")
+    status = lib.caramba_cuda_decode_partials(ctypes.byref(p), ctypes.c_void_p(stream))
+    if status.code != 0:
+        raise RuntimeError(f"caramba_cuda_decode_partials: {status.message.decode()}")
