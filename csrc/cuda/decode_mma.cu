@@ -32,7 +32,12 @@
 namespace {
 
 constexpr int kChunk = 32;  // positions per warp loop step
-constexpr int kWarps = 4;   // warps per block, each its own split
+constexpr int kWarps = 8;   // warps per block, each its own (sequence, KV head, split)
+// Resident blocks per SM the register budget is cut for: the narrowest heads over q4_0 values
+// (one key k-step, one value block: the Llama DBA cache) fit 3 blocks (24 warps) without
+// spilling; the others keep the compiler's choice.
+template <int VFMT, int NBV, int KS>
+constexpr int min_blocks() { return VFMT == CARAMBA_FORMAT_Q4_0 && NBV * KS == 1 ? 3 : 1; }
 constexpr int kMaxKeySteps = 4;
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -133,15 +138,18 @@ __device__ __forceinline__ PairOffsets pair_offsets(int u, bool q4) {
 }
 
 template <int KFMT, int VFMT, int NBV, int KS>
-__global__ void __launch_bounds__(kWarps * 32)
+__global__ void __launch_bounds__(kWarps * 32, min_blocks<VFMT, NBV, KS>())
     decode_mma_kernel(const caramba_cuda_decode_params p) {
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2;  // mma groupID: token row / value row / query head
     const int c = lane & 3;   // mma thread in group: column pair
-    const int split = blockIdx.y * kWarps + (threadIdx.x >> 5);
-    if (split >= p.n_splits) return;
-    const int b = blockIdx.x / p.kv_heads;
-    const int kvh = blockIdx.x % p.kv_heads;
+    // Warps in (batch, split, KV head) order: the warps of a block are the KV heads of one
+    // (sequence, split) and read the same token-layout rows, which L1 then serves once.
+    const int64_t warp = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+    if (warp >= int64_t(p.batch) * p.n_splits * p.kv_heads) return;
+    const int kvh = static_cast<int>(warp % p.kv_heads);
+    const int split = static_cast<int>(warp / p.kv_heads % p.n_splits);
+    const int b = static_cast<int>(warp / p.kv_heads / p.n_splits);
     const int G = p.q_heads / p.kv_heads;
     const bool dba = p.q_geo != nullptr;
     const int ds = p.k_sem.dim, dg = dba ? p.k_geo.dim : 0, dv = p.v.dim;
@@ -485,16 +493,34 @@ extern "C" caramba_status caramba_cuda_decode_supported(const caramba_cuda_decod
     return status(CARAMBA_OK, "");
 }
 
+namespace {
+
+Kernel pick(const caramba_cuda_decode_params& p) {
+    const int blocks = p.v.dim / 32, steps = key_steps(p);
+    return p.k_sem.format == CARAMBA_FORMAT_Q4_0
+               ? pick_values<CARAMBA_FORMAT_Q4_0>(p.v.format, blocks, steps)
+               : pick_values<CARAMBA_FORMAT_Q8_0>(p.v.format, blocks, steps);
+}
+
+}  // namespace
+
+extern "C" int caramba_cuda_decode_warps_per_sm(const caramba_cuda_decode_params* params) {
+    if (caramba_cuda_decode_supported(params).code != CARAMBA_OK) return 0;
+    int blocks = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, pick(*params), kWarps * 32, 0) !=
+        cudaSuccess)
+        return 0;
+    return blocks * kWarps;
+}
+
 extern "C" caramba_status caramba_cuda_decode_partials(const caramba_cuda_decode_params* params,
                                                        void* stream) {
     caramba_status s = caramba_cuda_decode_supported(params);
     if (s.code != CARAMBA_OK) return s;
     const caramba_cuda_decode_params& p = *params;
-    const int blocks = p.v.dim / 32, steps = key_steps(p);
-    const Kernel kernel = p.k_sem.format == CARAMBA_FORMAT_Q4_0
-                              ? pick_values<CARAMBA_FORMAT_Q4_0>(p.v.format, blocks, steps)
-                              : pick_values<CARAMBA_FORMAT_Q8_0>(p.v.format, blocks, steps);
-    const dim3 grid(p.batch * p.kv_heads, (p.n_splits + kWarps - 1) / kWarps);
+    const Kernel kernel = pick(p);
+    const int64_t warps = int64_t(p.batch) * p.n_splits * p.kv_heads;
+    const dim3 grid(static_cast<unsigned>((warps + kWarps - 1) / kWarps));
     kernel<<<grid, kWarps * 32, 0, static_cast<cudaStream_t>(stream)>>>(p);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return status(CARAMBA_ERR_INTERNAL, cudaGetErrorString(err));

@@ -138,6 +138,14 @@ def test_llama_dba_cache_with_long_context_and_many_splits(launches) -> None:
         problem = (qs, ks, v, lengths, [0.5, 0.35], [4, 8, 32], Hkv)
         for splits in (None, 1, 40):
             check((kind, kind, kind), problem, splits)
+        # The default split plan fills the GPU with one wave of the variant's resident warps.
+        assert served((kind,) * 3, qs, ks, v)
+        dev = [k.cuda() for k in ks]
+        keys = [(dev[0], "k0", kind, "f0"), (dev[1], "k1", kind, "f1")]
+        kviews, vview, _, _ = backend._views([q.cuda() for q in qs], keys, v.cuda(), kind)
+        p = cuda.params(qs, kviews, vview, [1.0, 1.0], torch.empty(B), None, Hkv, 32, 1)
+        per_sm = cuda.warps_per_sm(p)
+        assert per_sm > 0 and per_sm % 8 == 0, per_sm
     assert launches[0] == 6
 
 

@@ -68,6 +68,11 @@ typedef struct caramba_cuda_decode_params {
  * with k_sem.dim + k_geo.dim <= 64, v.dim in {32, 64, 128}, at most 8 query heads per KV head. */
 CARAMBA_API caramba_status caramba_cuda_decode_supported(const caramba_cuda_decode_params* params);
 
+/* Warps of the kernel that serves these parameters that one multiprocessor of the current device
+ * holds at once (0 when unsupported or on a CUDA error): a split plan of this many warps per SM
+ * fills the GPU in one wave. */
+CARAMBA_API int caramba_cuda_decode_warps_per_sm(const caramba_cuda_decode_params* params);
+
 /* Launch on `stream` (a cudaStream_t; NULL: the default stream). */
 CARAMBA_API caramba_status caramba_cuda_decode_partials(const caramba_cuda_decode_params* params,
                                                         void* stream);

@@ -83,6 +83,8 @@ def load() -> Any | None:
         fn = getattr(lib, name)
         fn.restype = Status
     lib.caramba_cuda_decode_supported.argtypes = [ctypes.POINTER(Params)]
+    lib.caramba_cuda_decode_warps_per_sm.restype = ctypes.c_int
+    lib.caramba_cuda_decode_warps_per_sm.argtypes = [ctypes.POINTER(Params)]
     lib.caramba_cuda_decode_partials.argtypes = [ctypes.POINTER(Params), ctypes.c_void_p]
     return lib
 
@@ -103,11 +105,12 @@ def cache(view: Any) -> Cache:
 
 def params(
     qs: list[Any], kviews: list[Any], vview: Any, scales: list[float], lengths: Any,
-    parts: tuple[Any, Any, Any], Hkv: int, split_len: int, n_splits: int,
+    parts: tuple[Any, Any, Any] | None, Hkv: int, split_len: int, n_splits: int,
 ) -> Params:  # fmt: skip
-    """The call's parameters; qs are float32 contiguous (B, Hq, D) queries."""
+    """The call's parameters; qs are float32 contiguous (B, Hq, D) queries, parts the (m, l, o)
+    split partials (None: set them later, once the split plan is known)."""
     dba = len(qs) == 2
-    m, l, o = parts  # noqa: E741
+    m, l, o = (None,) * 3 if parts is None else (x.data_ptr() for x in parts)  # noqa: E741
     q = qs[0]
     return Params(
         q_sem=q.data_ptr(),
@@ -116,9 +119,9 @@ def params(
         k_geo=cache(kviews[1]) if dba else Cache(),
         v=cache(vview),
         lengths=lengths.data_ptr(),
-        m=m.data_ptr(),
-        l=l.data_ptr(),
-        o=o.data_ptr(),
+        m=m,
+        l=l,
+        o=o,
         scale_sem=scales[0],
         scale_geo=scales[1] if dba else 1.0,
         batch=q.shape[0],
@@ -133,6 +136,20 @@ def params(
 def supported(p: Params) -> bool:
     lib = load()
     return lib is not None and lib.caramba_cuda_decode_supported(ctypes.byref(p)).code == 0
+
+
+_WARPS_PER_SM: dict[tuple[int, ...], int] = {}
+
+
+def warps_per_sm(p: Params) -> int:
+    """Resident warps per SM of the kernel variant serving `p` (0: none serves it); asked of
+    the library once per variant (formats and head widths pick it)."""
+    key = (p.k_sem.format, p.v.format, p.v.dim, p.k_sem.dim, p.k_geo.dim if p.q_geo else 0)
+    if key not in _WARPS_PER_SM:
+        lib = load()
+        found = 0 if lib is None else lib.caramba_cuda_decode_warps_per_sm(ctypes.byref(p))
+        _WARPS_PER_SM[key] = found
+    return _WARPS_PER_SM[key]
 
 
 def launch(p: Params, stream: int) -> None:

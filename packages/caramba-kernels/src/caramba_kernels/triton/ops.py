@@ -67,7 +67,7 @@ TUNING: dict[str, Any] = {
     # The tensor-core CUDA kernel (caramba_kernels.cuda) for q8_0/q4_0 caches it serves, where
     # the package was built with it: one warp per (batch, KV head, split).
     "cuda": True,
-    "cuda_warps_per_sm": 16,  # split-K target: resident warps per SM
+    "cuda_warps_per_sm": None,  # split-K target in warps per SM; None: what one SM holds
 }
 TUNING_ENV = "CARAMBA_TRITON_TUNING"  # a JSON object of TUNING entries to override
 
@@ -681,16 +681,20 @@ class TritonBackend:
             return False
         B, Hq, Dv = out.shape
         S_max = kviews[0].x.shape[2]
-        target = int(TUNING["cuda_warps_per_sm"]) * _sm_count(q.device)
-        split_len, _ = _splits(B * Hkv, S_max, cuda.CHUNK, target, num_splits)
-        split_len = -(-split_len // cuda.CHUNK) * cuda.CHUNK
-        n_splits = -(-S_max // split_len)
         qs32 = [x.to(torch.float32).contiguous() for x in qs]
-        m = torch.empty(B * Hq * n_splits, dtype=torch.float32, device=q.device)
-        parts = (m, torch.empty_like(m), torch.empty(B * Hq * n_splits, Dv, device=q.device))
-        p = cuda.params(qs32, kviews, vview, scales, lengths, parts, Hkv, split_len, n_splits)
+        p = cuda.params(qs32, kviews, vview, scales, lengths, None, Hkv, cuda.CHUNK, 1)
         if not cuda.supported(p):
             return False
+        # One wave of resident warps (TUNING's cuda_warps_per_sm, if set, instead).
+        per_sm = TUNING["cuda_warps_per_sm"] or cuda.warps_per_sm(p) or 16
+        split_len, _ = _splits(B * Hkv, S_max, cuda.CHUNK, per_sm * _sm_count(q.device),
+                               num_splits)  # fmt: skip
+        split_len = -(-split_len // cuda.CHUNK) * cuda.CHUNK
+        n_splits = -(-S_max // split_len)
+        m = torch.empty(B * Hq * n_splits, dtype=torch.float32, device=q.device)
+        parts = (m, torch.empty_like(m), torch.empty(B * Hq * n_splits, Dv, device=q.device))
+        p.m, p.l, p.o = (x.data_ptr() for x in parts)
+        p.split_len, p.n_splits = split_len, n_splits
         cuda.launch(p, torch.cuda.current_stream(q.device).cuda_stream)
         self._merge(B, Hq, Dv, n_splits, parts, out, lse, return_lse)
         return True
