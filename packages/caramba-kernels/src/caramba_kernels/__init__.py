@@ -3,7 +3,9 @@
 Backends (each registered in the entry point group `caramba.kernels`):
 
 - `caramba_kernels.cpu` — the C++ library (csrc/) through a nanobind extension;
-- `caramba_kernels.triton` — Triton kernels for CUDA (imports torch; triton on first use).
+- `caramba_kernels.triton` — Triton kernels for CUDA (imports torch; triton on first use),
+  which hand the calls it serves to `caramba_kernels.cuda` (the CUDA C++ tensor-core kernel of
+  csrc/cuda, where the wheel was built with nvcc).
 
 Importing this package loads neither. The C++ library is also installed as a CMake package:
 `find_package(caramba_kernels)` with `cmake_dir()` on CMAKE_PREFIX_PATH (or automatically in a

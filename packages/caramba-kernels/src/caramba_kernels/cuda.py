@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,16 @@ def _library_path() -> Path | None:
     given = os.environ.get(LIBRARY_ENV)
     if given:
         return Path(given)
-    here = Path(__file__).resolve().parent / "lib"
-    found = sorted(here.glob("libcaramba_kernels_cuda*.so")) + sorted(
-        here.glob("caramba_kernels_cuda*.dll")
-    )
-    return found[0] if found else None
+    roots = [Path(__file__).resolve().parent]
+    spec = importlib.util.find_spec("caramba_kernels._ext")  # an editable install keeps it apart
+    if spec is not None and spec.origin:
+        roots.append(Path(spec.origin).resolve().parent)
+    for root in roots:
+        found = sorted((root / "lib").glob("libcaramba_kernels_cuda*.so"))
+        found += sorted((root / "lib").glob("caramba_kernels_cuda*.dll"))
+        if found:
+            return found[0]
+    return None
 
 
 @functools.cache
