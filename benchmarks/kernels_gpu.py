@@ -1,4 +1,4 @@
-"""Fused DBA decode over q8_0 / q4_0 caches (Triton) vs torch SDPA fp16 standard decode (GPU).
+"""Fused DBA decode over q8_0 / q4_0 caches (Triton, CUDA) vs torch SDPA fp16 decode (GPU).
 
 One decode step of one attention layer, Llama-3.2-1B shape, d_model 2048 for both:
 
@@ -370,14 +370,15 @@ def write_results(rows, meta, out_dir: Path, echo=True) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "kernels_gpu.json").write_text(json.dumps({"meta": info, "rows": rows}, indent=2))
     lines = [
-        "# Fused decode attention: Triton (caramba) vs torch SDPA, one layer, one token",
+        "# Fused decode attention: caramba (Triton, CUDA) vs torch SDPA, one layer, one token",
         "",
         f"{props.name}, torch {torch.__version__}, triton {triton.__version__}. "
         "Standard: 32 q heads / 8 KV heads / dim 64, fp16. DBA: 32 q heads / 8 KV heads, "
         "per KV head sem 4 + geo 8 (keys in the token layout: rows of 32 + 64 values) and "
         "v 32 (head layout). triton_std_* and triton_dba_* run the all-heads kernel (fused.py; "
         "a head-layout cache gets one KV head per program); triton_dba_q4_0_perhead the "
-        "per-KV-head kernel (kernels.py) on the same cache. "
+        "per-KV-head kernel (kernels.py) on the same cache; cuda_* the tensor-core CUDA kernel "
+        "(csrc/cuda/decode_mma.cu, libcaramba_kernels_cuda). "
         "Time per call (us), speed-up over the fastest SDPA backend, bandwidth on bytes moved: "
         f"% of the {meta['peak_bps'] / 1e12:.2f} TB/s HBM peak and of a measured "
         "device-to-device copy "
