@@ -29,7 +29,11 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "mma_fragments.cuh"
+
 namespace {
+
+using namespace caramba_cuda;
 
 constexpr int kChunk = 32;  // positions per warp loop step
 constexpr int kWarps = 8;   // warps per block, each its own (sequence, KV head, split)
@@ -39,103 +43,6 @@ constexpr int kWarps = 8;   // warps per block, each its own (sequence, KV head,
 template <int VFMT, int NBV, int KS>
 constexpr int min_blocks() { return VFMT == CARAMBA_FORMAT_Q4_0 && NBV * KS == 1 ? 3 : 1; }
 constexpr int kMaxKeySteps = 4;
-constexpr float kLog2e = 1.4426950408889634f;
-
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
-    uint32_t y;
-    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
-    return y;
-}
-
-__device__ __forceinline__ uint32_t as_u32(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
-__device__ __forceinline__ __half2 as_h2(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
-
-__device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    return as_u32(__floats2half2_rn(lo, hi));
-}
-
-// 16 bits at row t of rows `stride` bytes apart from `at` (one sequence's rows of one KV head
-// span < 2 GiB): one 32 x 32 -> 64-bit multiply-add and one load, through the read-only path.
-__device__ __forceinline__ uint32_t load_u16(const uint8_t* at, uint32_t t, uint32_t stride) {
-    uint32_t v;
-    asm("{\n\t.reg .u64 a;\n\tmad.wide.u32 a, %1, %2, %3;\n\tld.global.nc.u16 %0, [a];\n\t}"
-        : "=r"(v)
-        : "r"(t), "r"(stride), "l"(at));
-    return v;
-}
-
-// 2^x to 2^-22 relative (the tolerance the tests derive allows it); 2^-inf = 0.
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-// Two q4_0 nibbles (bits 0-3 of each 16-bit lane) -> half2 of (nibble - 8), exact.
-__device__ __forceinline__ __half2 nibbles(uint32_t y) {
-    const __half2 x = as_h2((y & 0x000F000Fu) | 0x64006400u);  // 1024 + n
-    return __hsub2(x, __half2half2(__ushort_as_half(0x6408)));  // - 1032
-}
-
-// Two int8 (bits 0-7 of each 16-bit lane) -> half2 of their values, exact.
-__device__ __forceinline__ __half2 int8s(uint32_t y) {
-    const __half2 x = as_h2((y & 0x00FF00FFu) ^ 0x64806480u);  // 1024 + 128 + q
-    return __hsub2(x, __half2half2(__ushort_as_half(0x6480)));  // - 1152
-}
-
-// A key pair (the low 16 bits of `raw`; q4_0 high halves shifted down by `shift`) times its
-// block's fp16 scale (the high 16 bits).
-template <bool Q4>
-__device__ __forceinline__ uint32_t key_values(uint32_t raw, int shift) {
-    const uint32_t y = __byte_perm(raw >> shift, 0, 0x4140);  // bytes 0, 1 -> lanes 0, 1
-    const __half2 q = Q4 ? nibbles(y) : int8s(y);
-    return as_u32(__hmul2(q, as_h2(__byte_perm(raw, 0, 0x3232))));  // scale in both lanes
-}
-
-__device__ __forceinline__ float warp_max_over_rows(float x) {
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 4));
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 8));
-    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 16));
-}
-
-__device__ __forceinline__ float warp_sum_over_rows(float x) {
-    x += __shfl_xor_sync(0xffffffffu, x, 4);
-    x += __shfl_xor_sync(0xffffffffu, x, 8);
-    return x + __shfl_xor_sync(0xffffffffu, x, 16);
-}
-
-// Key groups: the mma's k axis is cut into groups of 8 positions, group i = (k-step i / 2,
-// half i % 2); the semantic values take the first ceil(d_sem / 8) groups, the geometric ones
-// the next ceil(d_geo / 8). So every group reads one tensor (a warp-uniform base) and lane c
-// holds values 2c, 2c + 1 of its group.
-__host__ __device__ inline int groups(int d) { return (d + 7) / 8; }
-
-__host__ __device__ inline int key_steps(int ds, int dg) {
-    return (groups(ds) + groups(dg) + 1) / 2;
-}
-
-// Where a lane's key pair lives: value index u (even) of a row of `format` blocks.
-struct PairOffsets {
-    uint32_t data, scale;
-    int shift;
-};
-
-__device__ __forceinline__ PairOffsets pair_offsets(int u, bool q4) {
-    const int block = u >> 5, r = u & 31;
-    PairOffsets o;
-    o.scale = block * (q4 ? 18 : 34);
-    o.data = o.scale + 2 + (q4 ? (r & 15) : r);
-    o.shift = q4 ? (r & 16) >> 2 : 0;
-    return o;
-}
 
 template <int KFMT, int VFMT, int NBV, int KS>
 __global__ void __launch_bounds__(kWarps * 32, min_blocks<VFMT, NBV, KS>())
@@ -421,13 +328,12 @@ caramba_status status(caramba_status_code code, const char* message) {
 }
 
 int key_steps(const caramba_cuda_decode_params& p) {
-    return key_steps(p.k_sem.dim, p.q_geo ? p.k_geo.dim : 0);
+    return caramba_cuda::key_steps(p.k_sem.dim, p.q_geo ? p.k_geo.dim : 0);
 }
 
-// One sequence's rows of one tensor must span < 2 GiB: the kernel addresses them by 32-bit
-// offsets from the KV head's first row.
-bool fits_32_bits(const caramba_cuda_cache& t, int s_max) {
-    return t.token_stride > 0 && int64_t(s_max) * t.token_stride + 256 * 34 < (int64_t(1) << 31);
+// A row address is position * token_stride in one 32 x 32 -> 64-bit multiply-add.
+bool stride_fits(const caramba_cuda_cache& t) {
+    return t.token_stride > 0 && t.token_stride <= int64_t(UINT32_MAX);
 }
 
 using Kernel = void (*)(caramba_cuda_decode_params);
@@ -477,9 +383,8 @@ extern "C" caramba_status caramba_cuda_decode_supported(const caramba_cuda_decod
         return status(CARAMBA_ERR_UNSUPPORTED,
                       "key dims: at most 8 groups of 8 key values per head (ceil(d_sem / 8) + "
                       "ceil(d_geo / 8) <= 8)");
-    if (!fits_32_bits(p.k_sem, p.s_max) || (dba && !fits_32_bits(p.k_geo, p.s_max)) ||
-        !fits_32_bits(p.v, p.s_max))
-        return status(CARAMBA_ERR_UNSUPPORTED, "strides: positive, and s_max rows under 2 GiB");
+    if (!stride_fits(p.k_sem) || (dba && !stride_fits(p.k_geo)) || !stride_fits(p.v))
+        return status(CARAMBA_ERR_UNSUPPORTED, "token strides: positive and under 4 GiB");
     if (p.v.dim != 32 && p.v.dim != 64 && p.v.dim != 128)
         return status(CARAMBA_ERR_UNSUPPORTED, "v.dim: 32, 64 or 128");
     if (p.v.head_shift != 0)

@@ -1,0 +1,111 @@
+// Device helpers of the tensor-core decode kernel (decode_mma.cu): mma.sync and movmatrix,
+// GGML bytes to fp16 mma operands, row loads, warp reductions, and the key-group map.
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "caramba/quant.h"
+
+namespace caramba_cuda {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
+    uint32_t y;
+    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+    return y;
+}
+
+__device__ __forceinline__ uint32_t as_u32(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+__device__ __forceinline__ __half2 as_h2(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
+
+__device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    return as_u32(__floats2half2_rn(lo, hi));
+}
+
+// 16 bits at row t of rows `stride` bytes apart from `at`: one 32 x 32 -> 64-bit multiply-add
+// and one load, through the read-only path.
+__device__ __forceinline__ uint32_t load_u16(const uint8_t* at, uint32_t t, uint32_t stride) {
+    uint32_t v;
+    asm("{\n\t.reg .u64 a;\n\tmad.wide.u32 a, %1, %2, %3;\n\tld.global.nc.u16 %0, [a];\n\t}"
+        : "=r"(v)
+        : "r"(t), "r"(stride), "l"(at));
+    return v;
+}
+
+// 2^x to 2^-22 relative (the tolerance the tests derive allows it); 2^-inf = 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Two q4_0 nibbles (bits 0-3 of each 16-bit lane) -> half2 of (nibble - 8), exact.
+__device__ __forceinline__ __half2 nibbles(uint32_t y) {
+    const __half2 x = as_h2((y & 0x000F000Fu) | 0x64006400u);  // 1024 + n
+    return __hsub2(x, __half2half2(__ushort_as_half(0x6408)));  // - 1032
+}
+
+// Two int8 (bits 0-7 of each 16-bit lane) -> half2 of their values, exact.
+__device__ __forceinline__ __half2 int8s(uint32_t y) {
+    const __half2 x = as_h2((y & 0x00FF00FFu) ^ 0x64806480u);  // 1024 + 128 + q
+    return __hsub2(x, __half2half2(__ushort_as_half(0x6480)));  // - 1152
+}
+
+// A key pair (the low 16 bits of `raw`; q4_0 high halves shifted down by `shift`) times its
+// block's fp16 scale (the high 16 bits).
+template <bool Q4>
+__device__ __forceinline__ uint32_t key_values(uint32_t raw, int shift) {
+    const uint32_t y = __byte_perm(raw >> shift, 0, 0x4140);  // bytes 0, 1 -> lanes 0, 1
+    const __half2 q = Q4 ? nibbles(y) : int8s(y);
+    return as_u32(__hmul2(q, as_h2(__byte_perm(raw, 0, 0x3232))));  // scale in both lanes
+}
+
+__device__ __forceinline__ float warp_max_over_rows(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 4));
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 8));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 16));
+}
+
+__device__ __forceinline__ float warp_sum_over_rows(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 4);
+    x += __shfl_xor_sync(0xffffffffu, x, 8);
+    return x + __shfl_xor_sync(0xffffffffu, x, 16);
+}
+
+// Key groups: the mma's k axis is cut into groups of 8 positions, group i = (k-step i / 2,
+// half i % 2); the semantic values take the first ceil(d_sem / 8) groups, the geometric ones
+// the next ceil(d_geo / 8). So every group reads one tensor (a warp-uniform base) and lane c
+// holds values 2c, 2c + 1 of its group.
+__host__ __device__ inline int groups(int d) { return (d + 7) / 8; }
+
+__host__ __device__ inline int key_steps(int ds, int dg) {
+    return (groups(ds) + groups(dg) + 1) / 2;
+}
+
+// Where a lane's key pair lives: value index u (even) of a row of `format` blocks.
+struct PairOffsets {
+    uint32_t data, scale;
+    int shift;
+};
+
+__device__ __forceinline__ PairOffsets pair_offsets(int u, bool q4) {
+    const int block = u >> 5, r = u & 31;
+    PairOffsets o;
+    o.scale = block * (q4 ? 18 : 34);
+    o.data = o.scale + 2 + (q4 ? (r & 15) : r);
+    o.shift = q4 ? (r & 16) >> 2 : 0;
+    return o;
+}
+
+}  // namespace caramba_cuda
