@@ -147,10 +147,12 @@ def supported(p: Params) -> bool:
 _WARPS_PER_SM: dict[tuple[int, ...], int] = {}
 
 
-def warps_per_sm(p: Params) -> int:
-    """Resident warps per SM of the kernel variant serving `p` (0: none serves it); asked of
-    the library once per variant (formats and head widths pick it)."""
-    key = (p.k_sem.format, p.v.format, p.v.dim, p.k_sem.dim, p.k_geo.dim if p.q_geo else 0)
+def warps_per_sm(p: Params, device_index: int | None = None) -> int:
+    """Resident warps per SM of the kernel variant serving `p` on the current GPU (0: none
+    serves it); asked of the library once per variant (formats and head widths pick it) and
+    device."""
+    dims = (p.v.dim, p.k_sem.dim, p.k_geo.dim if p.q_geo else 0)
+    key = (device_index, p.k_sem.format, p.v.format, *dims)
     if key not in _WARPS_PER_SM:
         lib = load()
         found = 0 if lib is None else lib.caramba_cuda_decode_warps_per_sm(ctypes.byref(p))

@@ -135,6 +135,13 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+@functools.cache
+def _cuda_kernel_runs(device: torch.device) -> bool:
+    """Whether libcaramba_kernels_cuda is built and has code for this GPU (sm_80 and newer:
+    mma.sync m16n8k16 and movmatrix); older GPUs keep the Triton kernels."""
+    return cuda.load() is not None and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -677,7 +684,7 @@ class TritonBackend:
         """The tensor-core kernel (caramba_kernels.cuda), where it is built and serves the
         call's formats and shapes; False leaves the call to the Triton kernels."""
         q = qs[0]
-        if q.device.type != "cuda" or not TUNING["cuda"] or cuda.load() is None:
+        if q.device.type != "cuda" or not TUNING["cuda"] or not _cuda_kernel_runs(q.device):
             return False
         B, Hq, Dv = out.shape
         S_max = kviews[0].x.shape[2]
@@ -685,17 +692,18 @@ class TritonBackend:
         p = cuda.params(qs32, kviews, vview, scales, lengths, None, Hkv, cuda.CHUNK, 1)
         if not cuda.supported(p):
             return False
-        # One wave of resident warps (TUNING's cuda_warps_per_sm, if set, instead).
-        per_sm = TUNING["cuda_warps_per_sm"] or cuda.warps_per_sm(p) or 16
-        split_len, _ = _splits(B * Hkv, S_max, cuda.CHUNK, per_sm * _sm_count(q.device),
-                               num_splits)  # fmt: skip
-        split_len = -(-split_len // cuda.CHUNK) * cuda.CHUNK
-        n_splits = -(-S_max // split_len)
-        m = torch.empty(B * Hq * n_splits, dtype=torch.float32, device=q.device)
-        parts = (m, torch.empty_like(m), torch.empty(B * Hq * n_splits, Dv, device=q.device))
-        p.m, p.l, p.o = (x.data_ptr() for x in parts)
-        p.split_len, p.n_splits = split_len, n_splits
-        cuda.launch(p, torch.cuda.current_stream(q.device).cuda_stream)
+        with torch.cuda.device(q.device):  # the library runs on the current device
+            # One wave of resident warps (TUNING's cuda_warps_per_sm, if set, instead).
+            per_sm = TUNING["cuda_warps_per_sm"] or cuda.warps_per_sm(p, q.device.index) or 16
+            split_len, _ = _splits(B * Hkv, S_max, cuda.CHUNK, per_sm * _sm_count(q.device),
+                                   num_splits)  # fmt: skip
+            split_len = -(-split_len // cuda.CHUNK) * cuda.CHUNK
+            n_splits = -(-S_max // split_len)
+            m = torch.empty(B * Hq * n_splits, dtype=torch.float32, device=q.device)
+            parts = (m, torch.empty_like(m), torch.empty(B * Hq * n_splits, Dv, device=q.device))
+            p.m, p.l, p.o = (x.data_ptr() for x in parts)
+            p.split_len, p.n_splits = split_len, n_splits
+            cuda.launch(p, torch.cuda.current_stream(q.device).cuda_stream)
         self._merge(B, Hq, Dv, n_splits, parts, out, lse, return_lse)
         return True
 
