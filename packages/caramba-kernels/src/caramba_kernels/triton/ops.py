@@ -688,10 +688,13 @@ class TritonBackend:
             return False
         B, Hq, Dv = out.shape
         S_max = kviews[0].x.shape[2]
-        qs32 = [x.to(torch.float32).contiguous() for x in qs]
-        p = cuda.params(qs32, kviews, vview, scales, lengths, None, Hkv, cuda.CHUNK, 1)
-        if not cuda.supported(p):
+        p = cuda.params(qs, kviews, vview, scales, lengths, None, Hkv, cuda.CHUNK, 1)
+        if not cuda.supported(p):  # host checks; no query is read
             return False
+        # The kernel reads float32 queries: converted only for calls it takes.
+        qs32 = [x.to(torch.float32).contiguous() for x in qs]
+        p.q_sem = qs32[0].data_ptr()
+        p.q_geo = qs32[1].data_ptr() if len(qs32) == 2 else None
         with torch.cuda.device(q.device):  # the library runs on the current device
             # One wave of resident warps (TUNING's cuda_warps_per_sm, if set, instead).
             per_sm = TUNING["cuda_warps_per_sm"] or cuda.warps_per_sm(p, q.device.index) or 16
