@@ -362,6 +362,13 @@ Kernel pick_values(int v_format, int blocks, int steps) {
                                            : pick_blocks<KFMT, CARAMBA_FORMAT_Q8_0>(blocks, steps);
 }
 
+Kernel pick(const caramba_cuda_decode_params& p) {
+    const int blocks = p.v.dim / 32, steps = key_steps(p);
+    return p.k_sem.format == CARAMBA_FORMAT_Q4_0
+               ? pick_values<CARAMBA_FORMAT_Q4_0>(p.v.format, blocks, steps)
+               : pick_values<CARAMBA_FORMAT_Q8_0>(p.v.format, blocks, steps);
+}
+
 bool quantized(int format) {
     return format == CARAMBA_FORMAT_Q8_0 || format == CARAMBA_FORMAT_Q4_0;
 }
@@ -397,17 +404,6 @@ extern "C" caramba_status caramba_cuda_decode_supported(const caramba_cuda_decod
                       "batch, s_max, n_splits: positive; split_len: a positive multiple of 32");
     return status(CARAMBA_OK, "");
 }
-
-namespace {
-
-Kernel pick(const caramba_cuda_decode_params& p) {
-    const int blocks = p.v.dim / 32, steps = key_steps(p);
-    return p.k_sem.format == CARAMBA_FORMAT_Q4_0
-               ? pick_values<CARAMBA_FORMAT_Q4_0>(p.v.format, blocks, steps)
-               : pick_values<CARAMBA_FORMAT_Q8_0>(p.v.format, blocks, steps);
-}
-
-}  // namespace
 
 extern "C" int caramba_cuda_decode_warps_per_sm(const caramba_cuda_decode_params* params) {
     if (caramba_cuda_decode_supported(params).code != CARAMBA_OK) return 0;

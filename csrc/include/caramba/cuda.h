@@ -64,8 +64,11 @@ typedef struct caramba_cuda_decode_params {
 } caramba_cuda_decode_params;
 
 /* CARAMBA_OK when caramba_cuda_decode_partials serves these shapes and formats, else
- * CARAMBA_ERR_UNSUPPORTED with the reason: q8_0/q4_0 everywhere, an even dim per key tensor
- * with k_sem.dim + k_geo.dim <= 64, v.dim in {32, 64, 128}, at most 8 query heads per KV head. */
+ * CARAMBA_ERR_UNSUPPORTED with the reason (or CARAMBA_ERR_INVALID_ARGUMENT for a bad batch,
+ * s_max or split plan). Served: q8_0/q4_0 keys (k_sem and k_geo in one format) and values; an
+ * even, positive dim per key tensor with ceil(k_sem.dim / 8) + ceil(k_geo.dim / 8) <= 8;
+ * v.dim in {32, 64, 128} with each head starting on a block; token strides in (0, 2^32); at
+ * most 8 query heads per KV head. Host checks only: no CUDA call, no pointer read. */
 CARAMBA_API caramba_status caramba_cuda_decode_supported(const caramba_cuda_decode_params* params);
 
 /* Warps of the kernel that serves these parameters that one multiprocessor of the current device
