@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "decode_rows.h"
 #include "mma_fragments.cuh"
 
 namespace {
@@ -336,7 +337,7 @@ bool stride_fits(const caramba_cuda_cache& t) {
     return t.token_stride > 0 && t.token_stride <= int64_t(UINT32_MAX);
 }
 
-using Kernel = void (*)(caramba_cuda_decode_params);
+using Kernel = DecodeKernel;
 
 template <int KFMT, int VFMT, int NBV>
 Kernel pick_steps(int steps) {
@@ -405,24 +406,53 @@ extern "C" caramba_status caramba_cuda_decode_supported(const caramba_cuda_decod
     return status(CARAMBA_OK, "");
 }
 
+namespace {
+
+// The per-KV-head kernel's launch shape: one warp per (sequence, KV head, split), kWarps to a
+// block; the row kernel's: one block of kRowWarps warps per (sequence, split).
+struct Launch {
+    Kernel kernel;
+    int block_threads;
+    int64_t blocks;
+};
+
+Launch launch_for(const caramba_cuda_decode_params& p) {
+    if (const Kernel rows = row_kernel(p))
+        return {rows, kRowWarps * 32, int64_t(p.batch) * p.n_splits};
+    const int64_t warps = int64_t(p.batch) * p.n_splits * p.kv_heads;
+    return {pick(p), kWarps * 32, (warps + kWarps - 1) / kWarps};
+}
+
+}  // namespace
+
 extern "C" int caramba_cuda_decode_warps_per_sm(const caramba_cuda_decode_params* params) {
     if (caramba_cuda_decode_supported(params).code != CARAMBA_OK) return 0;
+    const Launch l = launch_for(*params);
     int blocks = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, pick(*params), kWarps * 32, 0) !=
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, l.kernel, l.block_threads, 0) !=
         cudaSuccess)
         return 0;
-    return blocks * kWarps;
+    return blocks * (l.block_threads / 32);
+}
+
+extern "C" caramba_status caramba_cuda_decode_split_shape(const caramba_cuda_decode_params* params,
+                                                          int32_t* warps, int32_t* positions) {
+    caramba_status s = caramba_cuda_decode_supported(params);
+    if (s.code != CARAMBA_OK) return s;
+    if (!warps || !positions) return status(CARAMBA_ERR_INVALID_ARGUMENT, "warps, positions: NULL");
+    const bool rows = row_kernel(*params) != nullptr;
+    *warps = rows ? kRowWarps : params->kv_heads;
+    *positions = rows ? kRowPositions : kChunk;
+    return s;
 }
 
 extern "C" caramba_status caramba_cuda_decode_partials(const caramba_cuda_decode_params* params,
                                                        void* stream) {
     caramba_status s = caramba_cuda_decode_supported(params);
     if (s.code != CARAMBA_OK) return s;
-    const caramba_cuda_decode_params& p = *params;
-    const Kernel kernel = pick(p);
-    const int64_t warps = int64_t(p.batch) * p.n_splits * p.kv_heads;
-    const dim3 grid(static_cast<unsigned>((warps + kWarps - 1) / kWarps));
-    kernel<<<grid, kWarps * 32, 0, static_cast<cudaStream_t>(stream)>>>(p);
+    const Launch l = launch_for(*params);
+    l.kernel<<<dim3(static_cast<unsigned>(l.blocks)), l.block_threads, 0,
+               static_cast<cudaStream_t>(stream)>>>(*params);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return status(CARAMBA_ERR_INTERNAL, cudaGetErrorString(err));
     return s;

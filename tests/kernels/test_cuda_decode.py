@@ -125,6 +125,63 @@ def test_fuzzed_problems_match_float64(dba, launches) -> None:
     assert launches[0] == cases
 
 
+def draw_rows(gen: torch.Generator):
+    """A problem for the row kernel: the Llama-3.2-1B DBA cache (32 query / 8 KV heads, sem 4 +
+    geo 8 keys per KV head in token rows, 32 values per head in the head or token layout), any
+    q8_0/q4_0 key and value formats, batch 1-8, ragged lengths."""
+    B, Hkv, group, S = randint(gen, 1, 8), 8, 4, randint(gen, 1, 1500)
+    lengths = torch.randint(1, S + 1, (B,), generator=gen, dtype=torch.int32)
+    lengths[0] = S if randint(gen, 0, 1) else max(1, S - randint(gen, 0, 40))
+    key, value = (("q8_0", "q4_0")[randint(gen, 0, 1)] for _ in range(2))
+    ks = [store(key, torch.randn(B, Hkv, S, d, generator=gen) * 2, True) for d in (4, 8)]
+    v = store(value, torch.randn(B, Hkv, S, 32, generator=gen) * 2, bool(randint(gen, 0, 1)))
+    qs = [torch.randn(B, Hkv * group, d, generator=gen) for d in (4, 8)]
+    scales = [float(torch.empty(1).uniform_(0.5, 2.0, generator=gen)) / d**0.5 for d in (4, 8)]
+    return (key, key, value), (qs, ks, v, lengths, scales, [4, 8, 32], Hkv)
+
+
+def split_shape(formats, qs, ks, v) -> tuple[int, int]:
+    """(warps, positions) per (sequence, split) of the kernel that serves this call."""
+    dev = "cuda" if ON_GPU else "cpu"
+    keys = [(k.to(dev), f"k{i}", f, f"f{i}") for i, (k, f) in enumerate(zip(ks, formats))]
+    kviews, vview, Hkv, _ = backend._views([q.to(dev) for q in qs], keys, v.to(dev), formats[-1])
+    p = cuda.params(qs, kviews, vview, [1.0] * len(qs), torch.empty(1), None, Hkv, 32, 1)
+    return cuda.split_shape(p)
+
+
+@gpu
+def test_row_kernel_fuzzed_problems_match_float64(launches) -> None:
+    """The row kernel (one warp per token row of all KV heads) over its instance's shapes."""
+    gen = torch.Generator().manual_seed(77)
+    cases = max(1, CASES // 3)
+    for case in range(cases):
+        formats, problem = draw_rows(gen)
+        qs, ks, v = problem[:3]
+        assert split_shape(formats, qs, ks, v) == (4, 128)
+        S = v.shape[2]
+        check(formats, problem, num_splits=[None, 1, 2, 3, 7, S, S + 5][case % 7])
+    assert launches[0] == cases
+
+
+@gpu
+def test_row_kernel_never_reads_slots_past_the_length(launches) -> None:
+    gen = torch.Generator().manual_seed(9)
+    formats, problem = draw_rows(gen)
+    qs, ks, v, _, scales, dims, Hkv = problem
+    B, S = v.shape[0], v.shape[2]
+    lengths = torch.randint(1, S + 1, (B,), generator=gen, dtype=torch.int32)
+    problem = (qs, ks, v, lengths, scales, dims, Hkv)
+    want = exact(formats, *problem)[0]
+    for x in (*ks, v):
+        for b, n in enumerate(lengths.tolist()):
+            x[b, :, n:] = 0xFF  # fp16 NaN scales and junk values past the length
+    for splits in (None, 1, 5):
+        out, _ = call(formats, problem, splits)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out.cpu().double(), want, rtol=0, atol=5e-2)
+    assert launches[0] == 3
+
+
 @gpu
 def test_llama_dba_cache_with_long_context_and_many_splits(launches) -> None:
     """The benchmark's cache: 8 KV heads, sem 4 / geo 8 token layout, v 32 head layout."""
@@ -203,3 +260,17 @@ def test_the_library_says_what_it_serves() -> None:
     q = torch.randn(1, 8, 96)
     assert not served(("q4_0", "q4_0"), [q], [store("q4_0", torch.randn(1, 1, 8, 96), False)],
                       store("q4_0", torch.randn(1, 1, 8, 32), False))  # fmt: skip
+
+
+def test_narrow_heads_in_token_rows_take_the_row_kernel() -> None:
+    """Which kernel serves a call (host checks): the row kernel only for its instances."""
+    gen = torch.Generator().manual_seed(6)
+    formats, (qs, ks, v, *_rest) = draw_rows(gen)
+    assert split_shape(formats, qs, ks, v) == (4, 128)
+    B, S = v.shape[0], v.shape[2]
+    head_keys = [store(formats[0], torch.randn(B, 8, S, 32), False) for _ in ks]
+    wide = [torch.randn(q.shape[0], q.shape[1], 32) for q in qs]
+    assert split_shape(formats, wide, head_keys, v) == (8, 32)  # per-KV-head kernel
+    fewer = [q[:, :16] for q in qs]  # 2 query heads per KV head: no instance
+    assert split_shape(formats, fewer, ks, v) == (8, 32)
+

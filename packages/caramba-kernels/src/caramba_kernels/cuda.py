@@ -92,6 +92,9 @@ def load() -> Any | None:
     lib.caramba_cuda_decode_warps_per_sm.restype = ctypes.c_int
     lib.caramba_cuda_decode_warps_per_sm.argtypes = [ctypes.POINTER(Params)]
     lib.caramba_cuda_decode_partials.argtypes = [ctypes.POINTER(Params), ctypes.c_void_p]
+    lib.caramba_cuda_decode_split_shape.restype = Status
+    lib.caramba_cuda_decode_split_shape.argtypes = [
+        ctypes.POINTER(Params), ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int32)]
     return lib
 
 
@@ -144,20 +147,43 @@ def supported(p: Params) -> bool:
     return lib is not None and lib.caramba_cuda_decode_supported(ctypes.byref(p)).code == 0
 
 
-_WARPS_PER_SM: dict[tuple[int, ...], int] = {}
+_WARPS_PER_SM: dict[tuple[int | None, ...], int] = {}
+_SPLIT_SHAPES: dict[tuple[int | None, ...], tuple[int, int]] = {}
+
+
+def _variant(p: Params) -> tuple[int, ...]:
+    """What picks the kernel and its instance: formats, head counts, widths and key layouts."""
+    keys = (p.k_sem, p.k_geo) if p.q_geo else (p.k_sem,)
+    layout = tuple(
+        x for k in keys
+        for x in (k.format, k.dim, k.head_shift, min(k.head_stride, k.token_stride)))
+    return (p.v.format, p.v.dim, p.q_heads, p.kv_heads, *layout)
 
 
 def warps_per_sm(p: Params, device_index: int | None = None) -> int:
-    """Resident warps per SM of the kernel variant serving `p` on the current GPU (0: none
-    serves it); asked of the library once per variant (formats and head widths pick it) and
-    device."""
-    dims = (p.v.dim, p.k_sem.dim, p.k_geo.dim if p.q_geo else 0)
-    key = (device_index, p.k_sem.format, p.v.format, *dims)
+    """Resident warps per SM of the kernel instance serving `p` on the current GPU (0: none
+    serves it); asked of the library once per instance and device."""
+    key = (device_index, *_variant(p))
     if key not in _WARPS_PER_SM:
         lib = load()
         found = 0 if lib is None else lib.caramba_cuda_decode_warps_per_sm(ctypes.byref(p))
         _WARPS_PER_SM[key] = found
     return _WARPS_PER_SM[key]
+
+
+def split_shape(p: Params) -> tuple[int, int]:
+    """(warps, positions): how many warps of the serving kernel share one (sequence, split) and
+    how many positions they take per round between them; (0, 0) where nothing serves `p`. The
+    per-KV-head kernel: (KV heads, 32); the row kernel (narrow heads in whole token rows, such as
+    the Llama-3.2-1B DBA preset's cache): (4, 128). Host checks, cached per instance."""
+    key = _variant(p)
+    if key not in _SPLIT_SHAPES:
+        lib = load()
+        warps, positions = ctypes.c_int32(0), ctypes.c_int32(0)
+        found = lib is not None and lib.caramba_cuda_decode_split_shape(
+            ctypes.byref(p), ctypes.byref(warps), ctypes.byref(positions)).code == 0
+        _SPLIT_SHAPES[key] = (warps.value, positions.value) if found else (0, 0)
+    return _SPLIT_SHAPES[key]
 
 
 def launch(p: Params, stream: int) -> None:

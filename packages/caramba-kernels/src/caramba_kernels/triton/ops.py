@@ -698,7 +698,8 @@ class TritonBackend:
         with torch.cuda.device(q.device):  # the library runs on the current device
             # One wave of resident warps (TUNING's cuda_warps_per_sm, if set, instead).
             per_sm = TUNING["cuda_warps_per_sm"] or cuda.warps_per_sm(p, q.device.index) or 16
-            split_len, _ = _splits(B * Hkv, S_max, cuda.CHUNK, per_sm * _sm_count(q.device),
+            warps, positions = cuda.split_shape(p)  # warps per (sequence, split), per round
+            split_len, _ = _splits(B * warps, S_max, positions, per_sm * _sm_count(q.device),
                                    num_splits)  # fmt: skip
             split_len = -(-split_len // cuda.CHUNK) * cuda.CHUNK
             n_splits = -(-S_max // split_len)
