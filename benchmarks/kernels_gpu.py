@@ -63,8 +63,11 @@ SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION")
 IMPLS = ("triton_std_f16", "triton_std_q8_0", "triton_std_q4_0",
          "triton_dba_f16", "triton_dba_q8_0", "triton_dba_q4_0",
          "triton_dba_q4_0_perhead")  # fmt: skip
-# The tensor-core CUDA kernel (caramba_kernels.cuda), where the package was built with it.
-CUDA_IMPLS = ("cuda_std_q8_0", "cuda_std_q4_0", "cuda_dba_q8_0", "cuda_dba_q4_0")
+# The tensor-core CUDA kernels (caramba_kernels.cuda), where the package was built with them:
+# cuda_* as dispatched (TUNING cuda_kernel "auto": the row kernel for the DBA cache from 64k
+# cached positions per call), cudaheads_* the per-KV-head kernel on the same cache.
+CUDA_IMPLS = ("cuda_std_q8_0", "cuda_std_q4_0", "cuda_dba_q8_0", "cuda_dba_q4_0",
+              "cudaheads_dba_q8_0", "cudaheads_dba_q4_0")  # fmt: skip
 
 
 def impls_here() -> tuple[str, ...]:
@@ -74,15 +77,17 @@ def impls_here() -> tuple[str, ...]:
 
 
 def with_kernel(impl: str, call):
-    """`call` run with the CUDA kernel on (impl "cuda") or off (impl "triton")."""
+    """`call` run with the CUDA kernels on (impl "cuda": as dispatched; "cudaheads": the
+    per-KV-head kernel) or off (impl "triton")."""
 
     def run():
-        saved = ops.TUNING["cuda"]
-        ops.TUNING["cuda"] = impl == "cuda"
+        saved = ops.TUNING["cuda"], ops.TUNING["cuda_kernel"]
+        ops.TUNING["cuda"] = impl.startswith("cuda")
+        ops.TUNING["cuda_kernel"] = "heads" if impl == "cudaheads" else "auto"
         try:
             return call()
         finally:
-            ops.TUNING["cuda"] = saved
+            ops.TUNING["cuda"], ops.TUNING["cuda_kernel"] = saved
 
     return run
 
@@ -377,8 +382,11 @@ def write_results(rows, meta, out_dir: Path, echo=True) -> None:
         "per KV head sem 4 + geo 8 (keys in the token layout: rows of 32 + 64 values) and "
         "v 32 (head layout). triton_std_* and triton_dba_* run the all-heads kernel (fused.py; "
         "a head-layout cache gets one KV head per program); triton_dba_q4_0_perhead the "
-        "per-KV-head kernel (kernels.py) on the same cache; cuda_* the tensor-core CUDA kernel "
-        "(csrc/cuda/decode_mma.cu, libcaramba_kernels_cuda). "
+        "per-KV-head kernel (kernels.py) on the same cache; cuda_* the tensor-core CUDA kernels "
+        "as dispatched (libcaramba_kernels_cuda: the DBA cache from 64k cached positions per "
+        "call goes to the row kernel, csrc/cuda/decode_rows.cu, one warp per token row of "
+        "every KV head; the rest to the per-KV-head kernel, csrc/cuda/decode_mma.cu); "
+        "cudaheads_* the per-KV-head kernel on the same cache. "
         "Time per call (us), speed-up over the fastest SDPA backend, bandwidth on bytes moved: "
         f"% of the {meta['peak_bps'] / 1e12:.2f} TB/s HBM peak and of a measured "
         "device-to-device copy "

@@ -101,10 +101,11 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks<VFMT, NBV, KS>())
             key_scale[ks][half] = head_rows(t) + key_at[ks][half].scale;
             float q0 = 0.f, q1 = 0.f;
             if (g < G && j < d) {
-                const float* q = (geo ? p.q_geo : p.q_sem) + (int64_t(b) * p.q_heads + h) * d;
+                const void* q = geo ? p.q_geo : p.q_sem;
+                const int64_t row = (int64_t(b) * p.q_heads + h) * d;
                 const float scale = (geo ? p.scale_geo : p.scale_sem) * kLog2e;
-                q0 = q[j] * scale;
-                q1 = q[j + 1] * scale;
+                q0 = query_value(q, row + j, p.q_type) * scale;
+                q1 = query_value(q, row + j + 1, p.q_type) * scale;
             }
             qf[ks][half] = pack(q0, q1);
         }
@@ -399,6 +400,12 @@ extern "C" caramba_status caramba_cuda_decode_supported(const caramba_cuda_decod
         return status(CARAMBA_ERR_UNSUPPORTED, "v: heads must start on a block");
     if (p.kv_heads <= 0 || p.q_heads % p.kv_heads || p.q_heads / p.kv_heads > 8)
         return status(CARAMBA_ERR_UNSUPPORTED, "heads: at most 8 query heads per KV head");
+    if (p.q_type != CARAMBA_CUDA_QUERY_F32 && p.q_type != CARAMBA_CUDA_QUERY_F16 &&
+        p.q_type != CARAMBA_CUDA_QUERY_BF16)
+        return status(CARAMBA_ERR_INVALID_ARGUMENT, "q_type: a caramba_cuda_query_type");
+    if (p.kernel != CARAMBA_CUDA_KERNEL_AUTO && p.kernel != CARAMBA_CUDA_KERNEL_HEADS &&
+        p.kernel != CARAMBA_CUDA_KERNEL_ROWS)
+        return status(CARAMBA_ERR_INVALID_ARGUMENT, "kernel: a caramba_cuda_kernel");
     if (p.batch <= 0 || p.s_max <= 0 || p.n_splits <= 0 || p.split_len <= 0 ||
         p.split_len % kChunk)
         return status(CARAMBA_ERR_INVALID_ARGUMENT,
@@ -413,14 +420,21 @@ namespace {
 struct Launch {
     Kernel kernel;
     int block_threads;
+    int smem_bytes;
     int64_t blocks;
 };
 
 Launch launch_for(const caramba_cuda_decode_params& p) {
-    if (const Kernel rows = row_kernel(p))
-        return {rows, kRowWarps * 32, int64_t(p.batch) * p.n_splits};
+    const RowKernel rows = row_kernel(p);
+    if (rows.kernel) {
+        // Above 48 KiB a kernel must opt in to its dynamic shared memory (once is enough; the
+        // call is cheap and not a stream operation, so also fine during graph capture).
+        cudaFuncSetAttribute(rows.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             rows.smem_bytes);
+        return {rows.kernel, kRowWarps * 32, rows.smem_bytes, int64_t(p.batch) * p.n_splits};
+    }
     const int64_t warps = int64_t(p.batch) * p.n_splits * p.kv_heads;
-    return {pick(p), kWarps * 32, (warps + kWarps - 1) / kWarps};
+    return {pick(p), kWarps * 32, 0, (warps + kWarps - 1) / kWarps};
 }
 
 }  // namespace
@@ -429,8 +443,8 @@ extern "C" int caramba_cuda_decode_warps_per_sm(const caramba_cuda_decode_params
     if (caramba_cuda_decode_supported(params).code != CARAMBA_OK) return 0;
     const Launch l = launch_for(*params);
     int blocks = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, l.kernel, l.block_threads, 0) !=
-        cudaSuccess)
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, l.kernel, l.block_threads,
+                                                      l.smem_bytes) != cudaSuccess)
         return 0;
     return blocks * (l.block_threads / 32);
 }
@@ -440,7 +454,7 @@ extern "C" caramba_status caramba_cuda_decode_split_shape(const caramba_cuda_dec
     caramba_status s = caramba_cuda_decode_supported(params);
     if (s.code != CARAMBA_OK) return s;
     if (!warps || !positions) return status(CARAMBA_ERR_INVALID_ARGUMENT, "warps, positions: NULL");
-    const bool rows = row_kernel(*params) != nullptr;
+    const bool rows = row_kernel(*params).kernel != nullptr;
     *warps = rows ? kRowWarps : params->kv_heads;
     *positions = rows ? kRowPositions : kChunk;
     return s;
@@ -451,7 +465,7 @@ extern "C" caramba_status caramba_cuda_decode_partials(const caramba_cuda_decode
     caramba_status s = caramba_cuda_decode_supported(params);
     if (s.code != CARAMBA_OK) return s;
     const Launch l = launch_for(*params);
-    l.kernel<<<dim3(static_cast<unsigned>(l.blocks)), l.block_threads, 0,
+    l.kernel<<<dim3(static_cast<unsigned>(l.blocks)), l.block_threads, l.smem_bytes,
                static_cast<cudaStream_t>(stream)>>>(*params);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return status(CARAMBA_ERR_INTERNAL, cudaGetErrorString(err));

@@ -27,6 +27,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "mma_fragments.cuh"
 
@@ -36,27 +37,38 @@ namespace {
 constexpr int kStep = 16;         // positions per step (the value mma's k)
 constexpr float kLazyMax = 3.0f;  // log2 headroom of the running maximum (weights <= 8)
 
-__device__ __forceinline__ uint32_t ld16(const uint8_t* at) {
-    uint32_t v;
-    asm("ld.global.nc.u16 %0, [%1];" : "=r"(v) : "l"(at));
-    return v;
-}
-
 // Low 16 bits of a and of b in one word (a low).
 __device__ __forceinline__ uint32_t join16(uint32_t a, uint32_t b) {
     return __byte_perm(a, b, 0x5410);
 }
 
+// Shared-memory helpers: 16-byte asynchronous copies (zero-filling what lies past the source
+// bytes given), and 16-bit loads at byte addresses of the shared window.
+__device__ __forceinline__ void copy16(uint32_t dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void copy16(uint32_t dst, const void* src, uint32_t bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void copies_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void copies_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+__device__ __forceinline__ uint32_t lds16(uint32_t at) {
+    uint32_t v;
+    asm volatile("ld.shared.u16 %0, [%1];" : "=r"(v) : "r"(at));
+    return v;
+}
+
 // The compile-time shape of one instance: formats, query heads per KV head (G), KV heads,
-// per-head key widths (DG = 0: standard attention) and value blocks per head.
-template <int KFMT, int VFMT, int G_, int HKV_, int DS, int DG, int NBV_>
+// per-head key widths (DG = 0: standard attention), value blocks per head, and whether the
+// values sit in the token layout (every head in one row) or the head layout.
+template <int KFMT, int VFMT, int G_, int HKV_, int DS, int DG, int NBV_, bool VTOKEN>
 struct Shape {
     static constexpr int G = G_, HKV = HKV_, NBV = NBV_;
     static constexpr int HQ = G * HKV, NT = HQ / 8, DV = 32 * NBV, PATHS = DG > 0 ? 2 : 1;
     static constexpr bool KQ4 = KFMT == CARAMBA_FORMAT_Q4_0, VQ4 = VFMT == CARAMBA_FORMAT_Q4_0;
+    static constexpr bool V_ROWS = VTOKEN;
     static constexpr int KBYTES = KQ4 ? 18 : 34, VBYTES = VQ4 ? 18 : 34;
-    static constexpr int KW = KQ4 ? 1 : 2;  // words per key block and row: 2 (4) 16-bit pieces
-    static constexpr int VW = VQ4 ? 2 : 4;  // words per value block and step
     __host__ __device__ static constexpr int dim(int path) { return path ? DG : DS; }
     __host__ __device__ static constexpr int blocks(int path) { return HKV * dim(path) / 32; }
     // Row values of n-tile j's KV heads (8 / G heads of dim values): a run of rho values at j rho.
@@ -70,21 +82,39 @@ struct Shape {
     __host__ __device__ static constexpr bool uses(int path, int j, int step) {
         return step >= first_step(path, j) && step < first_step(path, j) + steps(path);
     }
-    static constexpr int MAX_BLOCKS = blocks(0) > blocks(1) ? blocks(0) : blocks(1);
     static constexpr int MAX_STEPS = steps(0) > steps(1) ? steps(0) : steps(1);
+
+    // One step's bytes in shared memory: 16 key rows per path, then the values: 16 rows per KV
+    // head (head layout) or 16 rows of every head (token layout). Rows are dense in global
+    // memory (token stride = row bytes), so a step of one tensor is one contiguous run.
+    __host__ __device__ static constexpr int key_row(int path) { return blocks(path) * KBYTES; }
+    static constexpr int VROW = NBV * VBYTES;          // one head's value row
+    static constexpr int V_TOKEN = VTOKEN ? HKV * VROW : VROW;  // bytes per position
+    static constexpr int V_HEAD = VTOKEN ? VROW : kStep * VROW;  // bytes per KV head
+    __host__ __device__ static constexpr int key_at(int path) { return path ? kStep * key_row(0) : 0; }
+    static constexpr int V_AT = kStep * (key_row(0) + (DG > 0 ? key_row(1) : 0));
+    static constexpr int STAGE = (V_AT + kStep * HKV * VROW + 15) / 16 * 16;
+    static constexpr int STAGES = STAGE <= 4096 ? 4 : 3;
+    static constexpr int MERGE = kRowWarps * HQ * (DV + 3) * 4;  // partials of the block's warps
+    static constexpr int SMEM = kRowWarps * STAGES * STAGE > MERGE ? kRowWarps * STAGES * STAGE : MERGE;
+    // Blocks per SM the register budget is cut for: 4 where 4 blocks' rings fit the 227 KiB an
+    // H100/H200 SM gives (q4_0 keys and values: 128 registers, no spills), else 3.
+    static constexpr int MIN_BLOCKS = 4 * (SMEM + 1024) <= 227 * 1024 ? 4 : 3;
+
     static constexpr bool valid(int path) {
         return dim(path) > 0 && (HKV * dim(path)) % 32 == 0 &&
                (rho(path) < kStep ? kStep % rho(path) == 0 : rho(path) % kStep == 0);
     }
     static_assert(8 % G == 0 && HQ % 8 == 0, "n-tiles of whole KV heads");
     static_assert(valid(0) && (DG == 0 || valid(1)), "rows of whole blocks, aligned n-tile runs");
-    static_assert(HKV * NBV <= 8, "value accumulators: at most 64 registers");
+    static_assert(HQ * NBV <= 64, "value accumulators: at most 64 registers");
     static_assert(G >= 2, "a lane's two columns of an n-tile share one KV head");
 };
 
 template <class S>
-__global__ void __launch_bounds__(kRowWarps * 32, 2) decode_rows_kernel(const caramba_cuda_decode_params p) {
+__global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_kernel(const caramba_cuda_decode_params p) {
     constexpr int NT = S::NT, HKV = S::HKV, NBV = S::NBV, PATHS = S::PATHS, G = S::G;
+    extern __shared__ __align__(16) uint8_t smem[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2;  // mma groupID: position row / value row / query head
     const int c = lane & 3;   // mma thread in group: column pair
@@ -98,20 +128,11 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2) decode_rows_kernel(const ca
     const int start = split * split_len;
     const int end = min(start + split_len, length);
 
-    // Key rows: every KV head's values of one path in one row of whole blocks.
-    const uint8_t* key_data[PATHS];   // this lane's bytes 2c, 2c + 1 of block 0 in row 0
-    const uint8_t* key_scale[PATHS];  // block 0's scale in row 0
-    uint32_t key_stride[PATHS];
     // Query fragments (B operand, k = row value, n = query head): n-tile j's k-steps only.
     uint32_t qf[PATHS][NT][S::MAX_STEPS][2];
 #pragma unroll
     for (int path = 0; path < PATHS; ++path) {
-        const caramba_cuda_cache& t = path ? p.k_geo : p.k_sem;
-        const uint8_t* rows = static_cast<const uint8_t*>(t.data) + b * t.batch_stride;
-        key_data[path] = rows + 2 + 2 * c;
-        key_scale[path] = rows;
-        key_stride[path] = static_cast<uint32_t>(t.token_stride);
-        const float* q = path ? p.q_geo : p.q_sem;
+        const void* q = path ? p.q_geo : p.q_sem;
         const float scale = (path ? p.scale_geo : p.scale_sem) * kLog2e;
         const int d = S::dim(path);
 #pragma unroll
@@ -124,96 +145,85 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2) decode_rows_kernel(const ca
                 for (int e = 0; e < 4; ++e) {
                     const int u = kStep * (S::first_step(path, j) + i) + 2 * c + (e & 1) +
                                   8 * (e >> 1) - kv * d;  // value of head h's key
-                    x[e] = u >= 0 && u < d ? q[(int64_t(b) * p.q_heads + h) * d + u] * scale : 0.f;
+                    const int64_t at = (int64_t(b) * p.q_heads + h) * d + u;
+                    x[e] = u >= 0 && u < d ? query_value(q, at, p.q_type) * scale : 0.f;
                 }
                 qf[path][j][i][0] = pack(x[0], x[1]);
                 qf[path][j][i][1] = pack(x[2], x[3]);
             }
         }
     }
-    // Values: head layout or token layout, each head starting on a block.
-    const uint8_t* v_rows = static_cast<const uint8_t*>(p.v.data) + b * p.v.batch_stride;
-    const uint8_t* v_data = v_rows + 2 + 2 * g;  // bytes 2g, 2g + 1 of block 0
-    const uint32_t v_stride = static_cast<uint32_t>(p.v.token_stride);
-    const int64_t v_head = p.v.head_stride;
-    // The KV head of this lane's columns 2c, 2c + 1 in n-tile j, whose scales weight them.
-    const uint8_t* v_scale[NT];
-#pragma unroll
-    for (int j = 0; j < NT; ++j) v_scale[j] = v_rows + ((8 * j + 2 * c) / G) * v_head;
 
-    // One step's raw bytes, loaded a step ahead of their use.
-    struct Raw {
-        uint32_t key[PATHS][S::MAX_BLOCKS][2][S::KW];  // [path][block][row g / g + 8][word]
-        uint32_t key_scale[PATHS][S::MAX_BLOCKS];      // row g | row g + 8 << 16
-        uint32_t v[HKV][NBV][S::VW];                   // positions (2c, 2c + 1), (2c + 8, 2c + 9)
-        uint32_t v_scale[NT][NBV];                     // row g | row g + 8 << 16
-    };
-    // Positions past `end` (only in a split's last step) read position end - 1 instead: their
-    // weights are zero, and its bytes are in bounds and finite.
-    auto load = [&](Raw& raw, int t0, bool tail) {
-        auto at = [&](int t) -> uint32_t { return tail ? min(t, end - 1) : t; };
+    // ---- staging: each warp copies its own steps into its own ring of S::STAGES slots
+    const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) +
+                          warp * S::STAGES * S::STAGE;
+    const uint8_t* key_rows[PATHS];  // this sequence's row 0, plus this lane's 16-byte piece
 #pragma unroll
-        for (int path = 0; path < PATHS; ++path) {
-            uint32_t sc[S::MAX_BLOCKS][2];
+    for (int path = 0; path < PATHS; ++path) {
+        const caramba_cuda_cache& t = path ? p.k_geo : p.k_sem;
+        key_rows[path] = static_cast<const uint8_t*>(t.data) + b * t.batch_stride + 16 * lane;
+    }
+    const uint8_t* v_rows =  // this sequence's row 0, plus this lane's 16-byte piece
+        static_cast<const uint8_t*>(p.v.data) + b * p.v.batch_stride + 16 * lane;
+    const int64_t v_head = p.v.head_stride;
+    // Copies the n <= 16 positions from t0 into `slot`: whole steps (Full) as plain 16-byte
+    // copies, a split's last step with the bytes past position t0 + n zero-filled (and not read).
+    auto stage = [&](auto full, uint32_t slot, int t0, int n) {
+        constexpr bool Full = decltype(full)::value;
+        // `chunks` 16-byte pieces of a run, lane i taking pieces i, i + 32, ...; `bytes` are real.
+        auto run = [&](uint32_t dst, const uint8_t* src, int chunks, int bytes) {
 #pragma unroll
-            for (int row = 0; row < 2; ++row) {
-                const uint32_t t = at(t0 + g + 8 * row);
-                const uint8_t* data = key_data[path] + size_t(t) * key_stride[path];
-                const uint8_t* scale = key_scale[path] + size_t(t) * key_stride[path];
-#pragma unroll
-                for (int blk = 0; blk < S::blocks(path); ++blk) {
-                    const uint8_t* at_blk = data + blk * S::KBYTES;
-                    raw.key[path][blk][row][0] = join16(ld16(at_blk), ld16(at_blk + 8));
-                    if (!S::KQ4) raw.key[path][blk][row][1] = join16(ld16(at_blk + 16), ld16(at_blk + 24));
-                    sc[blk][row] = ld16(scale + blk * S::KBYTES);
+            for (int r = 0; r < (chunks + 31) / 32; ++r) {
+                const int piece = lane + 32 * r;
+                if (32 * (r + 1) > chunks && piece >= chunks) break;
+                if constexpr (Full) {
+                    copy16(dst + 16 * piece, src + 512 * r);
+                } else {
+                    const int left = bytes - 16 * piece;  // src - 16 lane: the run's first byte
+                    copy16(dst + 16 * piece, left > 0 ? src + 512 * r : src - 16 * lane,
+                           static_cast<uint32_t>(min(max(left, 0), 16)));
                 }
             }
+        };
 #pragma unroll
-            for (int blk = 0; blk < S::blocks(path); ++blk)
-                raw.key_scale[path][blk] = join16(sc[blk][0], sc[blk][1]);
-        }
-        const uint8_t* rows[4];  // positions 2c, 2c + 1, 2c + 8, 2c + 9
+        for (int path = 0; path < PATHS; ++path)
+            run(slot + S::key_at(path), key_rows[path] + size_t(t0) * S::key_row(path),
+                S::key_row(path), n * S::key_row(path));
+        if constexpr (S::V_ROWS) {
+            run(slot + S::V_AT, v_rows + size_t(t0) * S::V_TOKEN, HKV * S::VROW, n * S::V_TOKEN);
+        } else {
+            const uint8_t* src = v_rows + size_t(t0) * S::VROW;
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-            rows[e] = v_data + size_t(at(t0 + 2 * c + (e & 1) + 8 * (e >> 1))) * v_stride;
-#pragma unroll
-        for (int kvh = 0; kvh < HKV; ++kvh) {
-#pragma unroll
-            for (int nb = 0; nb < NBV; ++nb) {
-                const int64_t off = kvh * v_head + nb * S::VBYTES;
-                uint32_t x[4], y[4];
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    x[e] = ld16(rows[e] + off);
-                    y[e] = S::VQ4 ? 0u : ld16(rows[e] + off + 16);
-                }
-                raw.v[kvh][nb][0] = join16(x[0], x[1]);
-                raw.v[kvh][nb][1] = join16(x[2], x[3]);
-                if (!S::VQ4) {
-                    raw.v[kvh][nb][2] = join16(y[0], y[1]);
-                    raw.v[kvh][nb][3] = join16(y[2], y[3]);
-                }
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-            const uint8_t* r0 = v_scale[j] + size_t(at(t0 + g)) * v_stride;
-            const uint8_t* r1 = v_scale[j] + size_t(at(t0 + g + 8)) * v_stride;
-#pragma unroll
-            for (int nb = 0; nb < NBV; ++nb)
-                raw.v_scale[j][nb] = join16(ld16(r0 + nb * S::VBYTES), ld16(r1 + nb * S::VBYTES));
+            for (int kvh = 0; kvh < HKV; ++kvh)
+                run(slot + S::V_AT + kvh * S::V_HEAD, src + kvh * v_head, S::VROW, n * S::VROW);
         }
     };
+
+    // Byte addresses of this lane's pieces within a slot (the rest are immediates).
+    uint32_t key_data[PATHS], key_scale[PATHS];
+#pragma unroll
+    for (int path = 0; path < PATHS; ++path) {
+        key_scale[path] = S::key_at(path) + g * S::key_row(path);
+        key_data[path] = key_scale[path] + 2 + 2 * c;
+    }
+    const uint32_t v_data = S::V_AT + 2 * c * S::V_TOKEN + 2 + 2 * g;  // bytes 2g, 2g + 1
+    const uint32_t v_scale = S::V_AT + (2 * c / G) * S::V_HEAD + g * S::V_TOKEN;
 
     float m_run[NT][2], l_run[NT][2];  // columns 2c, 2c + 1 of each n-tile
-    float acc[HKV][NBV][2][4] = {};    // O^T fragments per KV head, value block and tile
+    // O^T fragments per n-tile, value block and tile: the KV heads of an n-tile share one
+    // accumulator, each adding only its own columns (its weights with the others' masked).
+    float acc[NT][NBV][2][4] = {};
+    constexpr int HEADS_PER_TILE = 8 / G;
+    uint32_t own_columns[HEADS_PER_TILE];  // B-operand mask: this lane's column g is head sub's
+#pragma unroll
+    for (int sub = 0; sub < HEADS_PER_TILE; ++sub) own_columns[sub] = g / G == sub ? ~0u : 0u;
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
         m_run[j][0] = m_run[j][1] = -INFINITY;
         l_run[j][0] = l_run[j][1] = 0.f;
     }
 
-    auto step = [&](const Raw& cur, int t0) {
+    auto step = [&](uint32_t slot, int t0) {
         // ---- scores, one key block (two k-steps) at a time
         float s[NT][4] = {};
 #pragma unroll
@@ -221,24 +231,29 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2) decode_rows_kernel(const ca
 #pragma unroll
             for (int blk = 0; blk < S::blocks(path); ++blk) {
                 uint32_t a[2][4];  // k-steps 2 blk (values 0-15), 2 blk + 1 (16-31)
-                const uint32_t sc = cur.key_scale[path][blk];
-                const __half2 scale[2] = {as_h2(__byte_perm(sc, 0, 0x1010)),
-                                          as_h2(__byte_perm(sc, 0, 0x3232))};
 #pragma unroll
                 for (int row = 0; row < 2; ++row) {
+                    const uint32_t at = slot + 8 * row * S::key_row(path) + blk * S::KBYTES;
+                    const __half2 scale = __half2half2(__ushort_as_half(
+                        static_cast<unsigned short>(lds16(at + key_scale[path]))));
+                    const uint32_t d = at + key_data[path];
+                    if (S::KQ4) {
+                        // bytes 2c, 2c + 1 | 2c + 8, 2c + 9 -> k 2c, 2c + 1 | 2c + 8, 2c + 9
+                        const uint32_t x = join16(lds16(d), lds16(d + 8));
 #pragma unroll
-                    for (int half = 0; half < 2; ++half) {  // k 2c, 2c + 1 | 2c + 8, 2c + 9
-                        if (S::KQ4) {
-                            const uint32_t y = __byte_perm(cur.key[path][blk][row][0], 0,
-                                                           half ? 0x4342 : 0x4140);
-                            a[0][2 * half + row] = as_u32(__hmul2(nibbles(y), scale[row]));
-                            a[1][2 * half + row] = as_u32(__hmul2(nibbles(y >> 4), scale[row]));
-                        } else {
+                        for (int half = 0; half < 2; ++half) {
+                            const uint32_t y = __byte_perm(x, 0, half ? 0x4342 : 0x4140);
+                            a[0][2 * half + row] = as_u32(__hmul2(nibbles(y), scale));
+                            a[1][2 * half + row] = as_u32(__hmul2(high_nibbles(y), scale));
+                        }
+                    } else {
 #pragma unroll
-                            for (int ks = 0; ks < 2; ++ks) {
-                                const uint32_t y = __byte_perm(cur.key[path][blk][row][ks], 0,
-                                                               half ? 0x4342 : 0x4140);
-                                a[ks][2 * half + row] = as_u32(__hmul2(int8s(y), scale[row]));
+                        for (int ks = 0; ks < 2; ++ks) {
+                            const uint32_t x = join16(lds16(d + 16 * ks), lds16(d + 16 * ks + 8));
+#pragma unroll
+                            for (int half = 0; half < 2; ++half) {
+                                const uint32_t y = __byte_perm(x, 0, half ? 0x4342 : 0x4140);
+                                a[ks][2 * half + row] = as_u32(__hmul2(int8s(y), scale));
                             }
                         }
                     }
@@ -285,14 +300,12 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2) decode_rows_kernel(const ca
                     m_run[j][i] = m_new;
                     l_run[j][i] *= alpha;
 #pragma unroll
-                    for (int kvh = 8 * j / G; kvh < 8 * (j + 1) / G; ++kvh)
+                    for (int nb = 0; nb < NBV; ++nb)
 #pragma unroll
-                        for (int nb = 0; nb < NBV; ++nb)
-#pragma unroll
-                            for (int tile = 0; tile < 2; ++tile) {
-                                acc[kvh][nb][tile][i] *= alpha;
-                                acc[kvh][nb][tile][2 + i] *= alpha;
-                            }
+                        for (int tile = 0; tile < 2; ++tile) {
+                            acc[j][nb][tile][i] *= alpha;
+                            acc[j][nb][tile][2 + i] *= alpha;
+                        }
                 }
             }
         }
@@ -311,9 +324,10 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2) decode_rows_kernel(const ca
         for (int j = 0; j < NT; ++j) {
 #pragma unroll
             for (int nb = 0; nb < NBV; ++nb) {
-                const uint32_t scales = cur.v_scale[j][nb];
-                const float da = __half2float(__ushort_as_half(scales & 0xFFFFu));
-                const float db = __half2float(__ushort_as_half(scales >> 16));
+                const uint32_t at = slot + v_scale + (8 * j / G) * S::V_HEAD + nb * S::VBYTES;
+                const float da = __half2float(__ushort_as_half(static_cast<unsigned short>(lds16(at))));
+                const float db = __half2float(
+                    __ushort_as_half(static_cast<unsigned short>(lds16(at + 8 * S::V_TOKEN))));
                 pb[j][nb][0] = transpose8x8(pack(s[j][0] * da, s[j][1] * da));
                 pb[j][nb][1] = transpose8x8(pack(s[j][2] * db, s[j][3] * db));
             }
@@ -323,21 +337,29 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2) decode_rows_kernel(const ca
             const int j = kvh * G / 8;
 #pragma unroll
             for (int nb = 0; nb < NBV; ++nb) {
-                const uint32_t lo = cur.v[kvh][nb][0];  // positions 2c, 2c + 1
-                const uint32_t hi = cur.v[kvh][nb][1];  // positions 2c + 8, 2c + 9
-                uint32_t a0[4], a1[4];                  // tiles 0 and 1 of this block
+                // positions 2c, 2c + 1, 2c + 8, 2c + 9 of this head's block nb
+                const uint32_t at = slot + v_data + kvh * S::V_HEAD + nb * S::VBYTES;
+                uint32_t x[4];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) x[e] = lds16(at + ((e & 1) + 8 * (e >> 1)) * S::V_TOKEN);
+                const uint32_t lo = join16(x[0], x[1]), hi = join16(x[2], x[3]);
+                uint32_t a0[4], a1[4];  // tiles 0 and 1 of this block
                 if (S::VQ4) {
+                    const uint32_t lo1 = __byte_perm(x[0], x[1], 0x7531);  // bytes 2g + 1
+                    const uint32_t hi1 = __byte_perm(x[2], x[3], 0x7531);
                     a0[0] = as_u32(nibbles(lo));
-                    a0[1] = as_u32(nibbles(lo >> 8));
+                    a0[1] = as_u32(nibbles(lo1));
                     a0[2] = as_u32(nibbles(hi));
-                    a0[3] = as_u32(nibbles(hi >> 8));
-                    a1[0] = as_u32(nibbles(lo >> 4));
-                    a1[1] = as_u32(nibbles(lo >> 12));
-                    a1[2] = as_u32(nibbles(hi >> 4));
-                    a1[3] = as_u32(nibbles(hi >> 12));
+                    a0[3] = as_u32(nibbles(hi1));
+                    a1[0] = as_u32(high_nibbles(lo));
+                    a1[1] = as_u32(high_nibbles(lo1));
+                    a1[2] = as_u32(high_nibbles(hi));
+                    a1[3] = as_u32(high_nibbles(hi1));
                 } else {
-                    const uint32_t lo2 = cur.v[kvh][nb][S::VW - 2];
-                    const uint32_t hi2 = cur.v[kvh][nb][S::VW - 1];
+                    uint32_t y[4];
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) y[e] = lds16(at + 16 + ((e & 1) + 8 * (e >> 1)) * S::V_TOKEN);
+                    const uint32_t lo2 = join16(y[0], y[1]), hi2 = join16(y[2], y[3]);
                     a0[0] = as_u32(int8s(lo));
                     a0[1] = as_u32(int8s(lo >> 8));
                     a0[2] = as_u32(int8s(hi));
@@ -347,66 +369,64 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2) decode_rows_kernel(const ca
                     a1[2] = as_u32(int8s(hi2));
                     a1[3] = as_u32(int8s(hi2 >> 8));
                 }
-                mma16816(acc[kvh][nb][0], a0, pb[j][nb][0], pb[j][nb][1]);
-                mma16816(acc[kvh][nb][1], a1, pb[j][nb][0], pb[j][nb][1]);
+                const uint32_t mine = own_columns[kvh % HEADS_PER_TILE];
+                const uint32_t b0 = pb[j][nb][0] & mine, b1 = pb[j][nb][1] & mine;
+                mma16816(acc[j][nb][0], a0, b0, b1);
+                mma16816(acc[j][nb][1], a1, b0, b1);
             }
         }
     };
 
-    // Warp w takes positions start + 32 (w + kRowWarps i) + [0, 32), one step of 16 at a time,
-    // each step's bytes loaded while the one before it computes.
-    auto next = [&](int t) {
-        return ((t - start) & kStep) ? t + kStep + 32 * (kRowWarps - 1) : t + kStep;
+    // Warp w takes positions start + 32 (w + kRowWarps i) + [0, 32), one step of 16 at a time;
+    // step k's bytes are copied S::STAGES - 1 steps ahead of its use.
+    auto position = [&](int k) { return start + 32 * (warp + kRowWarps * (k >> 1)) + kStep * (k & 1); };
+    auto issue = [&](int k) {
+        const int t0 = position(k);
+        const uint32_t slot = ring + (k % S::STAGES) * S::STAGE;
+        if (t0 + kStep <= end) stage(std::true_type{}, slot, t0, kStep);
+        else if (t0 < end) stage(std::false_type{}, slot, t0, end - t0);
+        copies_commit();  // an empty group where nothing is left: the wait counts stay uniform
     };
-    auto fetch = [&](Raw& raw, int t0) {
-        if (t0 + kStep <= end) load(raw, t0, false);
-        else if (t0 < end) load(raw, t0, true);
-    };
-    {
-        Raw ra, rb;
-        int t = start + 32 * warp;
-        fetch(ra, t);
-        while (t < end) {
-            const int t1 = next(t);
-            fetch(rb, t1);
-            step(ra, t);
-            if (t1 >= end) break;
-            const int t2 = next(t1);
-            fetch(ra, t2);
-            step(rb, t1);
-            t = t2;
-        }
+#pragma unroll
+    for (int k = 0; k < S::STAGES - 1; ++k) issue(k);
+    for (int k = 0; position(k) < end; ++k) {
+        copies_wait<S::STAGES - 2>();
+        __syncwarp();  // every lane's pieces of step k are in; step k - 1's slot is free
+        issue(k + S::STAGES - 1);
+        step(ring + (k % S::STAGES) * S::STAGE, position(k));
     }
+    copies_wait<0>();
+    __syncthreads();  // the rings become the merge buffers
 
     // ---- merge the block's warps through shared memory: one partial per (head, split)
     constexpr int DV = S::DV, HQ = S::HQ;
-    __shared__ float sm_m[kRowWarps][HQ], sm_l[kRowWarps][HQ];
-    __shared__ float sm_o[kRowWarps][HQ][DV + 1];  // + 1: lanes c write heads DV apart
+    float* sm_m = reinterpret_cast<float*>(smem);                  // [warp][head]
+    float* sm_l = sm_m + kRowWarps * HQ;                           // [warp][head]
+    float* sm_o = sm_l + kRowWarps * HQ;                           // [warp][head][DV + 1]
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const float l = warp_sum_over_rows(l_run[j][i]);
             if (g == 0) {
-                sm_m[warp][8 * j + 2 * c + i] = m_run[j][i];
-                sm_l[warp][8 * j + 2 * c + i] = l;
+                sm_m[warp * HQ + 8 * j + 2 * c + i] = m_run[j][i];
+                sm_l[warp * HQ + 8 * j + 2 * c + i] = l;
             }
         }
     }
 #pragma unroll
-    for (int kvh = 0; kvh < HKV; ++kvh) {
-        const int j = kvh * G / 8;
+    for (int j = 0; j < NT; ++j) {
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const int h = 8 * j + 2 * c + i;
-            if (h / G != kvh) continue;  // a column of the n-tile's other KV head
+            float* o = sm_o + (warp * HQ + h) * (DV + 1);  // + 1: lanes c write heads DV apart
 #pragma unroll
             for (int nb = 0; nb < NBV; ++nb) {
 #pragma unroll
                 for (int tile = 0; tile < 2; ++tile) {
                     const int value = 32 * nb + 16 * tile + 2 * g;
-                    sm_o[warp][h][value] = acc[kvh][nb][tile][i];          // row g
-                    sm_o[warp][h][value + 1] = acc[kvh][nb][tile][2 + i];  // row g + 8
+                    o[value] = acc[j][nb][tile][i];          // row g
+                    o[value + 1] = acc[j][nb][tile][2 + i];  // row g + 8
                 }
             }
         }
@@ -416,14 +436,14 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2) decode_rows_kernel(const ca
         const int h = x / DV, value = x % DV;
         float m = -INFINITY;
 #pragma unroll
-        for (int w = 0; w < kRowWarps; ++w) m = fmaxf(m, sm_m[w][h]);
+        for (int w = 0; w < kRowWarps; ++w) m = fmaxf(m, sm_m[w * HQ + h]);
         float l = 0.f, o = 0.f;
         if (m > -INFINITY) {
 #pragma unroll
             for (int w = 0; w < kRowWarps; ++w) {
-                const float f = exp2f(sm_m[w][h] - m);  // 0 for a warp without positions
-                l += f * sm_l[w][h];
-                o += f * sm_o[w][h][value];
+                const float f = exp2f(sm_m[w * HQ + h] - m);  // 0 for a warp without positions
+                l += f * sm_l[w * HQ + h];
+                o += f * sm_o[(w * HQ + h) * (DV + 1) + value];
             }
         }
         const int64_t part = (int64_t(b) * HQ + h) * p.n_splits + split;
@@ -443,36 +463,83 @@ bool matches(const caramba_cuda_decode_params& p, int dg) {
            dg == S::dim(1) && p.v.dim == S::DV;
 }
 
-// Keys of every KV head in one row: value g * dim + i of the row at data + t * token_stride.
-bool whole_rows(const caramba_cuda_cache& t, int kv_heads) {
-    const int64_t block = t.format == CARAMBA_FORMAT_Q4_0 ? 18 : 34;
+int64_t block_bytes(int format) { return format == CARAMBA_FORMAT_Q4_0 ? 18 : 34; }
+
+// Every step of a tensor starts on 16 bytes (cp.async): base and sequence (and head) strides.
+bool aligned16(const caramba_cuda_cache& t, int64_t head_stride) {
+    return reinterpret_cast<uintptr_t>(t.data) % 16 == 0 && t.batch_stride % 16 == 0 &&
+           head_stride % 16 == 0;
+}
+
+// Keys of every KV head in one dense row: value g * dim + i of the row at data + t * row bytes.
+bool key_rows(const caramba_cuda_cache& t, int kv_heads) {
+    const int64_t block = block_bytes(t.format);
     const bool shifted = t.head_stride == 0 && t.head_shift == t.dim;
     const bool blocked = t.head_shift == 0 && t.dim % 32 == 0 && t.head_stride == t.dim / 32 * block;
-    return (shifted || blocked) && (int64_t(kv_heads) * t.dim) % 32 == 0;
+    const int64_t values = int64_t(kv_heads) * t.dim;
+    return (shifted || blocked) && values % 32 == 0 && t.token_stride == values / 32 * block &&
+           aligned16(t, 0);
+}
+
+enum class Values { unserved, heads, tokens };
+
+// Dense value rows: one head's (head layout) or every head's (token layout) per position.
+Values value_rows(const caramba_cuda_cache& v, int kv_heads) {
+    const int64_t row = v.dim / 32 * block_bytes(v.format);
+    if (v.head_stride == row && v.token_stride == kv_heads * row && aligned16(v, 0))
+        return Values::tokens;
+    if (v.token_stride == row && aligned16(v, v.head_stride)) return Values::heads;
+    return Values::unserved;
+}
+
+template <class S>
+RowKernel launchable() {
+    return {decode_rows_kernel<S>, S::SMEM};
+}
+
+template <int KFMT, int VFMT, int G, int HKV, int DS, int DG, int NBV>
+RowKernel in_layout(Values values) {
+    return values == Values::tokens ? launchable<Shape<KFMT, VFMT, G, HKV, DS, DG, NBV, true>>()
+                                    : launchable<Shape<KFMT, VFMT, G, HKV, DS, DG, NBV, false>>();
 }
 
 template <int G, int HKV, int DS, int DG, int NBV>
-DecodeKernel instance(const caramba_cuda_decode_params& p, int dg) {
-    using Q4Q4 = Shape<CARAMBA_FORMAT_Q4_0, CARAMBA_FORMAT_Q4_0, G, HKV, DS, DG, NBV>;
-    if (!matches<Q4Q4>(p, dg)) return nullptr;
-    const bool k4 = p.k_sem.format == CARAMBA_FORMAT_Q4_0, v4 = p.v.format == CARAMBA_FORMAT_Q4_0;
-    if (k4 && v4) return decode_rows_kernel<Q4Q4>;
-    if (k4) return decode_rows_kernel<Shape<CARAMBA_FORMAT_Q4_0, CARAMBA_FORMAT_Q8_0, G, HKV, DS, DG, NBV>>;
-    if (v4) return decode_rows_kernel<Shape<CARAMBA_FORMAT_Q8_0, CARAMBA_FORMAT_Q4_0, G, HKV, DS, DG, NBV>>;
-    return decode_rows_kernel<Shape<CARAMBA_FORMAT_Q8_0, CARAMBA_FORMAT_Q8_0, G, HKV, DS, DG, NBV>>;
+RowKernel instance(const caramba_cuda_decode_params& p, int dg, Values values) {
+    if (!matches<Shape<CARAMBA_FORMAT_Q4_0, CARAMBA_FORMAT_Q4_0, G, HKV, DS, DG, NBV, false>>(p, dg))
+        return {};
+    constexpr int Q4 = CARAMBA_FORMAT_Q4_0, Q8 = CARAMBA_FORMAT_Q8_0;
+    const bool k4 = p.k_sem.format == Q4, v4 = p.v.format == Q4;
+    if (k4 && v4) return in_layout<Q4, Q4, G, HKV, DS, DG, NBV>(values);
+    if (k4) return in_layout<Q4, Q8, G, HKV, DS, DG, NBV>(values);
+    if (v4) return in_layout<Q8, Q4, G, HKV, DS, DG, NBV>(values);
+    return in_layout<Q8, Q8, G, HKV, DS, DG, NBV>(values);
 }
 
 }  // namespace
 
-DecodeKernel row_kernel(const caramba_cuda_decode_params& p) {
+// Cached positions per call (batch * capacity) from which AUTO picks the row kernel. Its blocks
+// split a sequence into runs of >= 512 positions, so smaller calls leave most SMs idle; the
+// per-KV-head kernel's eight warps per split fill them. H200, one layer, q8_0 / q4_0 (us,
+// rows vs per-KV-head; benchmarks/results/kernels_gpu.md): batch 8 x 4k 19.8 / 19.1 vs
+// 12.7 / 14.3; batch 1 x 32k 20.9 / 20.0 vs 19.2 / 20.7; batch 8 x 8k 20.9 / 19.8 vs 18.1 /
+// 20.5; batch 1 x 64k 23.3 / 22.5 vs 24.9 / 29.3; batch 8 x 32k 45.0 / 35.6 vs 50.4 / 55.1.
+constexpr int64_t kRowMinPositions = 65536;
+
+RowKernel row_kernel(const caramba_cuda_decode_params& p) {
+    if (p.kernel == CARAMBA_CUDA_KERNEL_HEADS ||
+        (p.kernel == CARAMBA_CUDA_KERNEL_AUTO && int64_t(p.batch) * p.s_max < kRowMinPositions))
+        return {};
     const bool dba = p.q_geo != nullptr;
     const int dg = dba ? p.k_geo.dim : 0;
-    if (!whole_rows(p.k_sem, p.kv_heads) || (dba && !whole_rows(p.k_geo, p.kv_heads)))
-        return nullptr;
+    const Values values = value_rows(p.v, p.kv_heads);
+    if (!key_rows(p.k_sem, p.kv_heads) || (dba && !key_rows(p.k_geo, p.kv_heads)) ||
+        values == Values::unserved)
+        return {};
     // The instances: head shapes whose key rows are narrow enough for one warp.
-    // Llama-3.2-1B DBA preset (presets/llama32_1b_dba.yml): 32 query / 8 KV heads, per KV
-    // head 4 semantic + 8 geometric key values, 32 values.
-    return instance<4, 8, 4, 8, 1>(p, dg);
+    // The seed's DBA cache at Llama-3.2-1B widths (benchmarks/kernels_gpu.py): 32 query / 8 KV
+    // heads, per KV head 4 semantic + 8 geometric key values and 32 values (sem 128, geo 256,
+    // v 256 over the heads).
+    return instance<4, 8, 4, 8, 1>(p, dg, values);
 }
 
 }  // namespace caramba_cuda

@@ -11,8 +11,17 @@ using DecodeKernel = void (*)(caramba_cuda_decode_params);
 constexpr int kRowWarps = 4;                 // warps per block: one (sequence, split)
 constexpr int kRowPositions = 32 * kRowWarps;  // positions the block's warps take per round
 
-// The row kernel instance that serves p, or nullptr (the per-KV-head kernel serves it then).
-// Host checks only, on top of caramba_cuda_decode_supported's.
-DecodeKernel row_kernel(const caramba_cuda_decode_params& p);
+// A row kernel instance and the dynamic shared memory it launches with (its per-warp rings of
+// staged steps).
+struct RowKernel {
+    DecodeKernel kernel = nullptr;
+    int smem_bytes = 0;
+};
+
+// The row kernel instance that serves p, or {nullptr, 0} (the per-KV-head kernel serves it
+// then): an instance's head shape, key rows (every KV head) and value rows dense in memory, and
+// every tensor's base and sequence/head strides on 16 bytes. Host checks only, on top of
+// caramba_cuda_decode_supported's.
+RowKernel row_kernel(const caramba_cuda_decode_params& p);
 
 }  // namespace caramba_cuda

@@ -2,10 +2,12 @@
 // GGML bytes to fp16 mma operands, row loads, warp reductions, and the key-group map.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
 
+#include "caramba/cuda.h"
 #include "caramba/quant.h"
 
 namespace caramba_cuda {
@@ -33,6 +35,15 @@ __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     return as_u32(__floats2half2_rn(lo, hi));
 }
 
+// Query element i as float32, whatever the queries' type (read once per kernel: the queries
+// enter without a conversion launch).
+__device__ __forceinline__ float query_value(const void* q, int64_t i, int type) {
+    if (type == CARAMBA_CUDA_QUERY_F16) return __half2float(static_cast<const __half*>(q)[i]);
+    if (type == CARAMBA_CUDA_QUERY_BF16)
+        return __bfloat162float(static_cast<const __nv_bfloat16*>(q)[i]);
+    return static_cast<const float*>(q)[i];
+}
+
 // 16 bits at row t of rows `stride` bytes apart from `at`: one 32 x 32 -> 64-bit multiply-add
 // and one load, through the read-only path.
 __device__ __forceinline__ uint32_t load_u16(const uint8_t* at, uint32_t t, uint32_t stride) {
@@ -50,10 +61,31 @@ __device__ __forceinline__ float fast_exp2(float x) {
     return y;
 }
 
+// The fp16 bits of 1024 in both halves, as a constant-memory word: an operand the compiler
+// cannot fold into an immediate, so (x & mask) | magic stays one LOP3 (with two immediates it
+// becomes an AND and an OR).
+static __constant__ uint32_t kMagic1024[1] = {0x64006400u};
+
+template <uint32_t Mask>
+__device__ __forceinline__ uint32_t and_or(uint32_t x, uint32_t bits) {
+    uint32_t y;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(y) : "r"(x), "n"(Mask), "r"(bits));
+    return y;
+}
+
 // Two q4_0 nibbles (bits 0-3 of each 16-bit lane) -> half2 of (nibble - 8), exact.
 __device__ __forceinline__ __half2 nibbles(uint32_t y) {
-    const __half2 x = as_h2((y & 0x000F000Fu) | 0x64006400u);  // 1024 + n
+    const __half2 x = as_h2(and_or<0x000F000Fu>(y, kMagic1024[0]));  // 1024 + n
     return __hsub2(x, __half2half2(__ushort_as_half(0x6408)));  // - 1032
+}
+
+// Two q4_0 high nibbles (bits 4-7 of each 16-bit lane) -> half2 of (nibble - 8), exact without a
+// shift: 1024 + 16 n times 1/16 minus 72 in one fused multiply-add (one rounding of an exact
+// small integer).
+__device__ __forceinline__ __half2 high_nibbles(uint32_t y) {
+    const __half2 x = as_h2(and_or<0x00F000F0u>(y, kMagic1024[0]));             // 1024 + 16 n
+    return __hfma2(x, __half2half2(__ushort_as_half(0x2C00)),                  // * 1/16
+                   __half2half2(__ushort_as_half(0xD480)));                    // - 72
 }
 
 // Two int8 (bits 0-7 of each 16-bit lane) -> half2 of their values, exact.

@@ -44,8 +44,19 @@ static caramba_cuda_decode_params llama_dba(const float* dummy) {
     return p;
 }
 
+static void expect_shape(const caramba_cuda_decode_params* p, int warps, int positions,
+                         const char* what) {
+    int32_t w = -1, n = -1;
+    caramba_status st = caramba_cuda_decode_split_shape(p, &w, &n);
+    if (st.code != CARAMBA_OK || w != warps || n != positions) {
+        printf("FAIL %s: code %d, %d warps x %d positions (want %d x %d)\n", what, (int)st.code,
+               (int)w, (int)n, warps, positions);
+        ++failures;
+    }
+}
+
 int main(void) {
-    float dummy[1] = {0.0f};
+    _Alignas(16) float dummy[4] = {0.0f}; /* the row kernel copies 16-byte pieces */
     caramba_cuda_decode_params p = llama_dba(dummy);
     expect(caramba_cuda_decode_supported(&p), CARAMBA_OK, NULL, "the Llama DBA cache");
     p.q_geo = NULL; /* standard attention over the semantic keys alone */
@@ -80,6 +91,29 @@ int main(void) {
         printf("FAIL warps per SM of unsupported parameters is not 0\n");
         ++failures;
     }
+
+    /* Which kernel serves the call: rows for this narrow-head cache, by request or (AUTO) from
+     * 64k cached positions per call; the per-KV-head kernel otherwise. */
+    p = llama_dba(dummy);
+    p.kernel = CARAMBA_CUDA_KERNEL_ROWS;
+    expect_shape(&p, 4, 128, "rows asked for");
+    p.kernel = CARAMBA_CUDA_KERNEL_HEADS;
+    expect_shape(&p, 8, 32, "heads asked for");
+    p.kernel = CARAMBA_CUDA_KERNEL_AUTO;
+    expect_shape(&p, 8, 32, "auto, 1024 positions");
+    p.s_max = 32768;
+    p.v.head_stride = 18 * 32768;
+    expect_shape(&p, 8, 32, "auto, 32768 positions");
+    p.batch = 2;
+    expect_shape(&p, 4, 128, "auto, 2 x 32768 positions");
+    p.k_sem.token_stride = 20; /* rows with gaps: no contiguous runs to copy */
+    expect_shape(&p, 8, 32, "auto, sparse key rows");
+    p = llama_dba(dummy);
+    p.kernel = 7;
+    expect(caramba_cuda_decode_supported(&p), CARAMBA_ERR_INVALID_ARGUMENT, "kernel", "kernel 7");
+    p = llama_dba(dummy);
+    p.q_type = 9;
+    expect(caramba_cuda_decode_supported(&p), CARAMBA_ERR_INVALID_ARGUMENT, "q_type", "q_type 9");
     printf("%s\n", failures ? "FAILED" : "ok");
     return failures != 0;
 }

@@ -100,6 +100,13 @@ def launches(monkeypatch):
     return count
 
 
+def with_query_type(problem, case: int):
+    """The problem with its queries in float32, float16 or bfloat16 by case number: the kernel
+    reads each type as it is (the float64 reference takes the same rounded values)."""
+    dtype = (torch.float32, torch.float16, torch.bfloat16)[case % 3]
+    return ([q.to(dtype) for q in problem[0]], *problem[1:])
+
+
 def check(formats, problem, num_splits) -> None:
     qs, ks, v, lengths, scales, dims, Hkv = problem
     want, want_lse, sigma, vmax = exact(formats, qs, ks, v, lengths, scales, dims, Hkv)
@@ -120,6 +127,7 @@ def test_fuzzed_problems_match_float64(dba, launches) -> None:
     cases = CASES if dba else CASES // 2
     for case in range(cases):
         formats, problem = draw(gen, dba)
+        problem = with_query_type(problem, case)
         S = problem[2].shape[2]
         check(formats, problem, num_splits=[None, 1, 2, 3, 7, S, S + 5][case % 7])
     assert launches[0] == cases
@@ -128,8 +136,10 @@ def test_fuzzed_problems_match_float64(dba, launches) -> None:
 def draw_rows(gen: torch.Generator):
     """A problem for the row kernel: the Llama-3.2-1B DBA cache (32 query / 8 KV heads, sem 4 +
     geo 8 keys per KV head in token rows, 32 values per head in the head or token layout), any
-    q8_0/q4_0 key and value formats, batch 1-8, ragged lengths."""
-    B, Hkv, group, S = randint(gen, 1, 8), 8, 4, randint(gen, 1, 1500)
+    q8_0/q4_0 key and value formats, batch 1-8, ragged lengths. Capacities are multiples of 8
+    positions: every tensor's sequences (and heads) then start on 16 bytes, as the kernel's
+    asynchronous copies need."""
+    B, Hkv, group, S = randint(gen, 1, 8), 8, 4, 8 * randint(gen, 1, 190)
     lengths = torch.randint(1, S + 1, (B,), generator=gen, dtype=torch.int32)
     lengths[0] = S if randint(gen, 0, 1) else max(1, S - randint(gen, 0, 40))
     key, value = (("q8_0", "q4_0")[randint(gen, 0, 1)] for _ in range(2))
@@ -140,31 +150,42 @@ def draw_rows(gen: torch.Generator):
     return (key, key, value), (qs, ks, v, lengths, scales, [4, 8, 32], Hkv)
 
 
-def split_shape(formats, qs, ks, v) -> tuple[int, int]:
-    """(warps, positions) per (sequence, split) of the kernel that serves this call."""
+def split_shape(formats, qs, ks, v, kernel: str = "rows") -> tuple[int, int]:
+    """(warps, positions) per (sequence, split) of the kernel that serves this call when
+    `kernel` ("auto", "heads", "rows") is asked for."""
     dev = "cuda" if ON_GPU else "cpu"
-    keys = [(k.to(dev), f"k{i}", f, f"f{i}") for i, (k, f) in enumerate(zip(ks, formats))]
+    pairs = enumerate(zip(ks, formats, strict=False))
+    keys = [(k.to(dev), f"k{i}", f, f"f{i}") for i, (k, f) in pairs]
     kviews, vview, Hkv, _ = backend._views([q.to(dev) for q in qs], keys, v.to(dev), formats[-1])
     p = cuda.params(qs, kviews, vview, [1.0] * len(qs), torch.empty(1), None, Hkv, 32, 1)
+    p.kernel = cuda.KERNELS[kernel]
     return cuda.split_shape(p)
 
 
+@pytest.fixture
+def rows(launches, monkeypatch):
+    """The row kernel wherever it applies (small problems too), launches counted."""
+    monkeypatch.setitem(ops.TUNING, "cuda_kernel", "rows")
+    return launches
+
+
 @gpu
-def test_row_kernel_fuzzed_problems_match_float64(launches) -> None:
+def test_row_kernel_fuzzed_problems_match_float64(rows) -> None:
     """The row kernel (one warp per token row of all KV heads) over its instance's shapes."""
     gen = torch.Generator().manual_seed(77)
     cases = max(1, CASES // 3)
     for case in range(cases):
         formats, problem = draw_rows(gen)
+        problem = with_query_type(problem, case)
         qs, ks, v = problem[:3]
         assert split_shape(formats, qs, ks, v) == (4, 128)
         S = v.shape[2]
         check(formats, problem, num_splits=[None, 1, 2, 3, 7, S, S + 5][case % 7])
-    assert launches[0] == cases
+    assert rows[0] == cases
 
 
 @gpu
-def test_row_kernel_never_reads_slots_past_the_length(launches) -> None:
+def test_row_kernel_never_reads_slots_past_the_length(rows) -> None:
     gen = torch.Generator().manual_seed(9)
     formats, problem = draw_rows(gen)
     qs, ks, v, _, scales, dims, Hkv = problem
@@ -179,7 +200,7 @@ def test_row_kernel_never_reads_slots_past_the_length(launches) -> None:
         out, _ = call(formats, problem, splits)
         assert torch.isfinite(out).all()
         torch.testing.assert_close(out.cpu().double(), want, rtol=0, atol=5e-2)
-    assert launches[0] == 3
+    assert rows[0] == 3
 
 
 @gpu
@@ -201,8 +222,8 @@ def test_llama_dba_cache_with_long_context_and_many_splits(launches) -> None:
         keys = [(dev[0], "k0", kind, "f0"), (dev[1], "k1", kind, "f1")]
         kviews, vview, _, _ = backend._views([q.cuda() for q in qs], keys, v.cuda(), kind)
         p = cuda.params(qs, kviews, vview, [1.0, 1.0], torch.empty(B), None, Hkv, 32, 1)
-        per_sm = cuda.warps_per_sm(p)
-        assert per_sm > 0 and per_sm % 8 == 0, per_sm
+        per_sm, (warps, _) = cuda.warps_per_sm(p), cuda.split_shape(p)
+        assert per_sm > 0 and per_sm % warps == 0, (per_sm, warps)  # whole blocks
     assert launches[0] == 6
 
 
@@ -273,4 +294,18 @@ def test_narrow_heads_in_token_rows_take_the_row_kernel() -> None:
     assert split_shape(formats, wide, head_keys, v) == (8, 32)  # per-KV-head kernel
     fewer = [q[:, :16] for q in qs]  # 2 query heads per KV head: no instance
     assert split_shape(formats, fewer, ks, v) == (8, 32)
+    # A capacity of 13 positions: sequences start off 16-byte boundaries, no asynchronous copies.
+    odd = [store(formats[0], torch.randn(B, 8, 13, d), True) for d in (4, 8)]
+    odd_v = store(formats[2], torch.randn(B, 8, 13, 32), False)
+    assert split_shape(formats, qs, odd, odd_v) == (8, 32)
+    # "auto" takes the row kernel from 64k cached positions per call (batch * capacity).
+    assert split_shape(formats, qs, ks, v, "heads") == (8, 32)
+    small = B * S < 65536
+    assert split_shape(formats, qs, ks, v, "auto") == ((8, 32) if small else (4, 128))
+    big = [store(formats[0], torch.randn(1, 8, 65536, d), True) for d in (4, 8)]
+    big_v = store(formats[2], torch.randn(1, 8, 65536, 32), False)
+    one = [q[:1] for q in qs]
+    assert split_shape(formats, one, big, big_v, "auto") == (4, 128)
+    cut = [k[:, :, :65528] for k in big]
+    assert split_shape(formats, one, cut, big_v[:, :, :65528], "auto") == (8, 32)
 

@@ -43,9 +43,25 @@ typedef struct caramba_cuda_cache {
     int32_t dim;    /* values per KV head */
 } caramba_cuda_cache;
 
+/* Element type of the queries. */
+typedef enum caramba_cuda_query_type {
+    CARAMBA_CUDA_QUERY_F32 = 0,
+    CARAMBA_CUDA_QUERY_F16 = 1,
+    CARAMBA_CUDA_QUERY_BF16 = 2
+} caramba_cuda_query_type;
+
+/* Which kernel serves a call. The row kernel (one warp per token row of every KV head) serves
+ * narrow heads whose keys sit in whole token rows, such as the seed's DBA cache at
+ * Llama-3.2-1B widths; the per-KV-head kernel serves everything else the library takes. */
+typedef enum caramba_cuda_kernel {
+    CARAMBA_CUDA_KERNEL_AUTO = 0,  /* rows where they apply and batch * s_max >= 65536 */
+    CARAMBA_CUDA_KERNEL_HEADS = 1, /* the per-KV-head kernel */
+    CARAMBA_CUDA_KERNEL_ROWS = 2   /* the row kernel wherever it applies */
+} caramba_cuda_kernel;
+
 typedef struct caramba_cuda_decode_params {
-    const float* q_sem;  /* (batch, q_heads, k_sem.dim) float32, contiguous */
-    const float* q_geo;  /* (batch, q_heads, k_geo.dim) float32, contiguous; NULL: standard */
+    const void* q_sem;  /* (batch, q_heads, k_sem.dim) of q_type, contiguous */
+    const void* q_geo;  /* (batch, q_heads, k_geo.dim) of q_type, contiguous; NULL: standard */
     caramba_cuda_cache k_sem;
     caramba_cuda_cache k_geo;
     caramba_cuda_cache v;
@@ -61,6 +77,8 @@ typedef struct caramba_cuda_decode_params {
     int32_t s_max;
     int32_t split_len; /* a multiple of 32 */
     int32_t n_splits;
+    int32_t q_type; /* caramba_cuda_query_type (zero-initialised params: float32) */
+    int32_t kernel; /* caramba_cuda_kernel (zero-initialised params: AUTO) */
 } caramba_cuda_decode_params;
 
 /* CARAMBA_OK when caramba_cuda_decode_partials serves these shapes and formats, else

@@ -53,6 +53,8 @@ class Params(ctypes.Structure):
         ("s_max", ctypes.c_int32),
         ("split_len", ctypes.c_int32),
         ("n_splits", ctypes.c_int32),
+        ("q_type", ctypes.c_int32),
+        ("kernel", ctypes.c_int32),
     ]
 
 
@@ -112,6 +114,14 @@ def cache(view: Any) -> Cache:
     )
 
 
+# caramba_cuda_kernel by name: "auto" (the row kernel where it applies to a large enough call),
+# "heads" (always the per-KV-head kernel), "rows" (the row kernel wherever it applies).
+KERNELS = {"auto": 0, "heads": 1, "rows": 2}
+
+# caramba_cuda_query_type by torch dtype name: queries of these types are read as they are.
+QUERY_TYPES = {"torch.float32": 0, "torch.float16": 1, "torch.bfloat16": 2}
+
+
 def params(
     qs: list[Any], kviews: list[Any], vview: Any, scales: list[float], lengths: Any,
     parts: tuple[Any, Any, Any] | None, Hkv: int, split_len: int, n_splits: int,
@@ -139,6 +149,7 @@ def params(
         s_max=kviews[0].x.shape[2],
         split_len=split_len,
         n_splits=n_splits,
+        q_type=QUERY_TYPES.get(str(q.dtype), 0),
     )
 
 
@@ -148,22 +159,23 @@ def supported(p: Params) -> bool:
 
 
 _WARPS_PER_SM: dict[tuple[int | None, ...], int] = {}
-_SPLIT_SHAPES: dict[tuple[int | None, ...], tuple[int, int]] = {}
 
 
 def _variant(p: Params) -> tuple[int, ...]:
-    """What picks the kernel and its instance: formats, head counts, widths and key layouts."""
-    keys = (p.k_sem, p.k_geo) if p.q_geo else (p.k_sem,)
+    """What picks the kernel and its instance: formats, head counts, widths, layouts, and
+    whether each tensor's sequences and heads start on 16 bytes (the row kernel's copies)."""
+    tensors = (p.k_sem, p.k_geo, p.v) if p.q_geo else (p.k_sem, p.v)
     layout = tuple(
-        x for k in keys
-        for x in (k.format, k.dim, k.head_shift, min(k.head_stride, k.token_stride)))
-    return (p.v.format, p.v.dim, p.q_heads, p.kv_heads, *layout)
+        x for t in tensors
+        for x in (t.format, t.dim, t.head_shift, min(t.head_stride, t.token_stride), t.token_stride,
+                  (t.data or 0) % 16 == 0 and t.batch_stride % 16 == 0 and t.head_stride % 16 == 0))
+    return (p.q_heads, p.kv_heads, *layout)
 
 
 def warps_per_sm(p: Params, device_index: int | None = None) -> int:
     """Resident warps per SM of the kernel instance serving `p` on the current GPU (0: none
     serves it); asked of the library once per instance and device."""
-    key = (device_index, *_variant(p))
+    key = (device_index, p.kernel, *split_shape(p), *_variant(p))
     if key not in _WARPS_PER_SM:
         lib = load()
         found = 0 if lib is None else lib.caramba_cuda_decode_warps_per_sm(ctypes.byref(p))
@@ -175,15 +187,14 @@ def split_shape(p: Params) -> tuple[int, int]:
     """(warps, positions): how many warps of the serving kernel share one (sequence, split) and
     how many positions they take per round between them; (0, 0) where nothing serves `p`. The
     per-KV-head kernel: (KV heads, 32); the row kernel (narrow heads in whole token rows, such as
-    the Llama-3.2-1B DBA preset's cache): (4, 128). Host checks, cached per instance."""
-    key = _variant(p)
-    if key not in _SPLIT_SHAPES:
-        lib = load()
-        warps, positions = ctypes.c_int32(0), ctypes.c_int32(0)
-        found = lib is not None and lib.caramba_cuda_decode_split_shape(
-            ctypes.byref(p), ctypes.byref(warps), ctypes.byref(positions)).code == 0
-        _SPLIT_SHAPES[key] = (warps.value, positions.value) if found else (0, 0)
-    return _SPLIT_SHAPES[key]
+    the seed's DBA cache at Llama-3.2-1B widths): (4, 128). Host checks only."""
+    lib = load()
+    warps, positions = ctypes.c_int32(0), ctypes.c_int32(0)
+    if lib is None:
+        return 0, 0
+    status = lib.caramba_cuda_decode_split_shape(ctypes.byref(p), ctypes.byref(warps),
+                                                 ctypes.byref(positions))  # fmt: skip
+    return (warps.value, positions.value) if status.code == 0 else (0, 0)
 
 
 def launch(p: Params, stream: int) -> None:

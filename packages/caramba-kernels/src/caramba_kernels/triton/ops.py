@@ -64,9 +64,11 @@ TUNING: dict[str, Any] = {
     "fused_num_stages": None,  # None: triton's default software pipelining
     "fused_maxnreg": None,  # a register cap per thread (more programs per SM), None: none
     "fused_head_groups": 2,  # programs per (batch, split), each over Hkv / this KV heads
-    # The tensor-core CUDA kernel (caramba_kernels.cuda) for q8_0/q4_0 caches it serves, where
-    # the package was built with it: one warp per (batch, KV head, split).
+    # The tensor-core CUDA kernels (caramba_kernels.cuda) for q8_0/q4_0 caches they serve, where
+    # the package was built with them: the per-KV-head kernel (one warp per (batch, KV head,
+    # split)) and the row kernel (one block per (batch, split), every KV head per warp).
     "cuda": True,
+    "cuda_kernel": "auto",  # "auto", "heads" or "rows" (caramba_kernels.cuda.KERNELS)
     "cuda_warps_per_sm": None,  # split-K target in warps per SM; None: what one SM holds
 }
 TUNING_ENV = "CARAMBA_TRITON_TUNING"  # a JSON object of TUNING entries to override
@@ -689,12 +691,21 @@ class TritonBackend:
         B, Hq, Dv = out.shape
         S_max = kviews[0].x.shape[2]
         p = cuda.params(qs, kviews, vview, scales, lengths, None, Hkv, cuda.CHUNK, 1)
+        kernel = cuda.KERNELS.get(TUNING["cuda_kernel"])
+        if kernel is None:
+            raise ValueError(f"TUNING['cuda_kernel']: expected one of {sorted(cuda.KERNELS)}, "
+                             f"got {TUNING['cuda_kernel']!r}")  # fmt: skip
+        p.kernel = kernel
         if not cuda.supported(p):  # host checks; no query is read
             return False
-        # The kernel reads float32 queries: converted only for calls it takes.
-        qs32 = [x.to(torch.float32).contiguous() for x in qs]
-        p.q_sem = qs32[0].data_ptr()
-        p.q_geo = qs32[1].data_ptr() if len(qs32) == 2 else None
+        # The kernel reads float32, float16 and bfloat16 queries as they are (others, or two
+        # query tensors of different types, are converted to float32).
+        if len({x.dtype for x in qs}) > 1 or str(q.dtype) not in cuda.QUERY_TYPES:
+            qs = [x.to(torch.float32) for x in qs]
+        qs = [x.contiguous() for x in qs]
+        p.q_sem = qs[0].data_ptr()
+        p.q_geo = qs[1].data_ptr() if len(qs) == 2 else None
+        p.q_type = cuda.QUERY_TYPES[str(qs[0].dtype)]
         with torch.cuda.device(q.device):  # the library runs on the current device
             # One wave of resident warps (TUNING's cuda_warps_per_sm, if set, instead).
             per_sm = TUNING["cuda_warps_per_sm"] or cuda.warps_per_sm(p, q.device.index) or 16
