@@ -264,16 +264,8 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks<VFMT, NBV, KS>())
                     a1[2] = as_u32(nibbles(hi >> 4));
                     a1[3] = as_u32(nibbles(hi >> 12));
                 } else {
-                    const uint32_t lo2 = cur.v[nb][kt][kValueWords - 2];
-                    const uint32_t hi2 = cur.v[nb][kt][kValueWords - 1];
-                    a0[0] = as_u32(int8s(lo));
-                    a0[1] = as_u32(int8s(lo >> 8));
-                    a0[2] = as_u32(int8s(hi));
-                    a0[3] = as_u32(int8s(hi >> 8));
-                    a1[0] = as_u32(int8s(lo2));
-                    a1[1] = as_u32(int8s(lo2 >> 8));
-                    a1[2] = as_u32(int8s(hi2));
-                    a1[3] = as_u32(int8s(hi2 >> 8));
+                    int8_value_fragments(lo, hi, cur.v[nb][kt][kValueWords - 2],
+                                         cur.v[nb][kt][kValueWords - 1], a0, a1);
                 }
                 mma16816(acc[nb][0], a0, pb[kt][0], pb[kt][1]);
                 mma16816(acc[nb][1], a1, pb[kt][0], pb[kt][1]);

@@ -359,15 +359,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
                     uint32_t y[4];
 #pragma unroll
                     for (int e = 0; e < 4; ++e) y[e] = lds16(at + 16 + ((e & 1) + 8 * (e >> 1)) * S::V_TOKEN);
-                    const uint32_t lo2 = join16(y[0], y[1]), hi2 = join16(y[2], y[3]);
-                    a0[0] = as_u32(int8s(lo));
-                    a0[1] = as_u32(int8s(lo >> 8));
-                    a0[2] = as_u32(int8s(hi));
-                    a0[3] = as_u32(int8s(hi >> 8));
-                    a1[0] = as_u32(int8s(lo2));
-                    a1[1] = as_u32(int8s(lo2 >> 8));
-                    a1[2] = as_u32(int8s(hi2));
-                    a1[3] = as_u32(int8s(hi2 >> 8));
+                    int8_value_fragments(lo, hi, join16(y[0], y[1]), join16(y[2], y[3]), a0, a1);
                 }
                 const uint32_t mine = own_columns[kvh % HEADS_PER_TILE];
                 const uint32_t b0 = pb[j][nb][0] & mine, b1 = pb[j][nb][1] & mine;

@@ -94,6 +94,22 @@ __device__ __forceinline__ __half2 int8s(uint32_t y) {
     return __hsub2(x, __half2half2(__ushort_as_half(0x6480)));  // - 1152
 }
 
+// V^T fragments (m-tiles 0 and 1) of one q8_0 value block: lo, hi hold bytes 2g, 2g + 1 of
+// positions (2c, 2c + 1) and (2c + 8, 2c + 9) (one 16-bit half per position), lo2, hi2 bytes
+// 2g + 16, 2g + 17 of the same positions.
+__device__ __forceinline__ void int8_value_fragments(uint32_t lo, uint32_t hi, uint32_t lo2,
+                                                     uint32_t hi2, uint32_t (&a0)[4],
+                                                     uint32_t (&a1)[4]) {
+    a0[0] = as_u32(int8s(lo));
+    a0[1] = as_u32(int8s(lo >> 8));
+    a0[2] = as_u32(int8s(hi));
+    a0[3] = as_u32(int8s(hi >> 8));
+    a1[0] = as_u32(int8s(lo2));
+    a1[1] = as_u32(int8s(lo2 >> 8));
+    a1[2] = as_u32(int8s(hi2));
+    a1[3] = as_u32(int8s(hi2 >> 8));
+}
+
 // A key pair (the low 16 bits of `raw`; q4_0 high halves shifted down by `shift`) times its
 // block's fp16 scale (the high 16 bits).
 template <bool Q4>
