@@ -252,6 +252,12 @@ def test_tuning_override_from_the_environment(monkeypatch) -> None:
         monkeypatch.setenv(ops.TUNING_ENV, "{not json")
         with pytest.raises(ValueError, match="CARAMBA_TRITON_TUNING: not JSON"):
             ops._tuning_from_env()
+        monkeypatch.setenv(ops.TUNING_ENV, '{"cuda_kernel": "rows"}')
+        ops._tuning_from_env()
+        assert ops.TUNING["cuda_kernel"] == "rows"
+        monkeypatch.setenv(ops.TUNING_ENV, '{"cuda_kernel": "row"}')
+        with pytest.raises(ValueError, match="cuda_kernel must be one of"):
+            ops._tuning_from_env()
     finally:
         ops.TUNING.clear()
         ops.TUNING.update(saved)

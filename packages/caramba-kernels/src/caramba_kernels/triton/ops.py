@@ -86,6 +86,9 @@ def _tuning_from_env() -> None:
     unknown = sorted(set(given) - set(TUNING)) if isinstance(given, dict) else None
     if unknown is None or unknown:
         raise ValueError(f"{TUNING_ENV}: expected an object of keys from {sorted(TUNING)}")
+    if given.get("cuda_kernel", "auto") not in cuda.KERNELS:
+        raise ValueError(f"{TUNING_ENV}: cuda_kernel must be one of {sorted(cuda.KERNELS)}, "
+                         f"got {given['cuda_kernel']!r}")  # fmt: skip
     TUNING.update(given)
 
 
