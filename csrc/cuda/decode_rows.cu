@@ -1,22 +1,26 @@
 // The row kernel: fused decode over narrow-head q8_0 / q4_0 caches, one warp per token row of
-// every KV head (mma.sync m16n8k16, sm_80+).
+// every KV head (mma.sync m16n8k16, cp.async, sm_80+).
 //
-// Why a second kernel: with narrow heads (the Llama-3.2-1B DBA preset keeps 4 semantic and 8
-// geometric key values per KV head, eight heads to a 32-value block) the per-KV-head kernel
-// (decode_mma.cu) spends most of its instructions gathering 2-byte pieces of key blocks that
-// eight warps share, and half its softmax lanes on padding (4 query heads in n = 8 columns).
-// Here one warp takes all KV heads of a sequence, 16 positions per step:
+// Why a second kernel: with narrow heads (the seed's DBA cache at Llama-3.2-1B widths keeps 4
+// semantic and 8 geometric key values per KV head, eight heads to a 32-value block) the
+// per-KV-head kernel (decode_mma.cu) spends most of its instructions gathering 2-byte pieces of
+// key blocks that eight warps share, and half its softmax lanes on padding (4 query heads in
+// n = 8 columns). Here one warp takes all KV heads of a sequence, 16 positions per step:
 //   scores  S (16 positions x 8 query heads, per n-tile j) = sum over the k-steps of the row
 //           that hold n-tile j's KV heads of K_row (positions x 16 row values) @ Q^T, Q^T being
 //           block-diagonal (a query head sees only its KV head's values);
-//   values  O^T (dv x 8 heads) of KV head h += V_h^T (dv x positions) @ P'^T of h's n-tile;
-//           the columns of the n-tile's other KV heads are computed and dropped.
+//   values  O^T (dv x 8 heads) of n-tile j += V_h^T (dv x positions) @ P'^T for each KV head h
+//           of the n-tile, its weights with the other heads' columns masked to zero, so the
+//           n-tile's KV heads share one accumulator.
 // Every byte of a key row goes to some lane (no duplicate gathers), and the softmax columns
-// are all real query heads. The running maximum is re-reduced across the warp only when a
-// score passes it by more than kLazyMax (a warp vote): weights are then at most 2^kLazyMax,
-// which keeps p * d within fp16 for any fp16-representable block scale, and the result is the
-// same online softmax (only rounding differs). The warps of a block split their (sequence,
-// split)'s positions 32 at a time and merge through shared memory into one partial per head.
+// are all real query heads. Each warp copies its steps 16 bytes at a time (cp.async) into its
+// own ring of shared-memory slots a few steps ahead, so no registers hold bytes in flight and
+// every fragment load is a 16-bit shared load at a constant offset. The running maximum is
+// re-reduced across the warp only when a score passes it by more than kLazyMax (a warp vote):
+// weights are then at most 2^kLazyMax, which keeps p * d within fp16 for any fp16-representable
+// block scale, and the result is the same online softmax (only rounding differs). The warps of
+// a block split their (sequence, split)'s positions 32 at a time and merge through shared
+// memory into one partial per head.
 //
 // Operands are the per-KV-head kernel's (fp16 dequantized keys and queries, fp16 weights p * d
 // against exact integer values, fp32 accumulation), so its tolerances hold here.
