@@ -18,12 +18,11 @@ namespace {
 
 constexpr int kMaxThreads = 256;
 constexpr int64_t kMinChunk = 128;           // auto split-K never makes chunks shorter
-// Multiply-adds below which auto uses 1 thread: handing out tasks costs ~10 us even to a helper
-// still spinning from the previous call (the pool spins 200 us before sleeping). Measured on a
-// 2-core Xeon VM, median ms on one / two threads: DBA at 1k tokens (1.4M) 0.058 / 0.070, at 2k
-// (2.9M) 0.108 / 0.097; GQA d128 at 256 tokens (2.1M) 0.061 / 0.061, at 512 0.121 / 0.088;
-// MHA d128 at 256 tokens (0.5M) 0.037 / 0.045.
-constexpr double kSingleThreadWork = 1 << 21;
+// Multiply-adds below which auto uses 1 thread: waking a sleeping helper costs 50-100 us on a
+// virtual machine. Measured on a 2-core Xeon VM, one thread is as fast or faster up to 3-4M
+// (DBA at 1k tokens, 1.4M: 0.076 ms on one thread, 0.115 ms on two; GQA d128 at 256 tokens,
+// 2.1M: 0.081 vs 0.101 ms; at 512 tokens, 4.2M, two threads are 10% faster).
+constexpr double kSingleThreadWork = 1 << 22;
 constexpr size_t kAlign = 64;
 
 struct ScoreTerm {

@@ -1,7 +1,6 @@
 #include "thread_pool.h"
 
 #include <algorithm>
-#include <chrono>
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
@@ -20,12 +19,8 @@ long current_pid() {
 }
 
 // Spin this long for the next job before sleeping: back-to-back decode calls (one per layer
-// and token) then skip the condition-variable wake-up latency (50-100 us on a virtual
-// machine). Measured in time, not pause instructions, whose latency differs tenfold between
-// CPUs: 2000 pauses were ~50 us on one Xeon and too short on another, where DBA q8_0 at 4k
-// tokens took 0.184 ms on two threads (0.208 on one); with 200 us, 0.148 ms.
-constexpr auto kSpinTime = std::chrono::microseconds(200);
-constexpr int kPausesPerClockRead = 64;
+// and token) then skip the condition-variable wake-up latency.
+constexpr int kSpinIterations = 2000;  // ~50 us
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -61,12 +56,10 @@ void ThreadPool::drain(int worker) {
 void ThreadPool::worker_loop(int worker, uint64_t seen) {
     for (;;) {
         uint64_t gen = seen;
-        const auto until = std::chrono::steady_clock::now() + kSpinTime;
-        for (int i = 1;; ++i) {
+        for (int i = 0; i < kSpinIterations; ++i) {
             gen = generation_.load(std::memory_order_acquire);
             if (gen != seen) break;
             cpu_relax();
-            if (i % kPausesPerClockRead == 0 && std::chrono::steady_clock::now() >= until) break;
         }
         std::unique_lock<std::mutex> lock(mutex_);
         if (gen == seen) {
