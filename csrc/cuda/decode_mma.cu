@@ -62,12 +62,8 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks<VFMT, NBV, KS>())
     const bool dba = p.q_geo != nullptr;
     const int ds = p.k_sem.dim, dg = dba ? p.k_geo.dim : 0, dv = p.v.dim;
 
-    // This split's positions (the Triton kernel's rule; see caramba/cuda.h).
-    const int length = min(max(p.lengths[b], 0), p.s_max);
-    int split_len = ((length + p.n_splits - 1) / p.n_splits + kChunk - 1) / kChunk * kChunk;
-    split_len = max(min(split_len, p.split_len), kChunk);
-    const int start = split * split_len;
-    const int end = min(start + split_len, length);
+    const SplitRange range = split_range(p, b, split);  // this split's positions
+    const int start = range.start, end = range.end;
 
     auto head_rows = [&](const caramba_cuda_cache& t) {
         return static_cast<const uint8_t*>(t.data) + b * t.batch_stride + kvh * t.head_stride;

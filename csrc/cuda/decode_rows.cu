@@ -125,12 +125,8 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
     const int b = static_cast<int>(blockIdx.x / p.n_splits);
     const int split = static_cast<int>(blockIdx.x % p.n_splits);
 
-    // This split's positions (caramba/cuda.h's rule, as the per-KV-head kernel).
-    const int length = min(max(p.lengths[b], 0), p.s_max);
-    int split_len = ((length + p.n_splits - 1) / p.n_splits + 31) / 32 * 32;
-    split_len = max(min(split_len, p.split_len), 32);
-    const int start = split * split_len;
-    const int end = min(start + split_len, length);
+    const SplitRange range = split_range(p, b, split);  // this split's positions
+    const int start = range.start, end = range.end;
 
     // Query fragments (B operand, k = row value, n = query head): n-tile j's k-steps only.
     uint32_t qf[PATHS][NT][S::MAX_STEPS][2];

@@ -131,6 +131,22 @@ __device__ __forceinline__ float warp_sum_over_rows(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 16);
 }
 
+// The positions [start, end) of one split of sequence b, caramba/cuda.h's rule (the Triton
+// kernel's): splits of n = max(32, min(split_len, 32 * ceil(ceil(length / n_splits) / 32)))
+// positions, length = clamp(lengths[b], 0, s_max). Both CUDA kernels use it.
+struct SplitRange {
+    int start, end;
+};
+
+__device__ __forceinline__ SplitRange split_range(const caramba_cuda_decode_params& p, int b,
+                                                  int split) {
+    const int length = min(max(p.lengths[b], 0), p.s_max);
+    int split_len = ((length + p.n_splits - 1) / p.n_splits + 31) / 32 * 32;
+    split_len = max(min(split_len, p.split_len), 32);
+    const int start = split * split_len;
+    return {start, min(start + split_len, length)};
+}
+
 // Key groups: the mma's k axis is cut into groups of 8 positions, group i = (k-step i / 2,
 // half i % 2); the semantic values take the first ceil(d_sem / 8) groups, the geometric ones
 // the next ceil(d_geo / 8). So every group reads one tensor (a warp-uniform base) and lane c
