@@ -162,20 +162,23 @@ _WARPS_PER_SM: dict[tuple[int | None, ...], int] = {}
 
 
 def _variant(p: Params) -> tuple[int, ...]:
-    """What picks the kernel and its instance: formats, head counts, widths, layouts, and
-    whether each tensor's sequences and heads start on 16 bytes (the row kernel's copies)."""
+    """What picks a kernel's instance: formats, head counts, widths and layouts."""
     tensors = (p.k_sem, p.k_geo, p.v) if p.q_geo else (p.k_sem, p.v)
     layout = tuple(
-        x for t in tensors
-        for x in (t.format, t.dim, t.head_shift, min(t.head_stride, t.token_stride), t.token_stride,
-                  (t.data or 0) % 16 == 0 and t.batch_stride % 16 == 0 and t.head_stride % 16 == 0))
+        x
+        for t in tensors
+        for x in (t.format, t.dim, t.head_shift, min(t.head_stride, t.token_stride), t.token_stride)
+    )
     return (p.q_heads, p.kv_heads, *layout)
 
 
-def warps_per_sm(p: Params, device_index: int | None = None) -> int:
+def warps_per_sm(
+    p: Params, device_index: int | None = None, shape: tuple[int, int] | None = None
+) -> int:
     """Resident warps per SM of the kernel instance serving `p` on the current GPU (0: none
-    serves it); asked of the library once per instance and device."""
-    key = (device_index, p.kernel, *split_shape(p), *_variant(p))
+    serves it); asked of the library once per instance and device. `shape` is split_shape(p)
+    where the caller has it already (it says which kernel serves `p`)."""
+    key = (device_index, *(split_shape(p) if shape is None else shape), *_variant(p))
     if key not in _WARPS_PER_SM:
         lib = load()
         found = 0 if lib is None else lib.caramba_cuda_decode_warps_per_sm(ctypes.byref(p))

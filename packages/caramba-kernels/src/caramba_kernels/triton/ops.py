@@ -74,6 +74,15 @@ TUNING: dict[str, Any] = {
 TUNING_ENV = "CARAMBA_TRITON_TUNING"  # a JSON object of TUNING entries to override
 
 
+def _cuda_kernel_code(name: Any, source: str) -> int:
+    """caramba_cuda_kernel of a TUNING cuda_kernel value, or a ValueError naming `source`."""
+    code = cuda.KERNELS.get(name) if isinstance(name, str) else None
+    if code is None:
+        raise ValueError(f"{source}: cuda_kernel must be one of {sorted(cuda.KERNELS)}, "
+                         f"got {name!r}")  # fmt: skip
+    return code
+
+
 def _tuning_from_env() -> None:
     """Apply CARAMBA_TRITON_TUNING (e.g. what benchmarks/kernels_gpu.py --autotune picked)."""
     raw = os.environ.get(TUNING_ENV)
@@ -86,9 +95,8 @@ def _tuning_from_env() -> None:
     unknown = sorted(set(given) - set(TUNING)) if isinstance(given, dict) else None
     if unknown is None or unknown:
         raise ValueError(f"{TUNING_ENV}: expected an object of keys from {sorted(TUNING)}")
-    if given.get("cuda_kernel", "auto") not in cuda.KERNELS:
-        raise ValueError(f"{TUNING_ENV}: cuda_kernel must be one of {sorted(cuda.KERNELS)}, "
-                         f"got {given['cuda_kernel']!r}")  # fmt: skip
+    if "cuda_kernel" in given:
+        _cuda_kernel_code(given["cuda_kernel"], TUNING_ENV)
     TUNING.update(given)
 
 
@@ -694,11 +702,7 @@ class TritonBackend:
         B, Hq, Dv = out.shape
         S_max = kviews[0].x.shape[2]
         p = cuda.params(qs, kviews, vview, scales, lengths, None, Hkv, cuda.CHUNK, 1)
-        kernel = cuda.KERNELS.get(TUNING["cuda_kernel"])
-        if kernel is None:
-            raise ValueError(f"TUNING['cuda_kernel']: expected one of {sorted(cuda.KERNELS)}, "
-                             f"got {TUNING['cuda_kernel']!r}")  # fmt: skip
-        p.kernel = kernel
+        p.kernel = _cuda_kernel_code(TUNING["cuda_kernel"], "TUNING")
         if not cuda.supported(p):  # host checks; no query is read
             return False
         # The kernel reads float32, float16 and bfloat16 queries as they are (others, or two
@@ -711,8 +715,10 @@ class TritonBackend:
         p.q_type = cuda.QUERY_TYPES[str(qs[0].dtype)]
         with torch.cuda.device(q.device):  # the library runs on the current device
             # One wave of resident warps (TUNING's cuda_warps_per_sm, if set, instead).
-            per_sm = TUNING["cuda_warps_per_sm"] or cuda.warps_per_sm(p, q.device.index) or 16
-            warps, positions = cuda.split_shape(p)  # warps per (sequence, split), per round
+            shape = cuda.split_shape(p)  # which kernel: its warps per (sequence, split), round
+            per_sm = (TUNING["cuda_warps_per_sm"]
+                      or cuda.warps_per_sm(p, q.device.index, shape) or 16)  # fmt: skip
+            warps, positions = shape
             split_len, _ = _splits(B * warps, S_max, positions, per_sm * _sm_count(q.device),
                                    num_splits)  # fmt: skip
             split_len = -(-split_len // cuda.CHUNK) * cuda.CHUNK
