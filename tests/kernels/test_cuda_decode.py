@@ -24,16 +24,19 @@ CASES = int(os.environ.get("CARAMBA_CUDA_FUZZ", 1200))
 gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
 
 
-def served(formats, qs, ks, v) -> bool:
-    """Whether the CUDA kernel takes this call (and not the Triton fallback)."""
+def host_params(formats, qs, ks, v) -> cuda.Params:
+    """The library's parameters for this call, for its host checks (no pointer is read)."""
     dev = "cuda" if ON_GPU else "cpu"
     pairs = enumerate(zip(ks, formats, strict=False))
     keys = [(k.to(dev), f"k{i}", f, f"f{i}") for i, (k, f) in pairs]
     kviews, vview, Hkv, _ = backend._views([q.to(dev) for q in qs], keys, v.to(dev), formats[-1])
-    B, Hq = qs[0].shape[:2]
-    parts = (torch.empty(1), torch.empty(1), torch.empty(1))
-    p = cuda.params(qs, kviews, vview, [1.0] * len(qs), torch.empty(B), parts, Hkv, 32, 1)
-    return cuda.supported(p)
+    B = qs[0].shape[0]
+    return cuda.params(qs, kviews, vview, [1.0] * len(qs), torch.empty(B), None, Hkv, 32, 1)
+
+
+def served(formats, qs, ks, v) -> bool:
+    """Whether the CUDA kernel takes this call (and not the Triton fallback)."""
+    return cuda.supported(host_params(formats, qs, ks, v))
 
 
 def draw(gen: torch.Generator, dba: bool):
@@ -153,11 +156,7 @@ def draw_rows(gen: torch.Generator):
 def split_shape(formats, qs, ks, v, kernel: str = "rows") -> tuple[int, int]:
     """(warps, positions) per (sequence, split) of the kernel that serves this call when
     `kernel` ("auto", "heads", "rows") is asked for."""
-    dev = "cuda" if ON_GPU else "cpu"
-    pairs = enumerate(zip(ks, formats, strict=False))
-    keys = [(k.to(dev), f"k{i}", f, f"f{i}") for i, (k, f) in pairs]
-    kviews, vview, Hkv, _ = backend._views([q.to(dev) for q in qs], keys, v.to(dev), formats[-1])
-    p = cuda.params(qs, kviews, vview, [1.0] * len(qs), torch.empty(1), None, Hkv, 32, 1)
+    p = host_params(formats, qs, ks, v)
     p.kernel = cuda.KERNELS[kernel]
     return cuda.split_shape(p)
 
@@ -217,11 +216,8 @@ def test_llama_dba_cache_with_long_context_and_many_splits(launches) -> None:
         for splits in (None, 1, 40):
             check((kind, kind, kind), problem, splits)
         # The default split plan fills the GPU with one wave of the variant's resident warps.
-        assert served((kind,) * 3, qs, ks, v)
-        dev = [k.cuda() for k in ks]
-        keys = [(dev[0], "k0", kind, "f0"), (dev[1], "k1", kind, "f1")]
-        kviews, vview, _, _ = backend._views([q.cuda() for q in qs], keys, v.cuda(), kind)
-        p = cuda.params(qs, kviews, vview, [1.0, 1.0], torch.empty(B), None, Hkv, 32, 1)
+        p = host_params((kind,) * 3, qs, ks, v)
+        assert cuda.supported(p)
         per_sm, (warps, _) = cuda.warps_per_sm(p), cuda.split_shape(p)
         assert per_sm > 0 and per_sm % warps == 0, (per_sm, warps)  # whole blocks
     assert launches[0] == 6
