@@ -18,9 +18,11 @@
 // every fragment load is a 16-bit shared load at a constant offset. The running maximum is
 // re-reduced across the warp only when a score passes it by more than kLazyMax (a warp vote):
 // weights are then at most 2^kLazyMax, which keeps p * d within fp16 for any fp16-representable
-// block scale, and the result is the same online softmax (only rounding differs). The warps of
-// a block split their (sequence, split)'s positions 32 at a time and merge through shared
-// memory into one partial per head.
+// block scale, and the result is the same online softmax (only rounding differs). Values enter
+// the mma as their unsigned codes read as fp16 subnormals (one mask per register, no fp16
+// arithmetic; biased_bytes in mma_fragments.cuh), the code offset coming back once per split
+// through each head's sum of weights. Each warp of a block takes a contiguous run of its
+// (sequence, split)'s steps; the warps merge through shared memory into one partial per head.
 //
 // Operands are the per-KV-head kernel's (fp16 dequantized keys and queries, fp16 weights p * d
 // against exact integer values, fp32 accumulation), so its tolerances hold here.
@@ -46,8 +48,7 @@ __device__ __forceinline__ uint32_t join16(uint32_t a, uint32_t b) {
     return __byte_perm(a, b, 0x5410);
 }
 
-// Shared-memory helpers: 16-byte asynchronous copies (zero-filling what lies past the source
-// bytes given), and 16-bit loads at byte addresses of the shared window.
+// 16-byte asynchronous copies (zero-filling what lies past the source bytes given).
 __device__ __forceinline__ void copy16(uint32_t dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
 }
@@ -57,6 +58,7 @@ __device__ __forceinline__ void copy16(uint32_t dst, const void* src, uint32_t b
 __device__ __forceinline__ void copies_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N>
 __device__ __forceinline__ void copies_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+// 16-bit loads at byte addresses of the shared window.
 __device__ __forceinline__ uint32_t lds16(uint32_t at) {
     uint32_t v;
     asm volatile("ld.shared.u16 %0, [%1];" : "=r"(v) : "r"(at));
@@ -100,7 +102,12 @@ struct Shape {
     static constexpr int STAGE = (V_AT + kStep * HKV * VROW + 15) / 16 * 16;
     static constexpr int STAGES = STAGE <= 4096 ? 4 : 3;
     static constexpr int MERGE = kRowWarps * HQ * (DV + 3) * 4;  // partials of the block's warps
-    static constexpr int SMEM = kRowWarps * STAGES * STAGE > MERGE ? kRowWarps * STAGES * STAGE : MERGE;
+    static constexpr int RINGS = kRowWarps * STAGES * STAGE;
+    static constexpr int SMEM = RINGS > MERGE ? RINGS : MERGE;
+    // Value runs of a step (16 positions of one KV head, or of every head in the token layout)
+    // and the lanes that copy each: 32 / HKV lanes per KV head, so every lane has one.
+    static constexpr int V_LANES = VTOKEN ? 32 : 32 / HKV;
+    static constexpr int V_PIECES = V_TOKEN;  // 16-byte pieces of a run: its bytes per position
     // Blocks per SM the register budget is cut for: 4 where 4 blocks' rings fit the 227 KiB an
     // H100/H200 SM gives (q4_0 keys and values: 128 registers, no spills), else 3.
     static constexpr int MIN_BLOCKS = 4 * (SMEM + 1024) <= 227 * 1024 ? 4 : 3;
@@ -113,6 +120,7 @@ struct Shape {
     static_assert(valid(0) && (DG == 0 || valid(1)), "rows of whole blocks, aligned n-tile runs");
     static_assert(HQ * NBV <= 64, "value accumulators: at most 64 registers");
     static_assert(G >= 2, "a lane's two columns of an n-tile share one KV head");
+    static_assert(VTOKEN || 32 % HKV == 0, "value runs: whole lanes per KV head");
 };
 
 template <class S>
@@ -125,78 +133,128 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
     const int b = static_cast<int>(blockIdx.x / p.n_splits);
     const int split = static_cast<int>(blockIdx.x % p.n_splits);
 
-    const SplitRange range = split_range(p, b, split);  // this split's positions
-    const int start = range.start, end = range.end;
-
     // Query fragments (B operand, k = row value, n = query head): n-tile j's k-steps only.
+    // Element e of k-step i of n-tile j is value u of head h's query (0 outside the head).
+    auto query_element = [&](int path, int j, int i, int e, int& h, int& u) {
+        h = 8 * j + g;
+        u = kStep * (S::first_step(path, j) + i) + 2 * c + (e & 1) + 8 * (e >> 1) -
+            h / G * S::dim(path);
+    };
+    uint32_t q_raw[PATHS][NT][S::MAX_STEPS][4];
+    const void* q_rows[PATHS];  // sequence b's queries (heads x dim elements)
+#pragma unroll
+    for (int path = 0; path < PATHS; ++path) {
+        const int64_t first = int64_t(b) * p.q_heads * S::dim(path);
+        q_rows[path] = static_cast<const uint8_t*>(path ? p.q_geo : p.q_sem) +
+                       first * (p.q_type == CARAMBA_CUDA_QUERY_F32 ? 4 : 2);
+    }
+    auto gather = [&](auto f32) {
+#pragma unroll
+        for (int path = 0; path < PATHS; ++path)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int i = 0; i < S::steps(path); ++i)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        int h, u;
+                        query_element(path, j, i, e, h, u);
+                        q_raw[path][j][i][e] = u >= 0 && u < S::dim(path)
+                            ? query_bits<decltype(f32)::value>(q_rows[path], h * S::dim(path) + u) : 0u;
+                    }
+    };
+    if (p.q_type == CARAMBA_CUDA_QUERY_F32) gather(std::true_type{});
+    else gather(std::false_type{});
     uint32_t qf[PATHS][NT][S::MAX_STEPS][2];
 #pragma unroll
     for (int path = 0; path < PATHS; ++path) {
-        const void* q = path ? p.q_geo : p.q_sem;
         const float scale = (path ? p.scale_geo : p.scale_sem) * kLog2e;
-        const int d = S::dim(path);
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
-            const int h = 8 * j + g, kv = h / G;
 #pragma unroll
             for (int i = 0; i < S::steps(path); ++i) {
                 float x[4];
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    const int u = kStep * (S::first_step(path, j) + i) + 2 * c + (e & 1) +
-                                  8 * (e >> 1) - kv * d;  // value of head h's key
-                    const int64_t at = (int64_t(b) * p.q_heads + h) * d + u;
-                    x[e] = u >= 0 && u < d ? query_value(q, at, p.q_type) * scale : 0.f;
+                    int h, u;
+                    query_element(path, j, i, e, h, u);
+                    x[e] = u >= 0 && u < S::dim(path) ? query_float(q_raw[path][j][i][e], p.q_type) * scale : 0.f;
                 }
                 qf[path][j][i][0] = pack(x[0], x[1]);
                 qf[path][j][i][1] = pack(x[2], x[3]);
             }
         }
     }
+    const SplitRange range = split_range(p, b, split);  // this split's positions
+    const int start = range.start, end = range.end;
 
-    // ---- staging: each warp copies its own steps into its own ring of S::STAGES slots
+    // ---- staging: each warp takes a contiguous run of the split's 16-position steps and copies
+    // them into its own ring of S::STAGES slots, S::STAGES - 1 steps ahead of their use.
+    const int split_steps = max(end - start, 0) / kStep + ((end - start) % kStep > 0);
+    const int warp_steps_max = (split_steps + kRowWarps - 1) / kRowWarps;
+    const int first_step = warp * warp_steps_max;
+    const int warp_steps = max(0, min(warp_steps_max, split_steps - first_step));
+    auto position = [&](int k) { return start + kStep * (first_step + k); };
     const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) +
                           warp * S::STAGES * S::STAGE;
-    const uint8_t* key_rows[PATHS];  // this sequence's row 0, plus this lane's 16-byte piece
+    // Sixteen positions of a tensor's rows are `row` 16-byte pieces. Key rows: lane i copies
+    // pieces i, i + 32, ...; values: lane i copies pieces i % V_LANES + V_LANES j of its run (KV
+    // head i / V_LANES in the head layout), so each lane's sources of a step are one base
+    // pointer per tensor plus immediates.
+    const uint8_t* key_src[PATHS];  // sequence b's row 0 + this lane's first piece
 #pragma unroll
     for (int path = 0; path < PATHS; ++path) {
         const caramba_cuda_cache& t = path ? p.k_geo : p.k_sem;
-        key_rows[path] = static_cast<const uint8_t*>(t.data) + b * t.batch_stride + 16 * lane;
+        key_src[path] = static_cast<const uint8_t*>(t.data) + b * t.batch_stride + 16 * lane;
     }
-    const uint8_t* v_rows =  // this sequence's row 0, plus this lane's 16-byte piece
-        static_cast<const uint8_t*>(p.v.data) + b * p.v.batch_stride + 16 * lane;
-    const int64_t v_head = p.v.head_stride;
+    const int v_lane = lane % S::V_LANES, v_run = S::V_ROWS ? 0 : lane / S::V_LANES;
+    const uint8_t* v_src = static_cast<const uint8_t*>(p.v.data) + b * p.v.batch_stride +
+                           v_run * p.v.head_stride + 16 * v_lane;
+    const uint32_t v_dst = S::V_AT + v_run * S::V_HEAD + 16 * v_lane;
     // Copies the n <= 16 positions from t0 into `slot`: whole steps (Full) as plain 16-byte
     // copies, a split's last step with the bytes past position t0 + n zero-filled (and not read).
     auto stage = [&](auto full, uint32_t slot, int t0, int n) {
         constexpr bool Full = decltype(full)::value;
-        // `chunks` 16-byte pieces of a run, lane i taking pieces i, i + 32, ...; `bytes` are real.
-        auto run = [&](uint32_t dst, const uint8_t* src, int chunks, int bytes) {
-#pragma unroll
-            for (int r = 0; r < (chunks + 31) / 32; ++r) {
-                const int piece = lane + 32 * r;
-                if (32 * (r + 1) > chunks && piece >= chunks) break;
-                if constexpr (Full) {
-                    copy16(dst + 16 * piece, src + 512 * r);
-                } else {
-                    const int left = bytes - 16 * piece;  // src - 16 lane: the run's first byte
-                    copy16(dst + 16 * piece, left > 0 ? src + 512 * r : src - 16 * lane,
-                           static_cast<uint32_t>(min(max(left, 0), 16)));
-                }
+        // Piece `piece` of a run whose first byte is src - 16 first (`bytes` of it are real).
+        auto copy = [&](uint32_t dst, const uint8_t* src, int piece, int first, int bytes) {
+            if constexpr (Full) {
+                copy16(dst, src);
+            } else {
+                const int left = bytes - 16 * piece;
+                copy16(dst, left > 0 ? src : src - 16 * first,
+                       static_cast<uint32_t>(min(max(left, 0), 16)));
             }
         };
 #pragma unroll
-        for (int path = 0; path < PATHS; ++path)
-            run(slot + S::key_at(path), key_rows[path] + size_t(t0) * S::key_row(path),
-                S::key_row(path), n * S::key_row(path));
-        if constexpr (S::V_ROWS) {
-            run(slot + S::V_AT, v_rows + size_t(t0) * S::V_TOKEN, HKV * S::VROW, n * S::V_TOKEN);
-        } else {
-            const uint8_t* src = v_rows + size_t(t0) * S::VROW;
+        for (int path = 0; path < PATHS; ++path) {
+            const int row = S::key_row(path);
+            const uint8_t* src = key_src[path] + size_t(t0) * row;
 #pragma unroll
-            for (int kvh = 0; kvh < HKV; ++kvh)
-                run(slot + S::V_AT + kvh * S::V_HEAD, src + kvh * v_head, S::VROW, n * S::VROW);
+            for (int r = 0; r < (S::key_row(path) + 31) / 32; ++r) {
+                const int piece = lane + 32 * r;
+                if (32 * (r + 1) > row && piece >= row) break;
+                copy(slot + S::key_at(path) + 16 * piece, src + 512 * r, piece, lane, n * row);
+            }
         }
+        const uint8_t* src = v_src + size_t(t0) * S::V_TOKEN;
+#pragma unroll
+        for (int r = 0; r < (S::V_PIECES + S::V_LANES - 1) / S::V_LANES; ++r) {
+            const int piece = v_lane + S::V_LANES * r;
+            if (S::V_LANES * (r + 1) > S::V_PIECES && piece >= S::V_PIECES) break;
+            copy(slot + v_dst + 16 * S::V_LANES * r, src + 16 * S::V_LANES * r, piece, v_lane,
+                 n * S::V_TOKEN);
+        }
+    };
+    auto issue = [&](int k) {
+        const uint32_t slot = ring + (k % S::STAGES) * S::STAGE;
+        const int t0 = position(k);
+        if (k < warp_steps && t0 + kStep <= end) stage(std::true_type{}, slot, t0, kStep);
+        else if (k < warp_steps) stage(std::false_type{}, slot, t0, end - t0);
+        copies_commit();  // an empty group where nothing is left: the wait counts stay uniform
+    };
+    auto arrived = [&](int) {
+        copies_wait<S::STAGES - 2>();
+        __syncwarp();
     };
 
     // Byte addresses of this lane's pieces within a slot (the rest are immediates).
@@ -213,6 +271,13 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
     // O^T fragments per n-tile, value block and tile: the KV heads of an n-tile share one
     // accumulator, each adding only its own columns (its weights with the others' masked).
     float acc[NT][NBV][2][4] = {};
+    // Values enter the mma as subnormal fp16 patterns of their unsigned codes (biased_bytes,
+    // mma_fragments.cuh): acc holds 2^-24 (q4_0 high nibbles: 2^-20) times the sum of code x
+    // weight, and w_sum the sum of each column's fp16 weights (an mma against ones), so a
+    // partial is acc * 2^24 - offset * w_sum with offset 8 (q4_0) or 128 (q8_0).
+    float w_sum[NT][NBV][2] = {};
+    constexpr uint32_t kOnes = 0x3C003C00u;  // fp16 1.0 in both halves
+    const uint32_t ones[4] = {kOnes, kOnes, kOnes, kOnes};
     constexpr int HEADS_PER_TILE = 8 / G;
     uint32_t own_columns[HEADS_PER_TILE];  // B-operand mask: this lane's column g is head sub's
 #pragma unroll
@@ -223,9 +288,10 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
         l_run[j][0] = l_run[j][1] = 0.f;
     }
 
-    auto step = [&](uint32_t slot, int t0) {
-        // ---- scores, one key block (two k-steps) at a time
-        float s[NT][4] = {};
+    // ---- scores of the step in `slot`, one key block (two k-steps) at a time
+    auto scores = [&](uint32_t slot, float (&s)[NT][4]) {
+#pragma unroll
+        for (int j = 0; j < NT; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
         for (int path = 0; path < PATHS; ++path) {
 #pragma unroll
@@ -271,7 +337,11 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
             }
         }
 
-        // ---- online softmax; s[j][0..1] are row g, s[j][2..3] row g + 8
+    };
+
+    // ---- the step's online softmax over its scores s, then its values
+    auto consume = [&](uint32_t slot, int t0, float (&s)[NT][4]) {
+        // s[j][0..1] are row g, s[j][2..3] row g + 8
         if (t0 + kStep > end) {
 #pragma unroll
             for (int row = 0; row < 2; ++row) {
@@ -299,6 +369,8 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
                     const float alpha = fast_exp2(m_run[j][i] - m_new);  // 0 on the first step
                     m_run[j][i] = m_new;
                     l_run[j][i] *= alpha;
+#pragma unroll
+                    for (int nb = 0; nb < NBV; ++nb) w_sum[j][nb][i] *= alpha;
 #pragma unroll
                     for (int nb = 0; nb < NBV; ++nb)
 #pragma unroll
@@ -330,6 +402,10 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
                     __ushort_as_half(static_cast<unsigned short>(lds16(at + 8 * S::V_TOKEN))));
                 pb[j][nb][0] = transpose8x8(pack(s[j][0] * da, s[j][1] * da));
                 pb[j][nb][1] = transpose8x8(pack(s[j][2] * db, s[j][3] * db));
+                float column[4] = {};  // every row: the step's weights of columns 2c, 2c + 1
+                mma16816(column, ones, pb[j][nb][0], pb[j][nb][1]);
+                w_sum[j][nb][0] += column[0];
+                w_sum[j][nb][1] += column[1];
             }
         }
 #pragma unroll
@@ -347,19 +423,24 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
                 if (S::VQ4) {
                     const uint32_t lo1 = __byte_perm(x[0], x[1], 0x7531);  // bytes 2g + 1
                     const uint32_t hi1 = __byte_perm(x[2], x[3], 0x7531);
-                    a0[0] = as_u32(nibbles(lo));
-                    a0[1] = as_u32(nibbles(lo1));
-                    a0[2] = as_u32(nibbles(hi));
-                    a0[3] = as_u32(nibbles(hi1));
-                    a1[0] = as_u32(high_nibbles(lo));
-                    a1[1] = as_u32(high_nibbles(lo1));
-                    a1[2] = as_u32(high_nibbles(hi));
-                    a1[3] = as_u32(high_nibbles(hi1));
+                    const uint32_t rows[4] = {lo, lo1, hi, hi1};
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        a0[e] = rows[e] & 0x000F000Fu;  // n 2^-24
+                        a1[e] = rows[e] & 0x00F000F0u;  // n 2^-20
+                    }
                 } else {
                     uint32_t y[4];
 #pragma unroll
                     for (int e = 0; e < 4; ++e) y[e] = lds16(at + 16 + ((e & 1) + 8 * (e >> 1)) * S::V_TOKEN);
-                    int8_value_fragments(lo, hi, join16(y[0], y[1]), join16(y[2], y[3]), a0, a1);
+                    const uint32_t lo2 = join16(y[0], y[1]), hi2 = join16(y[2], y[3]);
+                    const uint32_t rows[2][4] = {{lo, lo >> 8, hi, hi >> 8},
+                                                 {lo2, lo2 >> 8, hi2, hi2 >> 8}};
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        a0[e] = biased_bytes(rows[0][e]);  // (b + 128) 2^-24
+                        a1[e] = biased_bytes(rows[1][e]);
+                    }
                 }
                 const uint32_t mine = own_columns[kvh % HEADS_PER_TILE];
                 const uint32_t b0 = pb[j][nb][0] & mine, b1 = pb[j][nb][1] & mine;
@@ -369,23 +450,20 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
         }
     };
 
-    // Warp w takes positions start + 32 (w + kRowWarps i) + [0, 32), one step of 16 at a time;
-    // step k's bytes are copied S::STAGES - 1 steps ahead of its use.
-    auto position = [&](int k) { return start + 32 * (warp + kRowWarps * (k >> 1)) + kStep * (k & 1); };
-    auto issue = [&](int k) {
-        const int t0 = position(k);
-        const uint32_t slot = ring + (k % S::STAGES) * S::STAGE;
-        if (t0 + kStep <= end) stage(std::true_type{}, slot, t0, kStep);
-        else if (t0 < end) stage(std::false_type{}, slot, t0, end - t0);
-        copies_commit();  // an empty group where nothing is left: the wait counts stay uniform
-    };
+    // Software-pipelined: an iteration takes step k's softmax and values and step k + 1's
+    // scores, two independent instruction streams the scheduler interleaves (one warp's step
+    // is a long dependency chain: loads, dequantization, mma, softmax, mma). Slot k is
+    // refilled with step k + STAGES once every lane is done with it.
+    auto slot = [&](int k) { return ring + (k % S::STAGES) * S::STAGE; };
 #pragma unroll
     for (int k = 0; k < S::STAGES - 1; ++k) issue(k);
-    for (int k = 0; position(k) < end; ++k) {
+    for (int k = 0; k < warp_steps; ++k) {
         copies_wait<S::STAGES - 2>();
-        __syncwarp();  // every lane's pieces of step k are in; step k - 1's slot is free
+        __syncwarp();
         issue(k + S::STAGES - 1);
-        step(ring + (k % S::STAGES) * S::STAGE, position(k));
+        float s[NT][4];
+        scores(slot(k), s);
+        consume(slot(k), position(k), s);
     }
     copies_wait<0>();
     __syncthreads();  // the rings become the merge buffers
@@ -414,36 +492,43 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
             float* o = sm_o + (warp * HQ + h) * (DV + 1);  // + 1: lanes c write heads DV apart
 #pragma unroll
             for (int nb = 0; nb < NBV; ++nb) {
+                const float offset = (S::VQ4 ? 8.f : 128.f) * w_sum[j][nb][i];
 #pragma unroll
                 for (int tile = 0; tile < 2; ++tile) {
+                    const float unit = S::VQ4 && tile ? 0x1p20f : 0x1p24f;
                     const int value = 32 * nb + 16 * tile + 2 * g;
-                    o[value] = acc[j][nb][tile][i];          // row g
-                    o[value + 1] = acc[j][nb][tile][2 + i];  // row g + 8
+                    o[value] = fmaf(acc[j][nb][tile][i], unit, -offset);          // row g
+                    o[value + 1] = fmaf(acc[j][nb][tile][2 + i], unit, -offset);  // row g + 8
                 }
             }
         }
     }
     __syncthreads();
-    for (int x = threadIdx.x; x < HQ * DV; x += kRowWarps * 32) {
-        const int h = x / DV, value = x % DV;
-        float m = -INFINITY;
+    // Thread t joins PER_THREAD consecutive values of head t * PER_THREAD / DV.
+    constexpr int PER_THREAD = HQ * DV / (kRowWarps * 32);
+    static_assert(PER_THREAD >= 1 && HQ * DV % (kRowWarps * 32) == 0 && DV % PER_THREAD == 0,
+                  "whole heads per thread group");
+    const int h = threadIdx.x * PER_THREAD / DV, v0 = threadIdx.x * PER_THREAD % DV;
+    float m = -INFINITY;
 #pragma unroll
-        for (int w = 0; w < kRowWarps; ++w) m = fmaxf(m, sm_m[w * HQ + h]);
-        float l = 0.f, o = 0.f;
-        if (m > -INFINITY) {
+    for (int w = 0; w < kRowWarps; ++w) m = fmaxf(m, sm_m[w * HQ + h]);
+    float f[kRowWarps], l = 0.f;
 #pragma unroll
-            for (int w = 0; w < kRowWarps; ++w) {
-                const float f = exp2f(sm_m[w * HQ + h] - m);  // 0 for a warp without positions
-                l += f * sm_l[w * HQ + h];
-                o += f * sm_o[(w * HQ + h) * (DV + 1) + value];
-            }
-        }
-        const int64_t part = (int64_t(b) * HQ + h) * p.n_splits + split;
-        p.o[part * DV + value] = o;
-        if (value == 0) {
-            p.m[part] = m;
-            p.l[part] = l;
-        }
+    for (int w = 0; w < kRowWarps; ++w) {  // 0 for a warp without positions (or a block)
+        f[w] = m > -INFINITY ? exp2f(sm_m[w * HQ + h] - m) : 0.f;
+        l += f[w] * sm_l[w * HQ + h];
+    }
+    const int64_t part = (int64_t(b) * HQ + h) * p.n_splits + split;
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; ++k) {
+        float o = 0.f;
+#pragma unroll
+        for (int w = 0; w < kRowWarps; ++w) o += f[w] * sm_o[(w * HQ + h) * (DV + 1) + v0 + k];
+        p.o[part * DV + v0 + k] = o;
+    }
+    if (v0 == 0) {
+        p.m[part] = m;
+        p.l[part] = l;
     }
 }
 

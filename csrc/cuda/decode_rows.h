@@ -9,7 +9,7 @@ namespace caramba_cuda {
 using DecodeKernel = void (*)(caramba_cuda_decode_params);
 
 constexpr int kRowWarps = 4;                 // warps per block: one (sequence, split)
-constexpr int kRowPositions = 32 * kRowWarps;  // positions the block's warps take per round
+constexpr int kRowPositions = 32 * kRowWarps;  // split granularity: two 16-position steps a warp
 
 // A row kernel instance and the dynamic shared memory it launches with (its per-warp rings of
 // staged steps).

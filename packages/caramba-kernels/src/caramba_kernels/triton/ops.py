@@ -685,10 +685,13 @@ class TritonBackend:
         unless `parts` are separate buffers."""
         if parts[2] is out:
             return
-        p_pad = _pow2(n_splits)
+        p_pad, dv_pad = _pow2(n_splits), _pow2(Dv)
+        # Splits a program loads at once: all of a typical plan's (one round of load latency,
+        # not one per 16 splits), up to 4096 partial values in registers.
+        p_block = min(p_pad, max(16, 4096 // dv_pad))
         _kernels().merge_kernel[(B * Hq,)](
             *parts, out, lse, n_splits, Dv,
-            DV_PAD=_pow2(Dv), P_PAD=p_pad, P_BLOCK=min(16, p_pad), RETURN_LSE=return_lse,
+            DV_PAD=dv_pad, P_PAD=p_pad, P_BLOCK=p_block, RETURN_LSE=return_lse,
             num_warps=4,
         )  # fmt: skip
 
