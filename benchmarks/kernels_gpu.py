@@ -65,9 +65,11 @@ IMPLS = ("triton_std_f16", "triton_std_q8_0", "triton_std_q4_0",
          "triton_dba_q4_0_perhead")  # fmt: skip
 # The tensor-core CUDA kernels (caramba_kernels.cuda), where the package was built with them:
 # cuda_* as dispatched (TUNING cuda_kernel "auto": the row kernel for the DBA cache from 64k
-# cached positions per call), cudaheads_* the per-KV-head kernel on the same cache.
+# cached positions per call), cudaheads_* the per-KV-head kernel and cudarows_* the row kernel
+# on the same cache (the figures AUTO's threshold comes from).
 CUDA_IMPLS = ("cuda_std_q8_0", "cuda_std_q4_0", "cuda_dba_q8_0", "cuda_dba_q4_0",
-              "cudaheads_dba_q8_0", "cudaheads_dba_q4_0")  # fmt: skip
+              "cudaheads_dba_q8_0", "cudaheads_dba_q4_0",
+              "cudarows_dba_q8_0", "cudarows_dba_q4_0")  # fmt: skip
 
 
 def impls_here() -> tuple[str, ...]:
@@ -78,12 +80,12 @@ def impls_here() -> tuple[str, ...]:
 
 def with_kernel(impl: str, call):
     """`call` run with the CUDA kernels on (impl "cuda": as dispatched; "cudaheads": the
-    per-KV-head kernel) or off (impl "triton")."""
+    per-KV-head kernel; "cudarows": the row kernel) or off (impl "triton")."""
 
     def run():
         saved = ops.TUNING["cuda"], ops.TUNING["cuda_kernel"]
         ops.TUNING["cuda"] = impl.startswith("cuda")
-        ops.TUNING["cuda_kernel"] = "heads" if impl == "cudaheads" else "auto"
+        ops.TUNING["cuda_kernel"] = {"cudaheads": "heads", "cudarows": "rows"}.get(impl, "auto")
         try:
             return call()
         finally:
@@ -386,7 +388,7 @@ def write_results(rows, meta, out_dir: Path, echo=True) -> None:
         "as dispatched (libcaramba_kernels_cuda: the DBA cache from 64k cached positions per "
         "call goes to the row kernel, csrc/cuda/decode_rows.cu, one warp per token row of "
         "every KV head; the rest to the per-KV-head kernel, csrc/cuda/decode_mma.cu); "
-        "cudaheads_* the per-KV-head kernel on the same cache. "
+        "cudaheads_* the per-KV-head kernel and cudarows_* the row kernel on the same cache. "
         "Time per call (us), speed-up over the fastest SDPA backend, bandwidth on bytes moved: "
         f"% of the {meta['peak_bps'] / 1e12:.2f} TB/s HBM peak and of a measured "
         "device-to-device copy "

@@ -597,9 +597,10 @@ RowKernel instance(const caramba_cuda_decode_params& p, int dg, Values values) {
 // Cached positions per call (batch * capacity) from which AUTO picks the row kernel. Its blocks
 // split a sequence into runs of >= 512 positions, so smaller calls leave most SMs idle; the
 // per-KV-head kernel's eight warps per split fill them. H200, one layer, q8_0 / q4_0 (us,
-// rows vs per-KV-head; benchmarks/results/kernels_gpu.md): batch 8 x 4k 19.8 / 19.1 vs
-// 12.7 / 14.3; batch 1 x 32k 20.9 / 20.0 vs 19.2 / 20.7; batch 8 x 8k 20.9 / 19.8 vs 18.1 /
-// 20.5; batch 1 x 64k 23.3 / 22.5 vs 24.9 / 29.3; batch 8 x 32k 45.0 / 35.6 vs 50.4 / 55.1.
+// rows vs per-KV-head; benchmarks/results/kernels_gpu.md, cudarows_* / cudaheads_*): batch 8
+// x 4k 14.1 / 13.3 vs 12.1 / 13.1; batch 1 x 32k 15.4 / 14.6 vs 12.9 / 13.9; batch 8 x 8k
+// 15.4 / 14.7 vs 17.6 / 19.3; batch 1 x 64k 15.9 / 15.2 vs 18.3 / 20.2; batch 8 x 32k 41.9 /
+// 30.5 vs 50.0 / 51.3.
 constexpr int64_t kRowMinPositions = 65536;
 
 RowKernel row_kernel(const caramba_cuda_decode_params& p) {
