@@ -108,9 +108,10 @@ struct Shape {
     // and the lanes that copy each: 32 / HKV lanes per KV head, so every lane has one.
     static constexpr int V_LANES = VTOKEN ? 32 : 32 / HKV;
     static constexpr int V_PIECES = V_TOKEN;  // 16-byte pieces of a run: its bytes per position
-    // Blocks per SM the register budget is cut for: 4 where 4 blocks' rings fit the 227 KiB an
-    // H100/H200 SM gives (q4_0 keys and values: 128 registers, no spills), else 3.
-    static constexpr int MIN_BLOCKS = 4 * (SMEM + 1024) <= 227 * 1024 ? 4 : 3;
+    // Blocks per SM the register budget is cut for: 3 (12 warps, up to 168 registers). q4_0 keys
+    // and values would fit 4 blocks at 128 registers, but ran slower (H200, batch 8, us: 30.3
+    // vs 29.7 at 32k, 45.9 vs 44.5 at 64k): register pressure recomputed addresses every step.
+    static constexpr int MIN_BLOCKS = 3;
 
     static constexpr bool valid(int path) {
         return dim(path) > 0 && (HKV * dim(path)) % 32 == 0 &&
