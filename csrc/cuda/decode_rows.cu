@@ -599,9 +599,9 @@ RowKernel instance(const caramba_cuda_decode_params& p, int dg, Values values) {
 // split a sequence into runs of >= 512 positions, so smaller calls leave most SMs idle; the
 // per-KV-head kernel's eight warps per split fill them. H200, one layer, q8_0 / q4_0 (us,
 // rows vs per-KV-head; benchmarks/results/kernels_gpu.md, cudarows_* / cudaheads_*): batch 8
-// x 4k 14.1 / 13.3 vs 12.1 / 13.1; batch 1 x 32k 15.4 / 14.6 vs 12.9 / 13.9; batch 8 x 8k
-// 15.4 / 14.7 vs 17.6 / 19.3; batch 1 x 64k 15.9 / 15.2 vs 18.3 / 20.2; batch 8 x 32k 41.9 /
-// 30.5 vs 50.0 / 51.3.
+// x 4k 14.1 / 12.6 vs 12.0 / 12.9; batch 1 x 32k 15.5 / 14.0 vs 12.9 / 13.8; batch 8 x 8k
+// 15.4 / 13.8 vs 17.5 / 19.2; batch 1 x 64k 15.9 / 14.6 vs 18.3 / 20.1; batch 8 x 32k 42.9 /
+// 29.9 vs 49.9 / 50.7.
 constexpr int64_t kRowMinPositions = 65536;
 
 RowKernel row_kernel(const caramba_cuda_decode_params& p) {
