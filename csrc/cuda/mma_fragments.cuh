@@ -73,11 +73,17 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // becomes an AND and an OR).
 static __constant__ uint32_t kMagic1024[1] = {0x64006400u};
 
+// One LOP3 of x, an immediate mask and a register word: (x & Mask) | bits (0xEA) or
+// (x & Mask) ^ bits (0x6A).
+template <uint32_t Mask, int Lut>
+__device__ __forceinline__ uint32_t lop3_mask(uint32_t x, uint32_t bits) {
+    uint32_t y;
+    asm("lop3.b32 %0, %1, %2, %3, %4;" : "=r"(y) : "r"(x), "n"(Mask), "r"(bits), "n"(Lut));
+    return y;
+}
 template <uint32_t Mask>
 __device__ __forceinline__ uint32_t and_or(uint32_t x, uint32_t bits) {
-    uint32_t y;
-    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(y) : "r"(x), "n"(Mask), "r"(bits));
-    return y;
+    return lop3_mask<Mask, 0xEA>(x, bits);
 }
 
 // Two q4_0 nibbles (bits 0-3 of each 16-bit lane) -> half2 of (nibble - 8), exact.
@@ -109,16 +115,9 @@ __device__ __forceinline__ __half2 int8s(uint32_t y) {
 // power of two when it writes its partials.
 static __constant__ uint32_t kBias128[1] = {0x00800080u};  // a word for one LOP3 (see and_or)
 
-template <uint32_t Mask>
-__device__ __forceinline__ uint32_t and_xor(uint32_t x, uint32_t bits) {
-    uint32_t y;
-    asm("lop3.b32 %0, %1, %2, %3, 0x6A;" : "=r"(y) : "r"(x), "n"(Mask), "r"(bits));
-    return y;
-}
-
 // Bytes 0 and 2 of y (two's complement) -> their values + 128 as subnormal fp16 lanes.
 __device__ __forceinline__ uint32_t biased_bytes(uint32_t y) {
-    return and_xor<0x00FF00FFu>(y, kBias128[0]);
+    return lop3_mask<0x00FF00FFu, 0x6A>(y, kBias128[0]);
 }
 
 // V^T fragments (m-tiles 0 and 1) of one q8_0 value block: lo, hi hold bytes 2g, 2g + 1 of
