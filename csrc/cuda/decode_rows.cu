@@ -253,10 +253,6 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
         else if (k < warp_steps) stage(std::false_type{}, slot, t0, end - t0);
         copies_commit();  // an empty group where nothing is left: the wait counts stay uniform
     };
-    auto arrived = [&](int) {
-        copies_wait<S::STAGES - 2>();
-        __syncwarp();
-    };
 
     // Byte addresses of this lane's pieces within a slot (the rest are immediates).
     uint32_t key_data[PATHS], key_scale[PATHS];
@@ -451,16 +447,13 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
         }
     };
 
-    // Software-pipelined: an iteration takes step k's softmax and values and step k + 1's
-    // scores, two independent instruction streams the scheduler interleaves (one warp's step
-    // is a long dependency chain: loads, dequantization, mma, softmax, mma). Slot k is
-    // refilled with step k + STAGES once every lane is done with it.
+    // Step k's bytes are copied S::STAGES - 1 steps ahead of its use.
     auto slot = [&](int k) { return ring + (k % S::STAGES) * S::STAGE; };
 #pragma unroll
     for (int k = 0; k < S::STAGES - 1; ++k) issue(k);
     for (int k = 0; k < warp_steps; ++k) {
         copies_wait<S::STAGES - 2>();
-        __syncwarp();
+        __syncwarp();  // every lane's pieces of step k are in; step k - 1's slot is free
         issue(k + S::STAGES - 1);
         float s[NT][4];
         scores(slot(k), s);
