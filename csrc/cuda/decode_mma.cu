@@ -51,6 +51,7 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks<VFMT, NBV, KS>())
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2;  // mma groupID: token row / value row / query head
     const int c = lane & 3;   // mma thread in group: column pair
+    allow_dependent_launch();
     // Warps in (batch, split, KV head) order: the warps of a block are the KV heads of one
     // (sequence, split) and read the same token-layout rows, which L1 then serves once.
     const int64_t warp = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);

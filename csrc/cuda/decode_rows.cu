@@ -14,7 +14,7 @@
 //           n-tile's KV heads share one accumulator.
 // Every byte of a key row goes to some lane (no duplicate gathers), and the softmax columns
 // are all real query heads. Each warp copies its steps 16 bytes at a time (cp.async) into its
-// own ring of shared-memory slots a few steps ahead, so no registers hold bytes in flight and
+// own ring of shared-memory slots a step ahead, so no registers hold bytes in flight and
 // every fragment load is a 16-bit shared load at a constant offset. The running maximum is
 // re-reduced across the warp only when a score passes it by more than kLazyMax (a warp vote):
 // weights are then at most 2^kLazyMax, which keeps p * d within fp16 for any fp16-representable
@@ -100,7 +100,11 @@ struct Shape {
     __host__ __device__ static constexpr int key_at(int path) { return path ? kStep * key_row(0) : 0; }
     static constexpr int V_AT = kStep * (key_row(0) + (DG > 0 ? key_row(1) : 0));
     static constexpr int STAGE = (V_AT + kStep * HKV * VROW + 15) / 16 * 16;
-    static constexpr int STAGES = STAGE <= 4096 ? 4 : 3;
+    // Slots per warp: one step in flight while the warp computes the one before. More ran slower
+    // (H200, batch 8, 32k, us, q4_0 / q8_0: 2 slots 26.6 / 37.7, 3 slots 27.4 / 39.3, 4 slots
+    // 28.8 / 39.5): a wave of warps already keeps more bytes in flight than HBM needs to stay
+    // busy, and each extra step per warp only lengthens the queue every first load waits in.
+    static constexpr int STAGES = 2;
     static constexpr int MERGE = kRowWarps * HQ * (DV + 3) * 4;  // partials of the block's warps
     static constexpr int RINGS = kRowWarps * STAGES * STAGE;
     static constexpr int SMEM = RINGS > MERGE ? RINGS : MERGE;
@@ -133,6 +137,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
     const int c = lane & 3;   // mma thread in group: column pair
     const int b = static_cast<int>(blockIdx.x / p.n_splits);
     const int split = static_cast<int>(blockIdx.x % p.n_splits);
+    allow_dependent_launch();
 
     // Query fragments (B operand, k = row value, n = query head): n-tile j's k-steps only.
     // Element e of k-step i of n-tile j is value u of head h's query (0 outside the head).
@@ -246,11 +251,11 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
                  n * S::V_TOKEN);
         }
     };
+    auto slot = [&](int k) { return ring + (k % S::STAGES) * S::STAGE; };
     auto issue = [&](int k) {
-        const uint32_t slot = ring + (k % S::STAGES) * S::STAGE;
         const int t0 = position(k);
-        if (k < warp_steps && t0 + kStep <= end) stage(std::true_type{}, slot, t0, kStep);
-        else if (k < warp_steps) stage(std::false_type{}, slot, t0, end - t0);
+        if (k < warp_steps && t0 + kStep <= end) stage(std::true_type{}, slot(k), t0, kStep);
+        else if (k < warp_steps) stage(std::false_type{}, slot(k), t0, end - t0);
         copies_commit();  // an empty group where nothing is left: the wait counts stay uniform
     };
 
@@ -448,7 +453,6 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
     };
 
     // Step k's bytes are copied S::STAGES - 1 steps ahead of its use.
-    auto slot = [&](int k) { return ring + (k % S::STAGES) * S::STAGE; };
 #pragma unroll
     for (int k = 0; k < S::STAGES - 1; ++k) issue(k);
     for (int k = 0; k < warp_steps; ++k) {

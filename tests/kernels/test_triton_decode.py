@@ -216,6 +216,20 @@ def test_split_plan_covers_the_cache_and_fills_the_gpu() -> None:
     assert (plan.n_splits - 1) * plan.split_len < 1000
 
 
+def test_split_granule_keeps_the_count_near_a_full_wave() -> None:
+    from caramba_kernels.triton.ops import _splits
+
+    # The CUDA row kernel at batch 8, 32k positions: 4 warps a split, 1584 resident warps.
+    # Rounded to its 128-position round the plan would fall to 43 splits (344 of 396 blocks);
+    # rounded to 32 positions it keeps 49 (392 blocks), never passing the wave.
+    assert _splits(32, 32768, 128, 1584, None) == (768, 43)
+    assert _splits(32, 32768, 128, 1584, None, 32) == (672, 49)
+    for S in (4096, 5000, 32768, 65536, 100_003):
+        split_len, n = _splits(32, S, 128, 1584, None, 32)
+        assert split_len % 32 == 0 and n * 32 <= 1584
+        assert n * split_len >= S > (n - 1) * split_len
+
+
 # The per-KV-head kernel is float32-accurate; the all-heads one multiplies fp16 operands.
 ATOL = {False: 1e-5, True: 2e-3}
 
