@@ -51,7 +51,6 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks<VFMT, NBV, KS>())
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2;  // mma groupID: token row / value row / query head
     const int c = lane & 3;   // mma thread in group: column pair
-    allow_dependent_launch();
     // Warps in (batch, split, KV head) order: the warps of a block are the KV heads of one
     // (sequence, split) and read the same token-layout rows, which L1 then serves once.
     const int64_t warp = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
@@ -80,28 +79,28 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks<VFMT, NBV, KS>())
     PairOffsets key_at[KS][2];
     uint32_t qf[KS][2];
     const int h = kvh * G + g;
-    const void* q_src[KS][2];  // the pair's query tensor; nullptr: padding (zero queries)
-    int64_t q_at[KS][2];       // its first element there
-    float q_scale[KS][2];
+    // Group (ks, half): its path, the path's head width, and this lane's value in the head.
+    // Groups past both paths (padding up to the k-step) read the semantic rows.
+    auto key_group = [&](int ks, int half, bool& geo, int& d, int& j) {
+        const int group = 2 * ks + half;
+        geo = group >= groups(ds) && group < groups(ds) + groups(dg);
+        d = geo ? dg : ds;
+        j = 8 * (geo ? group - groups(ds) : group) + 2 * c;
+    };
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            const int group = 2 * ks + half;
-            // Groups past both paths (padding up to the k-step) read the semantic rows.
-            const bool geo = group >= groups(ds) && group < groups(ds) + groups(dg);
+            bool geo;
+            int d, j;
+            key_group(ks, half, geo, d, j);
             const caramba_cuda_cache& t = geo ? p.k_geo : p.k_sem;
-            const int d = geo ? dg : ds;
-            const int j = 8 * (geo ? group - groups(ds) : group) + 2 * c;  // value in the head
             key_stride[ks][half] = static_cast<uint32_t>(t.token_stride);
             // A padding pair (j >= d) reads the row's first bytes (finite once dequantized)
             // against zero queries.
             key_at[ks][half] = pair_offsets(j < d ? kvh * t.head_shift + j : 0, kKeyQ4);
             key_data[ks][half] = head_rows(t) + key_at[ks][half].data;
             key_scale[ks][half] = head_rows(t) + key_at[ks][half].scale;
-            q_src[ks][half] = g < G && j < d ? (geo ? p.q_geo : p.q_sem) : nullptr;
-            q_at[ks][half] = (int64_t(b) * p.q_heads + h) * d + j;
-            q_scale[ks][half] = (geo ? p.scale_geo : p.scale_sem) * kLog2e;
         }
     }
     // Queries: every raw load, then the conversions (query_bits, mma_fragments.cuh).
@@ -110,11 +109,17 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks<VFMT, NBV, KS>())
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
-            for (int half = 0; half < 2; ++half)
+            for (int half = 0; half < 2; ++half) {
+                bool geo;
+                int d, j;
+                key_group(ks, half, geo, d, j);
+                const int64_t row = (int64_t(b) * p.q_heads + h) * d;
+                const void* q = geo ? p.q_geo : p.q_sem;
+                const bool real = g < G && j < d;
 #pragma unroll
                 for (int e = 0; e < 2; ++e)
-                    q_raw[ks][half][e] = q_src[ks][half] == nullptr ? 0u
-                        : query_bits<decltype(f32)::value>(q_src[ks][half], q_at[ks][half] + e);
+                    q_raw[ks][half][e] = real ? query_bits<decltype(f32)::value>(q, row + j + e) : 0u;
+            }
     };
     if (p.q_type == CARAMBA_CUDA_QUERY_F32) gather(std::true_type{});
     else gather(std::false_type{});
@@ -122,11 +127,14 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks<VFMT, NBV, KS>())
     for (int ks = 0; ks < KS; ++ks) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
+            bool geo;
+            int d, j;
+            key_group(ks, half, geo, d, j);
+            const float scale = (geo ? p.scale_geo : p.scale_sem) * kLog2e;
             float x[2] = {0.f, 0.f};
 #pragma unroll
             for (int e = 0; e < 2; ++e)
-                if (q_src[ks][half] != nullptr)
-                    x[e] = query_float(q_raw[ks][half][e], p.q_type) * q_scale[ks][half];
+                if (g < G && j < d) x[e] = query_float(q_raw[ks][half][e], p.q_type) * scale;
             qf[ks][half] = pack(x[0], x[1]);
         }
     }

@@ -137,7 +137,6 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
     const int c = lane & 3;   // mma thread in group: column pair
     const int b = static_cast<int>(blockIdx.x / p.n_splits);
     const int split = static_cast<int>(blockIdx.x % p.n_splits);
-    allow_dependent_launch();
 
     // Query fragments (B operand, k = row value, n = query head): n-tile j's k-steps only.
     // Element e of k-step i of n-tile j is value u of head h's query (0 outside the head).

@@ -14,16 +14,6 @@ namespace caramba_cuda {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Lets the kernel launched next on the stream with programmatic dependent launch (the host's
-// split merge) place its blocks now, beside this grid's, instead of after its last block
-// exits; they wait in griddepcontrol.wait until this grid has finished and its writes are
-// visible. No effect without such a launch, or before sm_90.
-__device__ __forceinline__ void allow_dependent_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "

@@ -12,11 +12,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-try:  # grid dependency control (Triton 3.4+)
-    from triton.language.extra.cuda import gdc_wait
-except ImportError:  # pragma: no cover - older Triton: merges launch without it
-    gdc_wait = None
-
 F32, F16, Q8_0, Q4_0, NF4 = 0, 1, 2, 3, 4
 FORMAT_CODES = {"f32": F32, "f16": F16, "q8_0": Q8_0, "q4_0": Q4_0, "nf4": NF4}
 
@@ -267,16 +262,11 @@ def _pv(p, v, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
 def merge_kernel(
     m_ptr, l_ptr, o_ptr, out_ptr, lse_ptr, n_splits, DV,
     DV_PAD: tl.constexpr, P_PAD: tl.constexpr, P_BLOCK: tl.constexpr, RETURN_LSE: tl.constexpr,
-    WAIT_FOR_PRIOR_GRID: tl.constexpr = False,
 ):  # fmt: skip
     """One program per (batch, query head): log-sum-exp merge of its splits' partials.
 
     Partials are in the log2 domain; RETURN_LSE also writes ln(sum exp(score)).
-    WAIT_FOR_PRIOR_GRID: launched with programmatic dependent launch while the kernel writing
-    the partials still runs, so the first load waits until that grid has finished.
     """
-    if WAIT_FOR_PRIOR_GRID:
-        gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     p_all = tl.arange(0, P_PAD)
     m_all = tl.load(m_ptr + row * n_splits + p_all, mask=p_all < n_splits, other=float("-inf"))

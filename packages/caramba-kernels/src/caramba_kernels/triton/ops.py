@@ -122,13 +122,6 @@ def _kernels() -> Any:
     return kernels
 
 
-def _dependent_launch(device: torch.device, kernels: Any) -> bool:
-    """Whether a merge can be launched as a programmatic dependent launch: a real (not
-    interpreted) sm_90+ device and a Triton with grid dependency control."""
-    return (device.type == "cuda" and kernels.gdc_wait is not None
-            and torch.cuda.get_device_capability(device) >= (9, 0))  # fmt: skip
-
-
 @functools.cache
 def _fused() -> Any:
     from caramba_kernels.triton import fused
@@ -690,25 +683,19 @@ class TritonBackend:
         o = torch.empty(B * Hq * plan.n_splits, Dv, dtype=torch.float32, device=device)
         return m, torch.empty_like(m), o
 
-    def _merge(self, B, Hq, Dv, n_splits, parts, out, lse, return_lse, overlap=False) -> None:
+    def _merge(self, B, Hq, Dv, n_splits, parts, out, lse, return_lse) -> None:
         """Join split partials (m, l, o) into out (and lse); a one-split plan wrote out itself
-        unless `parts` are separate buffers. `overlap`: the partials come from a kernel that
-        allows programmatic dependent launch (the CUDA kernels), so on sm_90+ the merge is
-        launched that way: its programs are placed while that kernel runs and wait for it on
-        the device, which takes the launch gap (about 1 us of a 30 us step) off the step."""
+        unless `parts` are separate buffers."""
         if parts[2] is out:
             return
         p_pad, dv_pad = _pow2(n_splits), _pow2(Dv)
         # Splits a program loads at once: all of a typical plan's (one round of load latency,
         # not one per 16 splits), up to 4096 partial values in registers.
         p_block = min(p_pad, max(16, 4096 // dv_pad))
-        kernels = _kernels()
-        dependent = overlap and _dependent_launch(out.device, kernels)
-        extra = {"launch_pdl": True} if dependent else {}
-        kernels.merge_kernel[(B * Hq,)](
+        _kernels().merge_kernel[(B * Hq,)](
             *parts, out, lse, n_splits, Dv,
             DV_PAD=dv_pad, P_PAD=p_pad, P_BLOCK=p_block, RETURN_LSE=return_lse,
-            WAIT_FOR_PRIOR_GRID=dependent, num_warps=4, **extra,
+            num_warps=4,
         )  # fmt: skip
 
     def _launch_cuda(self, qs, kviews, vview, scales, lengths, Hkv, num_splits, out, lse,
@@ -747,7 +734,7 @@ class TritonBackend:
             p.m, p.l, p.o = (x.data_ptr() for x in parts)
             p.split_len, p.n_splits = split_len, n_splits
             cuda.launch(p, torch.cuda.current_stream(q.device).cuda_stream)
-        self._merge(B, Hq, Dv, n_splits, parts, out, lse, return_lse, overlap=True)
+        self._merge(B, Hq, Dv, n_splits, parts, out, lse, return_lse)
         return True
 
     def _launch_heads(self, qs, kviews, vview, scales, lengths, plan, out, lse, return_lse):
