@@ -60,14 +60,20 @@ int requested_threads(const caramba_decode_params& p) {
 }
 
 // The token path's work unit is a (batch, chunk): every KV head of a position is one row.
-Plan make_plan(const caramba_decode_params& p, int threads, int64_t max_len, bool token) {
+// `uniform`: every sequence has the same length (false gives the most splits, which the
+// workspace query assumes).
+Plan make_plan(const caramba_decode_params& p, int threads, int64_t max_len, bool token,
+               bool uniform = false) {
     Plan plan;
     const int64_t units = token ? p.batch : p.batch * p.num_kv_heads;
     if (p.num_splits > 0) {
         plan.splits = std::min<int64_t>(p.num_splits, max_len);
     } else {
-        // Enough chunks for ~4 per thread (load balance over ragged lengths), none tiny.
-        const int64_t want = (4 * static_cast<int64_t>(threads) + units - 1) / units;
+        // Enough chunks for ~4 per thread over ragged lengths (load balance), 2 over equal ones
+        // (each chunk costs a few us of setup and merge: DBA q4_0 at 4k, one sequence, two
+        // threads, us: 2 chunks 114, 4 chunks 118, 8 chunks 129), none tiny.
+        const int64_t per_thread = uniform ? 2 : 4;
+        const int64_t want = (per_thread * threads + units - 1) / units;
         const int64_t cap = std::max<int64_t>(1, (max_len + kMinChunk - 1) / kMinChunk);
         plan.splits = threads == 1 ? 1 : std::max<int64_t>(1, std::min(want, cap));
     }
@@ -430,6 +436,7 @@ caramba_status decode(const caramba_decode_params* params, const ScoreTerm* term
         }
     }
     int64_t max_len = 0;
+    bool uniform = true;
     double work = 0.0;
     for (int64_t b = 0; b < p.batch; ++b) {
         if (lengths[b] < 1 || lengths[b] > p.max_seq_len) {
@@ -439,6 +446,7 @@ caramba_status decode(const caramba_decode_params* params, const ScoreTerm* term
                                static_cast<long long>(p.max_seq_len));
         }
         max_len = std::max<int64_t>(max_len, lengths[b]);
+        uniform = uniform && lengths[b] == lengths[0];
         work += static_cast<double>(lengths[b]);
     }
     int64_t dk_total = 0;
@@ -461,7 +469,7 @@ caramba_status decode(const caramba_decode_params* params, const ScoreTerm* term
     const bool token = widest_row > 0;
     int threads = requested_threads(p);
     if (p.num_threads == 0 && work < kSingleThreadWork) threads = 1;
-    const Plan plan = make_plan(p, threads, max_len, token);
+    const Plan plan = make_plan(p, threads, max_len, token, uniform);
     Layout layout;
     if (!make_layout(p, plan, v.dim, widest_row, &layout)) {
         return make_status(CARAMBA_ERR_INVALID_ARGUMENT, "shapes too large: workspace size overflows");

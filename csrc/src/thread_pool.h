@@ -43,7 +43,9 @@ private:
     // the caller never waits for a worker that the OS has not scheduled yet: on a busy machine
     // it then runs the tasks itself instead of idling.
     bool open_ = false;
-    int pending_ = 0;  // workers that joined and have not finished
+    // Workers that joined and have not finished; changed under mutex_, read without it by the
+    // caller's spin.
+    std::atomic<int> pending_{0};
     TaskFn fn_ = nullptr;
     void* ctx_ = nullptr;
     int64_t n_tasks_ = 0;
