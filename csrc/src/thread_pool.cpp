@@ -27,24 +27,33 @@ inline void cpu_relax() {
 #endif
 }
 
-// Spin this long for the next job before sleeping: back-to-back decode calls (one per layer
-// and token) then skip the condition-variable wake-up, which on a virtual machine starts a
-// helper tens of us late, and the caller then runs the helper's share itself. Timed, not
-// counted: a PAUSE takes 10 ns on one CPU and 140 on another. Long enough to span the
-// caller's last task and the Python between two calls (2-core Xeon VM, GQA d128 q4_0 at 4k,
-// two threads, median us: 20 us of spin 585, 100 us 556, 300 us 479, 1000 us 524).
-constexpr std::chrono::microseconds kSpin{300};
+// How long an idle helper keeps spinning after a run() returns, for the next call: back-to-back
+// decode calls then skip the condition-variable wake-up, which on a virtual machine starts a
+// helper tens of us late (and the caller runs its share meanwhile). Short on purpose: between
+// the layers of a model the helper would spin on a core that torch's own threads need (a
+// 200 us linger cost a whole CPU decode step 12%). Timed, not counted: a PAUSE takes 10 ns on
+// one CPU and 140 on another.
+constexpr int64_t kLingerNs = 30'000;
+// How long the caller spins for helpers still on their last task before sleeping: it waits
+// on work of its own call, so no other work of this process wants the core.
+constexpr int64_t kFinishSpinNs = 2'000'000;
 
-// Spins until ready() or kSpin has passed; returns ready().
-template <class Ready>
-bool spin_until(Ready ready) {
-    const auto until = std::chrono::steady_clock::now() + kSpin;
+int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+// Spins until ready() (returning true) or until keep_spinning(now) is false (returning
+// ready()); the clock is read every 32 polls.
+template <class Ready, class KeepSpinning>
+bool spin_until(Ready ready, KeepSpinning keep_spinning) {
     for (;;) {
         for (int i = 0; i < 32; ++i) {
             if (ready()) return true;
             cpu_relax();
         }
-        if (std::chrono::steady_clock::now() >= until) return ready();
+        if (!keep_spinning(now_ns())) return ready();
     }
 }
 
@@ -73,8 +82,14 @@ void ThreadPool::drain(int worker) {
 
 void ThreadPool::worker_loop(int worker, uint64_t seen) {
     for (;;) {
-        const bool started =
-            spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
+        // Spin while a run() is in progress (its caller is inside this library: the job this
+        // worker just left, or the next one of a decode call) and for kLingerNs after.
+        const bool started = spin_until(
+            [&] { return generation_.load(std::memory_order_acquire) != seen; },
+            [&](int64_t now) {
+                return in_call_.load(std::memory_order_acquire) ||
+                       now - last_return_ns_.load(std::memory_order_relaxed) < kLingerNs;
+            });
         std::unique_lock<std::mutex> lock(mutex_);
         if (!started) {
             wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
@@ -98,6 +113,15 @@ void ThreadPool::run(int n_threads, int64_t n_tasks, TaskFn fn, void* ctx) {
         return;
     }
     std::lock_guard<std::mutex> call(call_mutex_);
+    // In progress until this returns (or throws: a thread that cannot be created).
+    struct CallScope {
+        ThreadPool& pool;
+        explicit CallScope(ThreadPool& p) : pool(p) { pool.in_call_.store(true, std::memory_order_release); }
+        ~CallScope() {
+            pool.last_return_ns_.store(now_ns(), std::memory_order_relaxed);
+            pool.in_call_.store(false, std::memory_order_release);
+        }
+    } scope(*this);
     while (static_cast<int>(threads_.size()) < helpers) {
         // The new thread must wait for the generation about to start, not read it late.
         const int worker = static_cast<int>(threads_.size()) + 1;
@@ -125,7 +149,9 @@ void ThreadPool::run(int n_threads, int64_t n_tasks, TaskFn fn, void* ctx) {
         std::lock_guard<std::mutex> lock(mutex_);
         open_ = false;
     }
-    spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; });
+    const int64_t give_up = now_ns() + kFinishSpinNs;
+    spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; },
+               [&](int64_t now) { return now < give_up; });
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
 }

@@ -50,6 +50,10 @@ private:
     void* ctx_ = nullptr;
     int64_t n_tasks_ = 0;
     std::atomic<int64_t> next_{0};
+    // Whether a run() is in progress, and when the last one returned (steady clock, ns): an
+    // idle helper spins while the first holds and briefly after the second.
+    std::atomic<bool> in_call_{false};
+    std::atomic<int64_t> last_return_ns_{0};
 };
 
 }  // namespace caramba::detail

@@ -92,3 +92,23 @@ def test_torch_tensors_cross_in_place_whatever_their_view() -> None:
     assert negated.is_neg()
     same = backend.decode_attention(negated, k, v, lengths, 0.2, "q8_0", "q8_0")
     torch.testing.assert_close(same, out, rtol=0, atol=0)
+
+
+def test_pool_threads_sleep_between_calls() -> None:
+    """Helpers spin only while a call runs and ~30 us after it: between the layers of a model
+    they must leave the cores to torch (a helper spinning on would take a core for good)."""
+    import time
+
+    rng = np.random.default_rng(3)
+    b = cpu.backend
+    q = rng.standard_normal((1, 8, 64), dtype=np.float32)
+    k = b.quantize("q8_0", rng.standard_normal((1, 2, 4096, 64), dtype=np.float32))
+    v = b.quantize("q8_0", rng.standard_normal((1, 2, 4096, 64), dtype=np.float32))
+    lengths = np.array([4096], np.int32)
+    for _ in range(3):  # starts the pool's helpers
+        b.decode_attention(q, k, v, lengths, 0.125, "q8_0", "q8_0", num_threads=4, num_splits=8)
+    time.sleep(0.01)
+    cpu_before = time.process_time()
+    time.sleep(0.2)
+    idle_cpu = time.process_time() - cpu_before
+    assert idle_cpu < 0.05, f"{idle_cpu * 1e3:.1f} ms of CPU time in 200 ms between calls"
