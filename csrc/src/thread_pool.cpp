@@ -116,7 +116,9 @@ void ThreadPool::run(int n_threads, int64_t n_tasks, TaskFn fn, void* ctx) {
     // In progress until this returns (or throws: a thread that cannot be created).
     struct CallScope {
         ThreadPool& pool;
-        explicit CallScope(ThreadPool& p) : pool(p) { pool.in_call_.store(true, std::memory_order_release); }
+        explicit CallScope(ThreadPool& p) : pool(p) {
+            pool.in_call_.store(true, std::memory_order_release);
+        }
         ~CallScope() {
             pool.last_return_ns_.store(now_ns(), std::memory_order_relaxed);
             pool.in_call_.store(false, std::memory_order_release);
