@@ -54,6 +54,7 @@ private:
     // idle helper spins while the first holds and briefly after the second.
     std::atomic<bool> in_call_{false};
     std::atomic<int64_t> last_return_ns_{0};
+    std::atomic<bool> oversubscribed_{false};  // the call runs more threads than cores
 };
 
 }  // namespace caramba::detail
