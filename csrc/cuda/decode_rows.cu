@@ -138,58 +138,6 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
     const int b = static_cast<int>(blockIdx.x / p.n_splits);
     const int split = static_cast<int>(blockIdx.x % p.n_splits);
 
-    // Query fragments (B operand, k = row value, n = query head): n-tile j's k-steps only.
-    // Element e of k-step i of n-tile j is value u of head h's query (0 outside the head).
-    auto query_element = [&](int path, int j, int i, int e, int& h, int& u) {
-        h = 8 * j + g;
-        u = kStep * (S::first_step(path, j) + i) + 2 * c + (e & 1) + 8 * (e >> 1) -
-            h / G * S::dim(path);
-    };
-    uint32_t q_raw[PATHS][NT][S::MAX_STEPS][4];
-    const void* q_rows[PATHS];  // sequence b's queries (heads x dim elements)
-#pragma unroll
-    for (int path = 0; path < PATHS; ++path) {
-        const int64_t first = int64_t(b) * p.q_heads * S::dim(path);
-        q_rows[path] = static_cast<const uint8_t*>(path ? p.q_geo : p.q_sem) +
-                       first * (p.q_type == CARAMBA_CUDA_QUERY_F32 ? 4 : 2);
-    }
-    auto gather = [&](auto f32) {
-#pragma unroll
-        for (int path = 0; path < PATHS; ++path)
-#pragma unroll
-            for (int j = 0; j < NT; ++j)
-#pragma unroll
-                for (int i = 0; i < S::steps(path); ++i)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        int h, u;
-                        query_element(path, j, i, e, h, u);
-                        q_raw[path][j][i][e] = u >= 0 && u < S::dim(path)
-                            ? query_bits<decltype(f32)::value>(q_rows[path], h * S::dim(path) + u) : 0u;
-                    }
-    };
-    if (p.q_type == CARAMBA_CUDA_QUERY_F32) gather(std::true_type{});
-    else gather(std::false_type{});
-    uint32_t qf[PATHS][NT][S::MAX_STEPS][2];
-#pragma unroll
-    for (int path = 0; path < PATHS; ++path) {
-        const float scale = (path ? p.scale_geo : p.scale_sem) * kLog2e;
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-#pragma unroll
-            for (int i = 0; i < S::steps(path); ++i) {
-                float x[4];
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    int h, u;
-                    query_element(path, j, i, e, h, u);
-                    x[e] = u >= 0 && u < S::dim(path) ? query_float(q_raw[path][j][i][e], p.q_type) * scale : 0.f;
-                }
-                qf[path][j][i][0] = pack(x[0], x[1]);
-                qf[path][j][i][1] = pack(x[2], x[3]);
-            }
-        }
-    }
     const SplitRange range = split_range(p, b, split);  // this split's positions
     const int start = range.start, end = range.end;
 
@@ -258,6 +206,63 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
         copies_commit();  // an empty group where nothing is left: the wait counts stay uniform
     };
 
+    // The first step's copies go out before the queries are read, so their round trips
+    // overlap (a warp takes only ten or so steps of a 32k split).
+#pragma unroll
+    for (int k = 0; k < S::STAGES - 1; ++k) issue(k);
+
+    // Query fragments (B operand, k = row value, n = query head): n-tile j's k-steps only.
+    // Element e of k-step i of n-tile j is value u of head h's query (0 outside the head).
+    auto query_element = [&](int path, int j, int i, int e, int& h, int& u) {
+        h = 8 * j + g;
+        u = kStep * (S::first_step(path, j) + i) + 2 * c + (e & 1) + 8 * (e >> 1) -
+            h / G * S::dim(path);
+    };
+    uint32_t q_raw[PATHS][NT][S::MAX_STEPS][4];
+    const void* q_rows[PATHS];  // sequence b's queries (heads x dim elements)
+#pragma unroll
+    for (int path = 0; path < PATHS; ++path) {
+        const int64_t first = int64_t(b) * p.q_heads * S::dim(path);
+        q_rows[path] = static_cast<const uint8_t*>(path ? p.q_geo : p.q_sem) +
+                       first * (p.q_type == CARAMBA_CUDA_QUERY_F32 ? 4 : 2);
+    }
+    auto gather = [&](auto f32) {
+#pragma unroll
+        for (int path = 0; path < PATHS; ++path)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int i = 0; i < S::steps(path); ++i)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        int h, u;
+                        query_element(path, j, i, e, h, u);
+                        q_raw[path][j][i][e] = u >= 0 && u < S::dim(path)
+                            ? query_bits<decltype(f32)::value>(q_rows[path], h * S::dim(path) + u) : 0u;
+                    }
+    };
+    if (p.q_type == CARAMBA_CUDA_QUERY_F32) gather(std::true_type{});
+    else gather(std::false_type{});
+    uint32_t qf[PATHS][NT][S::MAX_STEPS][2];
+#pragma unroll
+    for (int path = 0; path < PATHS; ++path) {
+        const float scale = (path ? p.scale_geo : p.scale_sem) * kLog2e;
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+#pragma unroll
+            for (int i = 0; i < S::steps(path); ++i) {
+                float x[4];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    int h, u;
+                    query_element(path, j, i, e, h, u);
+                    x[e] = u >= 0 && u < S::dim(path) ? query_float(q_raw[path][j][i][e], p.q_type) * scale : 0.f;
+                }
+                qf[path][j][i][0] = pack(x[0], x[1]);
+                qf[path][j][i][1] = pack(x[2], x[3]);
+            }
+        }
+    }
     // Byte addresses of this lane's pieces within a slot (the rest are immediates).
     uint32_t key_data[PATHS], key_scale[PATHS];
 #pragma unroll
@@ -451,9 +456,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
         }
     };
 
-    // Step k's bytes are copied S::STAGES - 1 steps ahead of its use.
-#pragma unroll
-    for (int k = 0; k < S::STAGES - 1; ++k) issue(k);
+    // Step k's bytes are copied S::STAGES - 1 steps ahead of its use (the first ones above).
     for (int k = 0; k < warp_steps; ++k) {
         copies_wait<S::STAGES - 2>();
         __syncwarp();  // every lane's pieces of step k are in; step k - 1's slot is free
