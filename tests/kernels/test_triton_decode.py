@@ -326,3 +326,33 @@ def test_dispatch_picks_the_triton_backend_when_registered(monkeypatch) -> None:
         assert dispatch.get_backend(DEVICE) is backend
     finally:
         dispatch.reset()
+
+
+@pytest.mark.parametrize("dv", [40, 256])
+def test_merge_joins_split_partials_by_log_sum_exp(dv) -> None:
+    """The split merge against a float64 log-sum-exp over hand-made partials: 37 splits, so
+    values 256 wide take three online blocks of 16 (40 wide: one block of 64); one sequence's
+    first 20 splits are empty (its first block entirely), and one has no positions at all."""
+    gen = torch.Generator().manual_seed(21)
+    B, Hq, n = 3, 2, 37
+    m = torch.randn(B * Hq, n, generator=gen, dtype=torch.float64) * 8
+    m[:Hq] += torch.linspace(0, 40, n, dtype=torch.float64)  # rising maxima across blocks
+    l = torch.rand(B * Hq, n, generator=gen, dtype=torch.float64) + 0.5  # noqa: E741
+    o = torch.randn(B * Hq, n, dv, generator=gen, dtype=torch.float64)
+    m[Hq : 2 * Hq, :20] = -math.inf  # empty splits: m = -inf, l = 0, o = 0
+    l[Hq : 2 * Hq, :20] = 0
+    o[Hq : 2 * Hq, :20] = 0
+    m[2 * Hq :], l[2 * Hq :], o[2 * Hq :] = -math.inf, 0, 0  # a sequence with no positions
+    top = m.max(dim=1, keepdim=True).values
+    w = torch.where(m > -math.inf, torch.exp2(m - top.clamp(min=-1e300)), 0.0)
+    denom = (w * l).sum(dim=1)
+    want = (w[..., None] * o).sum(dim=1) / denom.clamp(min=1e-300)[:, None]
+    want_lse = (top[:, 0] + torch.log2(denom)) * math.log(2)
+    parts = tuple(x.float().reshape(-1, *x.shape[2:]).contiguous().to(DEVICE) for x in (m, l, o))
+    out = torch.empty(B, Hq, dv, device=DEVICE)
+    lse = torch.empty(B, Hq, device=DEVICE)
+    backend._merge(B, Hq, dv, n, parts, out, lse, True)
+    torch.testing.assert_close(out.cpu().double().reshape(B * Hq, dv), want, rtol=1e-5, atol=1e-6)
+    assert (out[2].cpu() == 0).all()
+    torch.testing.assert_close(lse.cpu().double().reshape(-1), want_lse, rtol=1e-6, atol=1e-5)
+    assert torch.isneginf(lse[2].cpu()).all()

@@ -261,38 +261,42 @@ def _pv(p, v, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
 @triton.jit
 def merge_kernel(
     m_ptr, l_ptr, o_ptr, out_ptr, lse_ptr, n_splits, DV,
-    DV_PAD: tl.constexpr, P_PAD: tl.constexpr, P_BLOCK: tl.constexpr, RETURN_LSE: tl.constexpr,
+    DV_PAD: tl.constexpr, P_BLOCK: tl.constexpr, RETURN_LSE: tl.constexpr,
 ):  # fmt: skip
     """One program per (batch, query head): log-sum-exp merge of its splits' partials.
 
-    Partials are in the log2 domain; RETURN_LSE also writes ln(sum exp(score)).
+    Partials are in the log2 domain; RETURN_LSE also writes ln(sum exp(score)). The merge is
+    online over blocks of P_BLOCK splits (rescaling what it has when the maximum rises), so a
+    plan of at most P_BLOCK splits loads m, l and o in one round trip, not a pass over m first.
     """
     row = tl.program_id(0).to(tl.int64)
-    p_all = tl.arange(0, P_PAD)
-    m_all = tl.load(m_ptr + row * n_splits + p_all, mask=p_all < n_splits, other=float("-inf"))
-    m_max = tl.max(m_all, axis=0)
     dv = tl.arange(0, DV_PAD)
     acc = tl.zeros([DV_PAD], tl.float32)
-    total = tl.zeros([P_BLOCK], tl.float32)
+    m_run = tl.max(tl.full([P_BLOCK], float("-inf"), tl.float32), axis=0)
+    total = tl.sum(tl.zeros([P_BLOCK], tl.float32), axis=0)
     for p0 in range(0, n_splits, P_BLOCK):
         p = p0 + tl.arange(0, P_BLOCK)
         pmask = p < n_splits
         m = tl.load(m_ptr + row * n_splits + p, mask=pmask, other=float("-inf"))
         l = tl.load(l_ptr + row * n_splits + p, mask=pmask, other=0.0)  # noqa: E741
-        # Empty splits (m = -inf) weigh nothing; if every split is empty m_max is -inf too.
-        w = tl.where(m > float("-inf"), tl.exp2(m - m_max), 0.0)
         o = tl.load(
             o_ptr + (row * n_splits + p)[:, None] * DV + dv[None, :],
             mask=pmask[:, None] & (dv[None, :] < DV),
             other=0.0,
         )
-        total += w * l
-        acc += tl.sum(w[:, None] * o, axis=0)
-    denom = tl.sum(total, axis=0)
+        m_new = tl.maximum(m_run, tl.max(m, axis=0))
+        # Empty splits (m = -inf) weigh nothing; while every split so far is empty (m_new =
+        # -inf) the guards give weights of 0, not exp2(-inf + inf) = NaN.
+        alpha = tl.where(m_run > float("-inf"), tl.exp2(m_run - m_new), 0.0)
+        w = tl.where(m > float("-inf"), tl.exp2(m - m_new), 0.0)
+        acc = acc * alpha + tl.sum(w[:, None] * o, axis=0)
+        total = total * alpha + tl.sum(w * l, axis=0)
+        m_run = m_new
+    denom = total
     out = acc / tl.where(denom > 0, denom, 1.0)
     tl.store(out_ptr + row * DV + dv, out, mask=dv < DV)
     if RETURN_LSE:
-        tl.store(lse_ptr + row, (m_max + tl.log2(denom)) * 0.6931471805599453)
+        tl.store(lse_ptr + row, (m_run + tl.log2(denom)) * 0.6931471805599453)
 
 
 @triton.jit
