@@ -539,8 +539,9 @@ inline __m512 exp_nonpositive(__m512 x) {
     y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
     y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
     y = _mm512_fmadd_ps(y, z, _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
-    const __m512i n = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(127)), 23);
-    y = _mm512_mul_ps(y, _mm512_castsi512_ps(n));
+    // y * 2^fx in one vscalefps (rounded as the product with the power of two it replaces:
+    // the same floats), not a convert, add, shift and multiply on the FP port.
+    y = _mm512_scalef_ps(y, fx);
     return _mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), y);
 }
 
