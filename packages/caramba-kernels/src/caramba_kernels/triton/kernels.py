@@ -292,11 +292,10 @@ def merge_kernel(
         acc = acc * alpha + tl.sum(w[:, None] * o, axis=0)
         total = total * alpha + tl.sum(w * l, axis=0)
         m_run = m_new
-    denom = total
-    out = acc / tl.where(denom > 0, denom, 1.0)
+    out = acc / tl.where(total > 0, total, 1.0)
     tl.store(out_ptr + row * DV + dv, out, mask=dv < DV)
     if RETURN_LSE:
-        tl.store(lse_ptr + row, (m_run + tl.log2(denom)) * 0.6931471805599453)
+        tl.store(lse_ptr + row, (m_run + tl.log2(total)) * 0.6931471805599453)
 
 
 @triton.jit
