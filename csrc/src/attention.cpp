@@ -314,6 +314,12 @@ void run_chunk_token(void* ctx, int64_t item, int worker) {
             const ScoreTerm& term = job.terms[i];
             const int64_t d = term.k.dim;
             if (is_token(term.k)) {
+                const auto direct = job.kernels->token_score_quant;
+                if (direct != nullptr &&
+                    direct(term.k.format, k_ptr[i] + t0 * term.k.stride_s, term.k.stride_s, n, q_ptr[i],
+                           term.q.stride_h, nh, ng, d, term.scale, s, kTileRows, i > 0, kt)) {
+                    continue;
+                }
                 const int64_t elems = Hkv * d, pad = (elems + 7) / 8 * 8;
                 fill_tile(*job.codec, term.k, k_ptr[i], t0, n, elems, pad, k_bytes[i], rows);
                 job.kernels->token_score(rows, pad, n, q_ptr[i], term.q.stride_h, nh, ng, d,

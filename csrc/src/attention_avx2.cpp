@@ -454,7 +454,7 @@ void token_score(const float* rows, int64_t row_pad, int n_rows, const float* q,
 }  // namespace
 
 const AttentionKernels* avx2_attention_kernels() {
-    static const AttentionKernels kernels{score, value, softmax, token_score};
+    static const AttentionKernels kernels{score, value, softmax, token_score, nullptr};
     return &kernels;
 }
 

@@ -700,6 +700,166 @@ void token_score(const float* rows, int64_t row_pad, int n_rows, const float* q,
     }
 }
 
+// ---- token layout straight from quantized rows: gathered columns, no row tile -------------
+//
+// Dequantizing a tile's rows and then transposing them costs more shuffles than the scores
+// that follow (DBA q4_0: a quarter of the kernel). Here a vpgatherdd takes the same 4 code
+// bytes of 16 rows at once, so a column of 16 positions is a shift, a table permute (q4_0) or
+// a sign extension (q8_0), and the scale multiply: the same products q * d as the row tile.
+// For groups of up to 8 query heads the columns feed the score FMAs from registers; larger
+// groups store them as the transposed tile for token_score_nv.
+
+// Lanes t < n of 16 rows, row_stride bytes apart: their byte offsets, and the valid lanes.
+struct Lanes {
+    __m512i offset;
+    __mmask16 valid;
+};
+
+inline Lanes tile_lanes(int64_t row_stride, int first, int n) {
+    const __m512i t = _mm512_add_epi32(_mm512_set1_epi32(first), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    const int left = std::clamp(n - first, 0, 16);
+    return {_mm512_mullo_epi32(t, _mm512_set1_epi32(static_cast<int32_t>(row_stride))),
+            static_cast<__mmask16>((1u << left) - 1)};
+}
+
+// 4 bytes at `at` of every valid lane's row (0 elsewhere).
+inline __m512i gather4(const uint8_t* at, const Lanes& lanes) {
+    return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lanes.valid, lanes.offset, at, 1);
+}
+
+// The fp16 scale at the start of each lane's block, as 16 floats (0 for invalid lanes).
+inline __m512 gather_scales(const uint8_t* blk, const Lanes& lanes) {
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(gather4(blk, lanes)));
+}
+
+// One block of 16 rows as 32 columns: column(e) is element e of every lane's block.
+struct Q4Columns {
+    static constexpr int kBytes = 18;
+    __m512 d;
+    __m512i w[4];  // code bytes 4j .. 4j+3: elements 4j+k (low nibbles), 16+4j+k (high)
+    Q4Columns() = default;
+    Q4Columns(const uint8_t* blk, const Lanes& lanes) : d(gather_scales(blk, lanes)) {
+        for (int j = 0; j < 4; ++j) w[j] = gather4(blk + 2 + 4 * j, lanes);
+    }
+    __m512 column(int e) const {  // vpermps reads only the low 4 bits of each index
+        const __m512 lut = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+        const int shift = e < 16 ? 8 * (e % 4) : 8 * (e % 4) + 4;
+        const __m512i x = w[(e % 16) / 4];
+        return _mm512_mul_ps(_mm512_permutexvar_ps(shift == 0 ? x : _mm512_srli_epi32(x, shift), lut), d);
+    }
+};
+
+struct Q8Columns {
+    static constexpr int kBytes = 34;
+    __m512 d;
+    __m512i w[8];  // code bytes 4j .. 4j+3: elements 4j .. 4j+3
+    Q8Columns() = default;
+    Q8Columns(const uint8_t* blk, const Lanes& lanes) : d(gather_scales(blk, lanes)) {
+        for (int j = 0; j < 8; ++j) w[j] = gather4(blk + 2 + 4 * j, lanes);
+    }
+    __m512 column(int e) const {  // byte e % 4 of each lane, sign-extended
+        const __m512i x = w[e / 4];
+        const __m512i q = _mm512_srai_epi32(e % 4 == 3 ? x : _mm512_slli_epi32(x, 24 - 8 * (e % 4)), 24);
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(q), d);
+    }
+};
+
+// G query heads per KV head, NV vectors of 16 positions: each column is FMA'd into the
+// scores of the G heads reading it as it is decoded (token_heads' arithmetic, same order).
+template <class C, int G, int NV>
+void scores_from_columns(const uint8_t* rows, const Lanes* lanes, int64_t blocks, const float* q,
+                         int64_t q_stride, int64_t dim, float scale, float* s, int64_t s_stride,
+                         bool accumulate) {
+    __m512 acc[NV][G];
+    for (int v = 0; v < NV; ++v)
+        for (int h = 0; h < G; ++h) acc[v][h] = _mm512_setzero_ps();
+    int64_t i = 0;     // the column's index within its KV head
+    int64_t head = 0;  // first query head reading it
+    for (int64_t b = 0; b < blocks; ++b) {
+        const uint8_t* blk = rows + b * C::kBytes;
+        C cols[NV];
+        for (int v = 0; v < NV; ++v) cols[v] = C(blk, lanes[v]);
+#pragma GCC unroll 32
+        for (int e = 0; e < 32; ++e) {
+            __m512 k[NV];
+            for (int v = 0; v < NV; ++v) k[v] = cols[v].column(e);
+            for (int h = 0; h < G; ++h) {
+                const __m512 qi = _mm512_set1_ps(q[(head + h) * q_stride + i]);
+                for (int v = 0; v < NV; ++v) acc[v][h] = _mm512_fmadd_ps(qi, k[v], acc[v][h]);
+            }
+            if (++i < dim) continue;
+            const __m512 sc = _mm512_set1_ps(scale);
+            for (int h = 0; h < G; ++h) {
+                for (int v = 0; v < NV; ++v) {
+                    float* dst = s + (head + h) * s_stride + 16 * v;
+                    const __m512 x = _mm512_mul_ps(acc[v][h], sc);
+                    _mm512_storeu_ps(dst, accumulate ? _mm512_add_ps(_mm512_loadu_ps(dst), x) : x);
+                    acc[v][h] = _mm512_setzero_ps();
+                }
+            }
+            i = 0;
+            head += G;
+        }
+    }
+}
+
+// The transposed tile kt[e * kTileRows + t] of every column, for token_score_nv.
+template <class C>
+void store_columns(const uint8_t* rows, const Lanes* lanes, int nv, int64_t blocks, float* kt) {
+    for (int v = 0; v < nv; ++v) {
+        for (int64_t b = 0; b < blocks; ++b) {
+            const C cols(rows + b * C::kBytes, lanes[v]);
+            float* col = kt + b * 32 * kTileRows + 16 * v;
+#pragma GCC unroll 32
+            for (int e = 0; e < 32; ++e) _mm512_store_ps(col + e * kTileRows, cols.column(e));
+        }
+    }
+}
+
+using DirectFn = void (*)(const uint8_t*, const Lanes*, int64_t, const float*, int64_t, int64_t,
+                          float, float*, int64_t, bool);
+
+template <class C, int NV, size_t... I>
+constexpr std::array<DirectFn, kMaxGroup> make_direct(std::index_sequence<I...>) {
+    return {&scores_from_columns<C, int(I) + 1, NV>...};
+}
+
+template <class C>
+void token_score_columns(const uint8_t* rows, int64_t row_stride, int n_rows, const float* q,
+                         int64_t q_stride, int nh, int group, int64_t dim, float scale, float* s,
+                         int64_t s_stride, bool accumulate, float* scratch) {
+    static const std::array<DirectFn, kMaxGroup> one = make_direct<C, 1>(Seq{});
+    static const std::array<DirectFn, kMaxGroup> two = make_direct<C, 2>(Seq{});
+    const int64_t blocks = (nh / group) * dim / 32;  // q8_0 and q4_0: 32 values per block
+    const int nv = (n_rows + 15) / 16;
+    const Lanes lanes[2] = {tile_lanes(row_stride, 0, n_rows), tile_lanes(row_stride, 16, n_rows)};
+    if (group <= kMaxGroup) {
+        (nv == 1 ? one : two)[group - 1](rows, lanes, blocks, q, q_stride, dim, scale, s, s_stride, accumulate);
+        return;
+    }
+    store_columns<C>(rows, lanes, nv, blocks, scratch);
+    if (nv == 1) {
+        token_score_nv<1>(scratch, q, q_stride, nh, group, dim, scale, s, s_stride, accumulate);
+    } else {
+        token_score_nv<2>(scratch, q, q_stride, nh, group, dim, scale, s, s_stride, accumulate);
+    }
+}
+
+bool token_score_quant(caramba_format format, const uint8_t* rows, int64_t row_stride, int n_rows,
+                       const float* q, int64_t q_stride, int nh, int group, int64_t dim, float scale,
+                       float* s, int64_t s_stride, bool accumulate, float* scratch) {
+    if (row_stride > std::numeric_limits<int32_t>::max() / kTileRows) return false;  // 32-bit offsets
+    switch (format) {
+        case CARAMBA_FORMAT_Q4_0:
+            token_score_columns<Q4Columns>(rows, row_stride, n_rows, q, q_stride, nh, group, dim, scale, s, s_stride, accumulate, scratch);
+            return true;
+        case CARAMBA_FORMAT_Q8_0:
+            token_score_columns<Q8Columns>(rows, row_stride, n_rows, q, q_stride, nh, group, dim, scale, s, s_stride, accumulate, scratch);
+            return true;
+        default: return false;
+    }
+}
+
 // ---- row dequantization: the token path decodes its tiles with these ---------------------
 
 template <class F>
@@ -733,7 +893,7 @@ const RowCodec* avx512_codec() {
 const AttentionKernels* avx512_attention_kernels() {
     const AttentionKernels* avx2 = avx2_attention_kernels();
     if (avx2 == nullptr) return nullptr;
-    static const AttentionKernels kernels{score, value, softmax, token_score};
+    static const AttentionKernels kernels{score, value, softmax, token_score, token_score_quant};
     return &kernels;
 }
 

@@ -112,7 +112,7 @@ void token_score_scalar(const float* rows, int64_t row_pad, int n_rows, const fl
 }
 
 const AttentionKernels& scalar_attention_kernels() {
-    static const AttentionKernels kernels{score, value, softmax_tile_scalar, token_score_scalar};
+    static const AttentionKernels kernels{score, value, softmax_tile_scalar, token_score_scalar, nullptr};
     return kernels;
 }
 

@@ -144,6 +144,14 @@ struct AttentionKernels {
     void (*token_score)(const float* rows, int64_t row_pad, int n_rows, const float* q,
                         int64_t q_stride, int nh, int group, int64_t dim, float scale, float* s,
                         int64_t s_stride, bool accumulate, float* scratch);
+    // The same scores from n_rows quantized rows (row_stride bytes apart, each (nh / group) *
+    // dim values in `format`), without the dequantized tile; scratch: (nh / group) * dim *
+    // kTileRows floats, 64-byte aligned. Returns false (having done nothing) for a format it
+    // does not read; nullptr where no ISA variant has one.
+    bool (*token_score_quant)(caramba_format format, const uint8_t* rows, int64_t row_stride,
+                              int n_rows, const float* q, int64_t q_stride, int nh, int group,
+                              int64_t dim, float scale, float* s, int64_t s_stride, bool accumulate,
+                              float* scratch);
 };
 
 // The scalar token-layout score (plain loops over the row-major tile), shared by scalar/NEON.

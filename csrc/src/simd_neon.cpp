@@ -103,7 +103,7 @@ const RowCodec* neon_codec() {
 }
 
 const AttentionKernels* neon_attention_kernels() {
-    static const AttentionKernels kernels{score, value, softmax_tile_scalar, token_score_scalar};
+    static const AttentionKernels kernels{score, value, softmax_tile_scalar, token_score_scalar, nullptr};
     return &kernels;
 }
 

@@ -7,7 +7,7 @@ token ("token") or each at random ("mixed", which includes the all-head calls) â
 width that is a block multiple or, in the token layout, often not (4, 8, 12, ... values of a
 32-value block). >= 1,000 random shapes per op x key format x layout mode (batch 1..8, GQA
 1..8, Hkv 1..8, odd S_max 1..80, ragged lengths, random splits and threads), on the scalar and
-every SIMD path, with the log-sum-exp checked beside the output.
+every SIMD path, with the log-sum-exp checked beside the output; GQA 9..16 in a test of its own.
 
 Tolerances (test_cpu_decode's derivation; u = 2^-24, Sigma = max_t sum_paths |scale| sum_d
 |q_d k_td|, D the summed key width):
@@ -101,9 +101,11 @@ def call(qs, ks, v, lengths, scales, **kw):
     )
 
 
-def run_case(rng: np.random.Generator, k_kinds: list[str], v_kind: str, mode: str) -> None:
+def run_case(
+    rng: np.random.Generator, k_kinds: list[str], v_kind: str, mode: str, groups=(1, 9)
+) -> None:
     B = int(rng.integers(1, 9))
-    G = int(rng.integers(1, 9))
+    G = int(rng.integers(*groups))
     Hkv = int(rng.choice([1, 2, 3, 4, 8, 8])) if B <= 4 else int(rng.choice([1, 2, 4]))
     Hq = Hkv * G
     S = int(rng.integers(1, 81))
@@ -171,6 +173,16 @@ def test_dba_layouts_match_float64_reference_over_1000_random_shapes(
     for i in range(CASES):
         k_geo, v = combos[i % len(combos)]
         run_case(rng, [k_sem_format, k_geo], v, mode)
+
+
+@pytest.mark.parametrize("k_format", ["q8_0", "q4_0"])
+def test_groups_wider_than_eight_heads_match_float64_reference(k_format: str) -> None:
+    """GQA groups of 9-16 query heads: the AVX-512 path scores quantized token rows from
+    registers for up to 8 heads per KV head and through a stored transposed tile beyond."""
+    rng = np.random.default_rng(600 + FORMATS.index(k_format))
+    for i in range(200):
+        k_kinds = [k_format] if i % 2 == 0 else [k_format, FORMATS[i % 5]]
+        run_case(rng, k_kinds, FORMATS[(i // 2) % 5], "token", groups=(9, 17))
 
 
 def merge(out1, lse1, out2, lse2):
