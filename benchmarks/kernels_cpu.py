@@ -293,7 +293,7 @@ def main() -> None:
     ceilings = []
     for layout in chosen:
         for kind in ("q8_0", "q4_0"):
-            # the longest power-of-two context whose cache fits in ~768 KiB (this L2: 1 MiB)
+            # the longest power-of-two context whose cache fits in ~768 KiB (L2s are 1-2 MiB)
             per_token = fused_call(layout, kind, 1, rng)[1]
             small = max(256, 1 << int(np.log2(max(1, (768 << 10) // per_token))))
             row = {
@@ -312,6 +312,7 @@ def main() -> None:
     result = {
         "machine": {
             "cpu": _cpu_name(),
+            "caches": _cache_sizes(),
             "logical_cpus": os.cpu_count(),
             "simd": backend.simd,
             "kernel_threads": backend.default_num_threads,
@@ -346,12 +347,29 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cache_sizes() -> str:
+    """The first CPU's caches as sysfs reports them ("L1d 48K, L2 2048K, L3 491520K"): a VM
+    can move to another host between runs, and the per-core ceilings depend on them."""
+    found = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = (
+                (index / name).read_text().strip() for name in ("level", "type", "size")
+            )
+        except OSError:
+            continue
+        if kind != "Instruction":
+            found.append(f"L{level}{'d' if kind == 'Data' else ''} {size}")
+    return ", ".join(found) or "unknown"
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
         "# CPU decode kernels: fused C++ vs torch dequantize + SDPA",
         "",
-        f"{m['cpu']}, {m['logical_cpus']} logical CPUs, SIMD {m['simd']}, kernel threads "
+        f"{m['cpu']} (caches {m.get('caches', 'unknown')}), {m['logical_cpus']} logical CPUs, "
+        f"SIMD {m['simd']}, kernel threads "
         f"{m['kernel_threads']}, torch {m['torch']} on {m['torch_threads']} threads. Load average "
         f"{m['loadavg_before'][0]:.1f} before, {m['loadavg_after'][0]:.1f} after (a shared machine "
         "adds noise). memcpy (memmove of 256 MiB on 1 thread and on the kernel's threads, the "
@@ -386,7 +404,8 @@ def markdown(result: dict) -> str:
         "Per-core ceiling: bytes per second of *CPU time* of one thread (num_threads=1) running "
         "the fused op, so time-sharing with other jobs is left out; the small S keeps the cache "
         "in L2 (~768 KiB; it includes the fixed per-call cost of a few us); S=32768 is the "
-        "longest context above (its cache size in the last column; this CPU's L3 is 32 MiB). "
+        "longest context above (its cache size in the last column; the caches are in the first "
+        "paragraph). "
         "Equal figures mean the kernel is bound by its arithmetic, not memory: two such threads "
         "cannot exceed twice this rate.",
         "",
