@@ -64,11 +64,13 @@ IMPLS = ("triton_std_f16", "triton_std_q8_0", "triton_std_q4_0",
          "triton_dba_f16", "triton_dba_q8_0", "triton_dba_q4_0",
          "triton_dba_q4_0_perhead")  # fmt: skip
 # The tensor-core CUDA kernels (caramba_kernels.cuda), where the package was built with them:
-# cuda_* as dispatched (TUNING cuda_kernel "auto": the row kernel for the DBA cache from 64k
+# cuda_* as dispatched (TUNING cuda_kernel "auto": the row kernel for both caches from 64k
 # cached positions per call), cudaheads_* the per-KV-head kernel and cudarows_* the row kernel
 # on the same cache (the figures AUTO's threshold comes from).
 CUDA_IMPLS = ("cuda_std_q8_0", "cuda_std_q4_0", "cuda_dba_q8_0", "cuda_dba_q4_0",
+              "cudaheads_std_q8_0", "cudaheads_std_q4_0",
               "cudaheads_dba_q8_0", "cudaheads_dba_q4_0",
+              "cudarows_std_q8_0", "cudarows_std_q4_0",
               "cudarows_dba_q8_0", "cudarows_dba_q4_0")  # fmt: skip
 
 
@@ -385,8 +387,8 @@ def write_results(rows, meta, out_dir: Path, echo=True) -> None:
         "v 32 (head layout). triton_std_* and triton_dba_* run the all-heads kernel (fused.py; "
         "a head-layout cache gets one KV head per program); triton_dba_q4_0_perhead the "
         "per-KV-head kernel (kernels.py) on the same cache; cuda_* the tensor-core CUDA kernels "
-        "as dispatched (libcaramba_kernels_cuda: the DBA cache from 64k cached positions per "
-        "call goes to the row kernel, csrc/cuda/decode_rows.cu, one warp per token row of "
+        "as dispatched (libcaramba_kernels_cuda: both caches from 64k cached positions per "
+        "call go to the row kernel, csrc/cuda/decode_rows.cu, one warp per 16 positions of "
         "every KV head; the rest to the per-KV-head kernel, csrc/cuda/decode_mma.cu); "
         "cudaheads_* the per-KV-head kernel and cudarows_* the row kernel on the same cache. "
         "Time per call (us), speed-up over the fastest SDPA backend, bandwidth on bytes moved: "

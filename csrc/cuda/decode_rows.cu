@@ -68,9 +68,10 @@ __device__ __forceinline__ uint32_t lds16(uint32_t at) {
 // The compile-time shape of one instance: formats, query heads per KV head (G), KV heads,
 // per-head key widths (DG = 0: standard attention), value blocks per head, and whether the
 // values sit in the token layout (every head in one row) or the head layout.
-template <int KFMT, int VFMT, int G_, int HKV_, int DS, int DG, int NBV_, bool VTOKEN>
+template <int KFMT, int VFMT, int G_, int HKV_, int DS, int DG, int NBV_, bool VTOKEN, bool KTOKEN>
 struct Shape {
     static constexpr int G = G_, HKV = HKV_, NBV = NBV_;
+    static constexpr bool K_ROWS = KTOKEN;
     static constexpr int HQ = G * HKV, NT = HQ / 8, DV = 32 * NBV, PATHS = DG > 0 ? 2 : 1;
     static constexpr bool KQ4 = KFMT == CARAMBA_FORMAT_Q4_0, VQ4 = VFMT == CARAMBA_FORMAT_Q4_0;
     static constexpr bool V_ROWS = VTOKEN;
@@ -90,10 +91,22 @@ struct Shape {
     }
     static constexpr int MAX_STEPS = steps(0) > steps(1) ? steps(0) : steps(1);
 
-    // One step's bytes in shared memory: 16 key rows per path, then the values: 16 rows per KV
-    // head (head layout) or 16 rows of every head (token layout). Rows are dense in global
-    // memory (token stride = row bytes), so a step of one tensor is one contiguous run.
+    // One step's bytes in shared memory: per key path its 16 token rows (token layout) or 16
+    // rows per KV head (head layout), then the values: 16 rows per KV head (head layout) or 16
+    // rows of every head (token layout). Rows are dense in global memory (token stride = row
+    // bytes), so a step of one tensor is one contiguous run (per KV head in the head layout).
+    // Either way the kernel reads a key path as virtual token rows of every KV head's values.
     __host__ __device__ static constexpr int key_row(int path) { return blocks(path) * KBYTES; }
+    __host__ __device__ static constexpr int head_row(int path) { return dim(path) / 32 * KBYTES; }
+    // Bytes from one position's key row to the next in a slot, and where block blk of the
+    // virtual row of a slot's first position sits.
+    __host__ __device__ static constexpr int key_pos(int path) {
+        return KTOKEN ? key_row(path) : head_row(path);
+    }
+    __host__ __device__ static constexpr int key_block_at(int path, int blk) {
+        return KTOKEN ? blk * KBYTES
+                      : blk / (dim(path) / 32) * kStep * head_row(path) + blk % (dim(path) / 32) * KBYTES;
+    }
     static constexpr int VROW = NBV * VBYTES;          // one head's value row
     static constexpr int V_TOKEN = VTOKEN ? HKV * VROW : VROW;  // bytes per position
     static constexpr int V_HEAD = VTOKEN ? VROW : kStep * VROW;  // bytes per KV head
@@ -112,10 +125,13 @@ struct Shape {
     // and the lanes that copy each: 32 / HKV lanes per KV head, so every lane has one.
     static constexpr int V_LANES = VTOKEN ? 32 : 32 / HKV;
     static constexpr int V_PIECES = V_TOKEN;  // 16-byte pieces of a run: its bytes per position
+    static constexpr int K_LANES = 32 / HKV;  // head-layout keys: lanes per KV head's run
     // Blocks per SM the register budget is cut for: 3 (12 warps, up to 168 registers). q4_0 keys
     // and values would fit 4 blocks at 128 registers, but ran slower (H200, batch 8, us: 30.3
     // vs 29.7 at 32k, 45.9 vs 44.5 at 64k): register pressure recomputed addresses every step.
-    static constexpr int MIN_BLOCKS = 3;
+    // Wide heads keep 2 registers of query fragments per k-step and n-tile (64 at d 64 over 32
+    // query heads): 2 blocks (up to 255 registers) then.
+    static constexpr int MIN_BLOCKS = PATHS * NT * MAX_STEPS <= 8 ? 3 : 2;
 
     static constexpr bool valid(int path) {
         return dim(path) > 0 && (HKV * dim(path)) % 32 == 0 &&
@@ -126,6 +142,8 @@ struct Shape {
     static_assert(HQ * NBV <= 64, "value accumulators: at most 64 registers");
     static_assert(G >= 2, "a lane's two columns of an n-tile share one KV head");
     static_assert(VTOKEN || 32 % HKV == 0, "value runs: whole lanes per KV head");
+    static_assert(KTOKEN || (32 % HKV == 0 && DS % 32 == 0 && DG % 32 == 0),
+                  "head-layout keys: whole lanes and whole blocks per KV head");
 };
 
 template <class S>
@@ -154,11 +172,15 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
     // pieces i, i + 32, ...; values: lane i copies pieces i % V_LANES + V_LANES j of its run (KV
     // head i / V_LANES in the head layout), so each lane's sources of a step are one base
     // pointer per tensor plus immediates.
+    // Head-layout keys go as the values do: lane i copies pieces i % K_LANES + K_LANES j of KV
+    // head i / K_LANES's run.
+    const int k_lane = S::K_ROWS ? lane : lane % S::K_LANES, k_run = S::K_ROWS ? 0 : lane / S::K_LANES;
     const uint8_t* key_src[PATHS];  // sequence b's row 0 + this lane's first piece
 #pragma unroll
     for (int path = 0; path < PATHS; ++path) {
         const caramba_cuda_cache& t = path ? p.k_geo : p.k_sem;
-        key_src[path] = static_cast<const uint8_t*>(t.data) + b * t.batch_stride + 16 * lane;
+        key_src[path] = static_cast<const uint8_t*>(t.data) + b * t.batch_stride +
+                        (S::K_ROWS ? 0 : k_run * t.head_stride) + 16 * k_lane;
     }
     const int v_lane = lane % S::V_LANES, v_run = S::V_ROWS ? 0 : lane / S::V_LANES;
     const uint8_t* v_src = static_cast<const uint8_t*>(p.v.data) + b * p.v.batch_stride +
@@ -180,13 +202,26 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
         };
 #pragma unroll
         for (int path = 0; path < PATHS; ++path) {
-            const int row = S::key_row(path);
-            const uint8_t* src = key_src[path] + size_t(t0) * row;
+            if constexpr (S::K_ROWS) {
+                const int row = S::key_row(path);
+                const uint8_t* src = key_src[path] + size_t(t0) * row;
 #pragma unroll
-            for (int r = 0; r < (S::key_row(path) + 31) / 32; ++r) {
-                const int piece = lane + 32 * r;
-                if (32 * (r + 1) > row && piece >= row) break;
-                copy(slot + S::key_at(path) + 16 * piece, src + 512 * r, piece, lane, n * row);
+                for (int r = 0; r < (S::key_row(path) + 31) / 32; ++r) {
+                    const int piece = lane + 32 * r;
+                    if (32 * (r + 1) > row && piece >= row) break;
+                    copy(slot + S::key_at(path) + 16 * piece, src + 512 * r, piece, lane, n * row);
+                }
+            } else {
+                constexpr int L = S::K_LANES;
+                const int row = S::head_row(path);  // pieces of a KV head's run
+                const uint8_t* src = key_src[path] + size_t(t0) * row;
+                const uint32_t dst = slot + S::key_at(path) + k_run * kStep * row + 16 * k_lane;
+#pragma unroll
+                for (int r = 0; r < (S::head_row(path) + L - 1) / L; ++r) {
+                    const int piece = k_lane + L * r;
+                    if (L * (r + 1) > row && piece >= row) break;
+                    copy(dst + 16 * L * r, src + 16 * L * r, piece, k_lane, n * row);
+                }
             }
         }
         const uint8_t* src = v_src + size_t(t0) * S::V_TOKEN;
@@ -267,7 +302,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
     uint32_t key_data[PATHS], key_scale[PATHS];
 #pragma unroll
     for (int path = 0; path < PATHS; ++path) {
-        key_scale[path] = S::key_at(path) + g * S::key_row(path);
+        key_scale[path] = S::key_at(path) + g * S::key_pos(path);
         key_data[path] = key_scale[path] + 2 + 2 * c;
     }
     const uint32_t v_data = S::V_AT + 2 * c * S::V_TOKEN + 2 + 2 * g;  // bytes 2g, 2g + 1
@@ -305,7 +340,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
                 uint32_t a[2][4];  // k-steps 2 blk (values 0-15), 2 blk + 1 (16-31)
 #pragma unroll
                 for (int row = 0; row < 2; ++row) {
-                    const uint32_t at = slot + 8 * row * S::key_row(path) + blk * S::KBYTES;
+                    const uint32_t at = slot + 8 * row * S::key_pos(path) + S::key_block_at(path, blk);
                     const __half2 scale = __half2half2(__ushort_as_half(
                         static_cast<unsigned short>(lds16(at + key_scale[path]))));
                     const uint32_t d = at + key_data[path];
@@ -548,25 +583,31 @@ bool aligned16(const caramba_cuda_cache& t, int64_t head_stride) {
            head_stride % 16 == 0;
 }
 
-// Keys of every KV head in one dense row: value g * dim + i of the row at data + t * row bytes.
-bool key_rows(const caramba_cuda_cache& t, int kv_heads) {
+enum class Rows { unserved, heads, tokens };
+
+// Dense key rows: every KV head in one row (token layout: value g * dim + i of the row at
+// data + t * row bytes), or one head's whole blocks per row (head layout).
+Rows key_rows(const caramba_cuda_cache& t, int kv_heads) {
     const int64_t block = block_bytes(t.format);
     const bool shifted = t.head_stride == 0 && t.head_shift == t.dim;
     const bool blocked = t.head_shift == 0 && t.dim % 32 == 0 && t.head_stride == t.dim / 32 * block;
     const int64_t values = int64_t(kv_heads) * t.dim;
-    return (shifted || blocked) && values % 32 == 0 && t.token_stride == values / 32 * block &&
-           aligned16(t, 0);
+    if ((shifted || blocked) && values % 32 == 0 && t.token_stride == values / 32 * block &&
+        aligned16(t, 0))
+        return Rows::tokens;
+    if (t.head_shift == 0 && t.dim % 32 == 0 && t.token_stride == t.dim / 32 * block &&
+        aligned16(t, t.head_stride))
+        return Rows::heads;
+    return Rows::unserved;
 }
 
-enum class Values { unserved, heads, tokens };
-
 // Dense value rows: one head's (head layout) or every head's (token layout) per position.
-Values value_rows(const caramba_cuda_cache& v, int kv_heads) {
+Rows value_rows(const caramba_cuda_cache& v, int kv_heads) {
     const int64_t row = v.dim / 32 * block_bytes(v.format);
     if (v.head_stride == row && v.token_stride == kv_heads * row && aligned16(v, 0))
-        return Values::tokens;
-    if (v.token_stride == row && aligned16(v, v.head_stride)) return Values::heads;
-    return Values::unserved;
+        return Rows::tokens;
+    if (v.token_stride == row && aligned16(v, v.head_stride)) return Rows::heads;
+    return Rows::unserved;
 }
 
 template <class S>
@@ -574,22 +615,22 @@ RowKernel launchable() {
     return {decode_rows_kernel<S>, S::SMEM};
 }
 
-template <int KFMT, int VFMT, int G, int HKV, int DS, int DG, int NBV>
-RowKernel in_layout(Values values) {
-    return values == Values::tokens ? launchable<Shape<KFMT, VFMT, G, HKV, DS, DG, NBV, true>>()
-                                    : launchable<Shape<KFMT, VFMT, G, HKV, DS, DG, NBV, false>>();
+template <int KFMT, int VFMT, int G, int HKV, int DS, int DG, int NBV, bool KTOKEN>
+RowKernel in_layout(Rows values) {
+    return values == Rows::tokens
+               ? launchable<Shape<KFMT, VFMT, G, HKV, DS, DG, NBV, true, KTOKEN>>()
+               : launchable<Shape<KFMT, VFMT, G, HKV, DS, DG, NBV, false, KTOKEN>>();
 }
 
-template <int G, int HKV, int DS, int DG, int NBV>
-RowKernel instance(const caramba_cuda_decode_params& p, int dg, Values values) {
-    if (!matches<Shape<CARAMBA_FORMAT_Q4_0, CARAMBA_FORMAT_Q4_0, G, HKV, DS, DG, NBV, false>>(p, dg))
-        return {};
+template <int G, int HKV, int DS, int DG, int NBV, bool KTOKEN>
+RowKernel instance(const caramba_cuda_decode_params& p, int dg, Rows values) {
     constexpr int Q4 = CARAMBA_FORMAT_Q4_0, Q8 = CARAMBA_FORMAT_Q8_0;
+    if (!matches<Shape<Q4, Q4, G, HKV, DS, DG, NBV, false, KTOKEN>>(p, dg)) return {};
     const bool k4 = p.k_sem.format == Q4, v4 = p.v.format == Q4;
-    if (k4 && v4) return in_layout<Q4, Q4, G, HKV, DS, DG, NBV>(values);
-    if (k4) return in_layout<Q4, Q8, G, HKV, DS, DG, NBV>(values);
-    if (v4) return in_layout<Q8, Q4, G, HKV, DS, DG, NBV>(values);
-    return in_layout<Q8, Q8, G, HKV, DS, DG, NBV>(values);
+    if (k4 && v4) return in_layout<Q4, Q4, G, HKV, DS, DG, NBV, KTOKEN>(values);
+    if (k4) return in_layout<Q4, Q8, G, HKV, DS, DG, NBV, KTOKEN>(values);
+    if (v4) return in_layout<Q8, Q4, G, HKV, DS, DG, NBV, KTOKEN>(values);
+    return in_layout<Q8, Q8, G, HKV, DS, DG, NBV, KTOKEN>(values);
 }
 
 }  // namespace
@@ -609,15 +650,16 @@ RowKernel row_kernel(const caramba_cuda_decode_params& p) {
         return {};
     const bool dba = p.q_geo != nullptr;
     const int dg = dba ? p.k_geo.dim : 0;
-    const Values values = value_rows(p.v, p.kv_heads);
-    if (!key_rows(p.k_sem, p.kv_heads) || (dba && !key_rows(p.k_geo, p.kv_heads)) ||
-        values == Values::unserved)
+    const Rows keys = key_rows(p.k_sem, p.kv_heads), values = value_rows(p.v, p.kv_heads);
+    if (keys == Rows::unserved || (dba && key_rows(p.k_geo, p.kv_heads) != keys) ||
+        values == Rows::unserved)
         return {};
-    // The instances: head shapes whose key rows are narrow enough for one warp.
-    // The seed's DBA cache at Llama-3.2-1B widths (benchmarks/kernels_gpu.py): 32 query / 8 KV
-    // heads, per KV head 4 semantic + 8 geometric key values and 32 values (sem 128, geo 256,
-    // v 256 over the heads).
-    return instance<4, 8, 4, 8, 1>(p, dg, values);
+    // The instances (benchmarks/kernels_gpu.py), both at Llama-3.2-1B widths, 32 query / 8 KV
+    // heads: the seed's DBA cache, per KV head 4 semantic + 8 geometric key values in token
+    // rows and 32 values (sem 128, geo 256, v 256 over the heads); standard attention, head dim
+    // 64 in the head layout (the per-KV-head kernel's 16-bit global loads leave HBM idle).
+    if (keys == Rows::tokens) return instance<4, 8, 4, 8, 1, true>(p, dg, values);
+    return instance<4, 8, 64, 0, 2, false>(p, dg, values);
 }
 
 }  // namespace caramba_cuda

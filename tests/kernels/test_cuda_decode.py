@@ -136,21 +136,24 @@ def test_fuzzed_problems_match_float64(dba, launches) -> None:
     assert launches[0] == cases
 
 
-def draw_rows(gen: torch.Generator):
-    """A problem for the row kernel: the Llama-3.2-1B DBA cache (32 query / 8 KV heads, sem 4 +
-    geo 8 keys per KV head in token rows, 32 values per head in the head or token layout), any
-    q8_0/q4_0 key and value formats, batch 1-8, ragged lengths. Capacities are multiples of 8
-    positions: every tensor's sequences (and heads) then start on 16 bytes, as the kernel's
-    asynchronous copies need."""
+def draw_rows(gen: torch.Generator, dba: bool = True):
+    """A problem for the row kernel at Llama-3.2-1B widths (32 query / 8 KV heads): the DBA
+    cache (sem 4 + geo 8 keys per KV head in token rows, 32 values per head) or standard
+    attention (head dim 64, keys in the head layout, 64 values per head), the values in the
+    head or token layout, any q8_0/q4_0 key and value formats, batch 1-8, ragged lengths.
+    Capacities are multiples of 8 positions: every tensor's sequences (and heads) then start
+    on 16 bytes, as the kernel's asynchronous copies need."""
     B, Hkv, group, S = randint(gen, 1, 8), 8, 4, 8 * randint(gen, 1, 190)
     lengths = torch.randint(1, S + 1, (B,), generator=gen, dtype=torch.int32)
     lengths[0] = S if randint(gen, 0, 1) else max(1, S - randint(gen, 0, 40))
     key, value = (("q8_0", "q4_0")[randint(gen, 0, 1)] for _ in range(2))
-    ks = [store(key, torch.randn(B, Hkv, S, d, generator=gen) * 2, True) for d in (4, 8)]
-    v = store(value, torch.randn(B, Hkv, S, 32, generator=gen) * 2, bool(randint(gen, 0, 1)))
-    qs = [torch.randn(B, Hkv * group, d, generator=gen) for d in (4, 8)]
-    scales = [float(torch.empty(1).uniform_(0.5, 2.0, generator=gen)) / d**0.5 for d in (4, 8)]
-    return (key, key, value), (qs, ks, v, lengths, scales, [4, 8, 32], Hkv)
+    key_dims, dv = ((4, 8), 32) if dba else ((64,), 64)
+    ks = [store(key, torch.randn(B, Hkv, S, d, generator=gen) * 2, dba) for d in key_dims]
+    v = store(value, torch.randn(B, Hkv, S, dv, generator=gen) * 2, bool(randint(gen, 0, 1)))
+    qs = [torch.randn(B, Hkv * group, d, generator=gen) for d in key_dims]
+    scales = [float(torch.empty(1).uniform_(0.5, 2.0, generator=gen)) / d**0.5 for d in key_dims]
+    formats = (key, key, value) if dba else (key, value)
+    return formats, (qs, ks, v, lengths, scales, [*key_dims, dv], Hkv)
 
 
 def split_shape(formats, qs, ks, v, kernel: str = "rows") -> tuple[int, int]:
@@ -169,12 +172,13 @@ def rows(launches, monkeypatch):
 
 
 @gpu
-def test_row_kernel_fuzzed_problems_match_float64(rows) -> None:
-    """The row kernel (one warp per token row of all KV heads) over its instance's shapes."""
-    gen = torch.Generator().manual_seed(77)
+@pytest.mark.parametrize("dba", [True, False], ids=["dba", "standard"])
+def test_row_kernel_fuzzed_problems_match_float64(rows, dba) -> None:
+    """The row kernel (one warp per token row of all KV heads) over its instances' shapes."""
+    gen = torch.Generator().manual_seed(77 + dba)
     cases = max(1, CASES // 3)
     for case in range(cases):
-        formats, problem = draw_rows(gen)
+        formats, problem = draw_rows(gen, dba)
         problem = with_query_type(problem, case)
         qs, ks, v = problem[:3]
         assert split_shape(formats, qs, ks, v) == (4, 128)
@@ -184,9 +188,10 @@ def test_row_kernel_fuzzed_problems_match_float64(rows) -> None:
 
 
 @gpu
-def test_row_kernel_never_reads_slots_past_the_length(rows) -> None:
+@pytest.mark.parametrize("dba", [True, False], ids=["dba", "standard"])
+def test_row_kernel_never_reads_slots_past_the_length(rows, dba) -> None:
     gen = torch.Generator().manual_seed(9)
-    formats, problem = draw_rows(gen)
+    formats, problem = draw_rows(gen, dba)
     qs, ks, v, _, scales, dims, Hkv = problem
     B, S = v.shape[0], v.shape[2]
     lengths = torch.randint(1, S + 1, (B,), generator=gen, dtype=torch.int32)
@@ -279,7 +284,7 @@ def test_the_library_says_what_it_serves() -> None:
                       store("q4_0", torch.randn(1, 1, 8, 32), False))  # fmt: skip
 
 
-def test_narrow_heads_in_token_rows_take_the_row_kernel() -> None:
+def test_row_kernel_instances_take_their_calls() -> None:
     """Which kernel serves a call (host checks): the row kernel only for its instances."""
     gen = torch.Generator().manual_seed(6)
     formats, (qs, ks, v, *_rest) = draw_rows(gen)
@@ -304,4 +309,9 @@ def test_narrow_heads_in_token_rows_take_the_row_kernel() -> None:
     assert split_shape(formats, one, big, big_v, "auto") == (4, 128)
     cut = [k[:, :, :65528] for k in big]
     assert split_shape(formats, one, cut, big_v[:, :, :65528], "auto") == (8, 32)
-
+    # Standard attention at Llama-3.2-1B widths (head dim 64, head-layout keys) has an instance;
+    # head dim 32 has none.
+    formats, (qs, ks, v, *_rest) = draw_rows(gen, dba=False)
+    assert split_shape(formats, qs, ks, v) == (4, 128)
+    narrow = [store(formats[0], torch.randn(v.shape[0], 8, v.shape[2], 32), False)]
+    assert split_shape(formats, [qs[0][..., :32]], narrow, v) == (8, 32)
