@@ -46,33 +46,25 @@ static double fma_latency_ns(void) {
                          "+v"(a##5), "+v"(a##6), "+v"(a##7), "+v"(a##8), "+v"(a##9));           \
     } while (0)
 
-static double fma512_ns(void) {
-    const __m512 x = _mm512_set1_ps(0.5f), y = _mm512_set1_ps(0.5f);
-    __m512 a0 = x, a1 = x, a2 = x, a3 = x, a4 = x, a5 = x, a6 = x, a7 = x, a8 = x, a9 = x;
-#define FMA512(v) _mm512_fmadd_ps(v, x, y)
-    const double t0 = cpu_seconds();
-    for (long n = 0; n < N; ++n) CHAIN10(a, FMA512);
-    return (cpu_seconds() - t0) / ((double)N * CHAINS) * 1e9;
-}
+// ns per instruction of `op` over ten independent chains of `vec` registers.
+#define CHAIN_THROUGHPUT(name, vec, start, op)                                   \
+    static double name(void) {                                                   \
+        vec a0 = start, a1 = start, a2 = start, a3 = start, a4 = start;          \
+        vec a5 = start, a6 = start, a7 = start, a8 = start, a9 = start;          \
+        const double t0 = cpu_seconds();                                         \
+        for (long n = 0; n < N; ++n) CHAIN10(a, op);                             \
+        return (cpu_seconds() - t0) / ((double)N * CHAINS) * 1e9;                \
+    }
 
-static double fma256_ns(void) {
-    const __m256 x = _mm256_set1_ps(0.5f), y = _mm256_set1_ps(0.5f);
-    __m256 a0 = x, a1 = x, a2 = x, a3 = x, a4 = x, a5 = x, a6 = x, a7 = x, a8 = x, a9 = x;
-#define FMA256(v) _mm256_fmadd_ps(v, x, y)
-    const double t0 = cpu_seconds();
-    for (long n = 0; n < N; ++n) CHAIN10(a, FMA256);
-    return (cpu_seconds() - t0) / ((double)N * CHAINS) * 1e9;
-}
-
-static double dpbf16_ns(void) {
-    const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f003f00);  // (0.5, 0.5) in bf16
-    const __m512 z = _mm512_setzero_ps();
-    __m512 a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z, a8 = z, a9 = z;
-#define DPBF16(v) _mm512_dpbf16_ps(v, x, x)
-    const double t0 = cpu_seconds();
-    for (long n = 0; n < N; ++n) CHAIN10(a, DPBF16);
-    return (cpu_seconds() - t0) / ((double)N * CHAINS) * 1e9;
-}
+#define HALF512 _mm512_set1_ps(0.5f)
+#define HALF256 _mm256_set1_ps(0.5f)
+#define HALF_BF16 ((__m512bh)_mm512_set1_epi32(0x3f003f00))  // (0.5, 0.5) in bf16
+#define FMA512(v) _mm512_fmadd_ps(v, HALF512, HALF512)
+#define FMA256(v) _mm256_fmadd_ps(v, HALF256, HALF256)
+#define DPBF16(v) _mm512_dpbf16_ps(v, HALF_BF16, HALF_BF16)
+CHAIN_THROUGHPUT(fma512_ns, __m512, HALF512, FMA512)
+CHAIN_THROUGHPUT(fma256_ns, __m256, HALF256, FMA256)
+CHAIN_THROUGHPUT(dpbf16_ns, __m512, _mm512_setzero_ps(), DPBF16)
 
 // 16 dwords of 16 rows 198 bytes apart (a DBA q4_0 token row), 4 gathers in flight.
 static double gather_ns(void) {

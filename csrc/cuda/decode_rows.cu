@@ -153,8 +153,13 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2;  // mma groupID: position row / value row / query head
     const int c = lane & 3;   // mma thread in group: column pair
-    const int b = static_cast<int>(blockIdx.x / p.n_splits);
+    // Blocks in (sequence, group of HKV KV heads, split) order; head-layout caches with more KV
+    // heads than an instance's HKV give each group its own blocks.
+    const int groups = p.kv_heads / HKV;
+    const int b = static_cast<int>(blockIdx.x / p.n_splits / groups);
+    const int group = static_cast<int>(blockIdx.x / p.n_splits % groups);
     const int split = static_cast<int>(blockIdx.x % p.n_splits);
+    const int head0 = group * HKV;  // the group's first KV head
 
     const SplitRange range = split_range(p, b, split);  // this split's positions
     const int start = range.start, end = range.end;
@@ -180,11 +185,11 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
     for (int path = 0; path < PATHS; ++path) {
         const caramba_cuda_cache& t = path ? p.k_geo : p.k_sem;
         key_src[path] = static_cast<const uint8_t*>(t.data) + b * t.batch_stride +
-                        (S::K_ROWS ? 0 : k_run * t.head_stride) + 16 * k_lane;
+                        (S::K_ROWS ? 0 : (head0 + k_run) * t.head_stride) + 16 * k_lane;
     }
     const int v_lane = lane % S::V_LANES, v_run = S::V_ROWS ? 0 : lane / S::V_LANES;
     const uint8_t* v_src = static_cast<const uint8_t*>(p.v.data) + b * p.v.batch_stride +
-                           v_run * p.v.head_stride + 16 * v_lane;
+                           (head0 + v_run) * p.v.head_stride + 16 * v_lane;
     const uint32_t v_dst = S::V_AT + v_run * S::V_HEAD + 16 * v_lane;
     // Copies the n <= 16 positions from t0 into `slot`: whole steps (Full) as plain 16-byte
     // copies, a split's last step with the bytes past position t0 + n zero-filled (and not read).
@@ -257,7 +262,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
     const void* q_rows[PATHS];  // sequence b's queries (heads x dim elements)
 #pragma unroll
     for (int path = 0; path < PATHS; ++path) {
-        const int64_t first = int64_t(b) * p.q_heads * S::dim(path);
+        const int64_t first = (int64_t(b) * p.q_heads + head0 * G) * S::dim(path);
         q_rows[path] = static_cast<const uint8_t*>(path ? p.q_geo : p.q_sem) +
                        first * (p.q_type == CARAMBA_CUDA_QUERY_F32 ? 4 : 2);
     }
@@ -553,7 +558,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
         f[w] = m > -INFINITY ? exp2f(sm_m[w * HQ + h] - m) : 0.f;
         l += f[w] * sm_l[w * HQ + h];
     }
-    const int64_t part = (int64_t(b) * HQ + h) * p.n_splits + split;
+    const int64_t part = (int64_t(b) * p.q_heads + head0 * G + h) * p.n_splits + split;
 #pragma unroll
     for (int k = 0; k < PER_THREAD; ++k) {
         float o = 0.f;
@@ -571,7 +576,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
 
 template <class S>
 bool matches(const caramba_cuda_decode_params& p, int dg) {
-    return p.q_heads == S::HQ && p.kv_heads == S::HKV && p.k_sem.dim == S::dim(0) &&
+    return p.kv_heads % S::HKV == 0 && p.q_heads == S::G * p.kv_heads && p.k_sem.dim == S::dim(0) &&
            dg == S::dim(1) && p.v.dim == S::DV;
 }
 
@@ -611,43 +616,51 @@ Rows value_rows(const caramba_cuda_cache& v, int kv_heads) {
 }
 
 template <class S>
-RowKernel launchable() {
-    return {decode_rows_kernel<S>, S::SMEM};
+RowKernel launchable(const caramba_cuda_decode_params& p) {
+    return {decode_rows_kernel<S>, S::SMEM, p.kv_heads / S::HKV};
 }
 
 template <int KFMT, int VFMT, int G, int HKV, int DS, int DG, int NBV, bool KTOKEN>
-RowKernel in_layout(Rows values) {
+RowKernel in_layout(const caramba_cuda_decode_params& p, Rows values) {
     return values == Rows::tokens
-               ? launchable<Shape<KFMT, VFMT, G, HKV, DS, DG, NBV, true, KTOKEN>>()
-               : launchable<Shape<KFMT, VFMT, G, HKV, DS, DG, NBV, false, KTOKEN>>();
+               ? launchable<Shape<KFMT, VFMT, G, HKV, DS, DG, NBV, true, KTOKEN>>(p)
+               : launchable<Shape<KFMT, VFMT, G, HKV, DS, DG, NBV, false, KTOKEN>>(p);
 }
 
 template <int G, int HKV, int DS, int DG, int NBV, bool KTOKEN>
 RowKernel instance(const caramba_cuda_decode_params& p, int dg, Rows values) {
     constexpr int Q4 = CARAMBA_FORMAT_Q4_0, Q8 = CARAMBA_FORMAT_Q8_0;
     if (!matches<Shape<Q4, Q4, G, HKV, DS, DG, NBV, false, KTOKEN>>(p, dg)) return {};
+    // A token row holds every KV head: only head-layout tensors split into groups of HKV.
+    if ((KTOKEN || values == Rows::tokens) && p.kv_heads != HKV) return {};
     const bool k4 = p.k_sem.format == Q4, v4 = p.v.format == Q4;
-    if (k4 && v4) return in_layout<Q4, Q4, G, HKV, DS, DG, NBV, KTOKEN>(values);
-    if (k4) return in_layout<Q4, Q8, G, HKV, DS, DG, NBV, KTOKEN>(values);
-    if (v4) return in_layout<Q8, Q4, G, HKV, DS, DG, NBV, KTOKEN>(values);
-    return in_layout<Q8, Q8, G, HKV, DS, DG, NBV, KTOKEN>(values);
+    if (k4 && v4) return in_layout<Q4, Q4, G, HKV, DS, DG, NBV, KTOKEN>(p, values);
+    if (k4) return in_layout<Q4, Q8, G, HKV, DS, DG, NBV, KTOKEN>(p, values);
+    if (v4) return in_layout<Q8, Q4, G, HKV, DS, DG, NBV, KTOKEN>(p, values);
+    return in_layout<Q8, Q8, G, HKV, DS, DG, NBV, KTOKEN>(p, values);
 }
 
 }  // namespace
 
-// Cached positions per call (batch * capacity) from which AUTO picks the row kernel. Its blocks
-// split a sequence into runs of >= 512 positions, so smaller calls leave most SMs idle; the
-// per-KV-head kernel's eight warps per split fill them. H200, one layer, q8_0 / q4_0 (us,
-// rows vs per-KV-head; benchmarks/results/kernels_gpu.md, cudarows_* / cudaheads_*): batch 8
-// x 4k 14.1 / 12.6 vs 12.0 / 12.9; batch 1 x 32k 15.5 / 14.0 vs 12.9 / 13.8; batch 8 x 8k
-// 15.4 / 13.8 vs 17.5 / 19.2; batch 1 x 64k 15.9 / 14.6 vs 18.3 / 20.1; batch 8 x 32k 42.9 /
-// 29.9 vs 49.9 / 50.7.
+// KV heads per warp for standard attention over head-layout caches: the 8 of a token row need
+// 255 registers a lane (two blocks an SM); 2 take 114-127 (four blocks). H200, batch 8 x 32k,
+// us, q4_0 / q8_0: 8 heads 55.2 / 87.7, 2 heads 47.6 / 78.1.
+constexpr int kStdHeads = 2;
+
+// Cached positions per call (batch * capacity) from which AUTO picks the row kernel for an
+// instance with one group of KV heads (a token row). Its blocks split a sequence into runs of
+// >= 512 positions, so smaller calls leave most SMs idle; the per-KV-head kernel's eight warps
+// per split fill them. H200, one layer, q8_0 / q4_0 (us, rows vs per-KV-head;
+// benchmarks/results/kernels_gpu.md, cudarows_* / cudaheads_*): batch 8 x 4k 14.1 / 12.6 vs
+// 12.0 / 12.9; batch 1 x 32k 15.5 / 14.0 vs 12.9 / 13.8; batch 8 x 8k 15.4 / 13.8 vs 17.5 /
+// 19.2; batch 1 x 64k 15.9 / 14.6 vs 18.3 / 20.1; batch 8 x 32k 42.9 / 29.9 vs 49.9 / 50.7.
+// Grouped head-layout instances have blocks per KV-head group too, and win at every size
+// measured (batch 1 x 4k: 10.6 / 10.1 vs 15.1 / 13.3).
 constexpr int64_t kRowMinPositions = 65536;
 
 RowKernel row_kernel(const caramba_cuda_decode_params& p) {
-    if (p.kernel == CARAMBA_CUDA_KERNEL_HEADS ||
-        (p.kernel == CARAMBA_CUDA_KERNEL_AUTO && int64_t(p.batch) * p.s_max < kRowMinPositions))
-        return {};
+    if (p.kernel == CARAMBA_CUDA_KERNEL_HEADS) return {};
+    const bool small = p.kernel == CARAMBA_CUDA_KERNEL_AUTO && int64_t(p.batch) * p.s_max < kRowMinPositions;
     const bool dba = p.q_geo != nullptr;
     const int dg = dba ? p.k_geo.dim : 0;
     const Rows keys = key_rows(p.k_sem, p.kv_heads), values = value_rows(p.v, p.kv_heads);
@@ -658,8 +671,10 @@ RowKernel row_kernel(const caramba_cuda_decode_params& p) {
     // heads: the seed's DBA cache, per KV head 4 semantic + 8 geometric key values in token
     // rows and 32 values (sem 128, geo 256, v 256 over the heads); standard attention, head dim
     // 64 in the head layout (the per-KV-head kernel's 16-bit global loads leave HBM idle).
-    if (keys == Rows::tokens) return instance<4, 8, 4, 8, 1, true>(p, dg, values);
-    return instance<4, 8, 64, 0, 2, false>(p, dg, values);
+    if (keys == Rows::tokens) return small ? RowKernel{} : instance<4, 8, 4, 8, 1, true>(p, dg, values);
+    if (values == Rows::tokens) return small ? RowKernel{} : instance<4, 8, 64, 0, 2, false>(p, dg, values);
+    // Head-layout keys and values: kStdHeads KV heads per warp, blocks per group of them.
+    return instance<4, kStdHeads, 64, 0, 2, false>(p, dg, values);
 }
 
 }  // namespace caramba_cuda

@@ -11,11 +11,12 @@ using DecodeKernel = void (*)(caramba_cuda_decode_params);
 constexpr int kRowWarps = 4;                 // warps per block: one (sequence, split)
 constexpr int kRowPositions = 32 * kRowWarps;  // split granularity: two 16-position steps a warp
 
-// A row kernel instance and the dynamic shared memory it launches with (its per-warp rings of
-// staged steps).
+// A row kernel instance, the dynamic shared memory it launches with (its per-warp rings of
+// staged steps) and its blocks per (sequence, split).
 struct RowKernel {
     DecodeKernel kernel = nullptr;
     int smem_bytes = 0;
+    int head_groups = 1;  // blocks per (sequence, split): groups of the instance's KV heads
 };
 
 // The row kernel instance that serves p, or {nullptr, 0} (the per-KV-head kernel serves it

@@ -139,17 +139,20 @@ def test_fuzzed_problems_match_float64(dba, launches) -> None:
 def draw_rows(gen: torch.Generator, dba: bool = True):
     """A problem for the row kernel at Llama-3.2-1B widths (32 query / 8 KV heads): the DBA
     cache (sem 4 + geo 8 keys per KV head in token rows, 32 values per head) or standard
-    attention (head dim 64, keys in the head layout, 64 values per head), the values in the
-    head or token layout, any q8_0/q4_0 key and value formats, batch 1-8, ragged lengths.
-    Capacities are multiples of 8 positions: every tensor's sequences (and heads) then start
-    on 16 bytes, as the kernel's asynchronous copies need."""
-    B, Hkv, group, S = randint(gen, 1, 8), 8, 4, 8 * randint(gen, 1, 190)
+    attention (head dim 64, keys in the head layout, 64 values per head; with the values in
+    the head layout too, 2, 4 or 8 KV heads), the values in the head or token layout, any
+    q8_0/q4_0 key and value formats, batch 1-8, ragged lengths. Capacities are multiples of 8
+    positions: every tensor's sequences (and heads) then start on 16 bytes, as the kernel's
+    asynchronous copies need."""
+    B, group, S = randint(gen, 1, 8), 4, 8 * randint(gen, 1, 190)
+    value_tokens = bool(randint(gen, 0, 1))
+    Hkv = 8 if dba or value_tokens else (2, 4, 8)[randint(gen, 0, 2)]
     lengths = torch.randint(1, S + 1, (B,), generator=gen, dtype=torch.int32)
     lengths[0] = S if randint(gen, 0, 1) else max(1, S - randint(gen, 0, 40))
     key, value = (("q8_0", "q4_0")[randint(gen, 0, 1)] for _ in range(2))
     key_dims, dv = ((4, 8), 32) if dba else ((64,), 64)
     ks = [store(key, torch.randn(B, Hkv, S, d, generator=gen) * 2, dba) for d in key_dims]
-    v = store(value, torch.randn(B, Hkv, S, dv, generator=gen) * 2, bool(randint(gen, 0, 1)))
+    v = store(value, torch.randn(B, Hkv, S, dv, generator=gen) * 2, value_tokens)
     qs = [torch.randn(B, Hkv * group, d, generator=gen) for d in key_dims]
     scales = [float(torch.empty(1).uniform_(0.5, 2.0, generator=gen)) / d**0.5 for d in key_dims]
     formats = (key, key, value) if dba else (key, value)
@@ -181,7 +184,8 @@ def test_row_kernel_fuzzed_problems_match_float64(rows, dba) -> None:
         formats, problem = draw_rows(gen, dba)
         problem = with_query_type(problem, case)
         qs, ks, v = problem[:3]
-        assert split_shape(formats, qs, ks, v) == (4, 128)
+        warps, positions = split_shape(formats, qs, ks, v)
+        assert positions == 128 and warps % 4 == 0, (warps, positions)
         S = v.shape[2]
         check(formats, problem, num_splits=[None, 1, 2, 3, 7, S, S + 5][case % 7])
     assert rows[0] == cases
@@ -311,7 +315,12 @@ def test_row_kernel_instances_take_their_calls() -> None:
     assert split_shape(formats, one, cut, big_v[:, :, :65528], "auto") == (8, 32)
     # Standard attention at Llama-3.2-1B widths (head dim 64, head-layout keys) has an instance;
     # head dim 32 has none.
+    # Head-layout keys and values: 4 warps per 2 KV heads, and "auto" takes them at any size.
     formats, (qs, ks, v, *_rest) = draw_rows(gen, dba=False)
-    assert split_shape(formats, qs, ks, v) == (4, 128)
+    Hkv = ks[0].shape[1]
+    assert split_shape(formats, qs, ks, v) == (4 if v.shape[1] == 1 else 2 * Hkv, 128)
+    heads_v = store(formats[1], torch.randn(1, 8, 64, 64), False)
+    heads_k = [store(formats[0], torch.randn(1, 8, 64, 64), False)]
+    assert split_shape(formats, [torch.randn(1, 32, 64)], heads_k, heads_v, "auto") == (16, 128)
     narrow = [store(formats[0], torch.randn(v.shape[0], 8, v.shape[2], 32), False)]
     assert split_shape(formats, [qs[0][..., :32]], narrow, v) == (8, 32)

@@ -97,8 +97,10 @@ CARAMBA_API int caramba_cuda_decode_warps_per_sm(const caramba_cuda_decode_param
 /* How the kernel serving these parameters shares out a split: *warps warps work on one
  * (sequence, split) and take *positions of its positions per round between them (so a split
  * plan that fills the GPU counts batch * n_splits * *warps warps, each split a few rounds long).
- * The per-KV-head kernel: one warp per KV head, 32 positions; the row kernel (narrow heads whose
- * keys sit in whole token rows, e.g. the Llama-3.2-1B DBA preset): 4 warps, 128 positions.
+ * The per-KV-head kernel: one warp per KV head, 32 positions; the row kernel (its instances:
+ * the Llama-3.2-1B DBA preset's narrow heads in token rows, and that model's standard attention):
+ * 4 warps per group of the KV heads one warp reads (all of a token row; 2 of a head-layout
+ * cache), 128 positions.
  * Host checks only. */
 CARAMBA_API caramba_status caramba_cuda_decode_split_shape(const caramba_cuda_decode_params* params,
                                                            int32_t* warps, int32_t* positions);
