@@ -118,7 +118,8 @@ const RowCodec* path_codec(caramba_path path);
 
 // ---- decode-attention inner kernels: one implementation per path -------------------------
 // Rows are `row_stride` bytes apart; t < n_rows <= kTileRows; g < ng (heads sharing a KV head).
-//   score: s[g*s_stride + t] (+)= scale * dot(q + g*q_stride, row_t)     (dim elements)
+//   score: s[g*s_stride + t] (+)= scale * dot(q + g*q_stride, row_t)     (dim elements); a
+//          kernel may also write entries n_rows .. kTileRows - 1 (s_stride >= kTileRows)
 //   value: acc[g*acc_stride + i] += sum_t p[g*p_stride + t] * row_t[i]   (i < dim)
 
 constexpr int kTileRows = 32;
