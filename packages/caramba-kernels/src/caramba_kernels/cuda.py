@@ -114,8 +114,9 @@ def cache(view: Any) -> Cache:
     )
 
 
-# caramba_cuda_kernel by name: "auto" (the row kernel where it applies to a large enough call),
-# "heads" (always the per-KV-head kernel), "rows" (the row kernel wherever it applies).
+# caramba_cuda_kernel by name: "auto" (the row kernel where it applies: its DBA instance to a
+# call of 64k cached positions or more, its grouped standard one always), "heads" (always the
+# per-KV-head kernel), "rows" (the row kernel wherever it applies).
 KERNELS = {"auto": 0, "heads": 1, "rows": 2}
 
 # caramba_cuda_query_type by torch dtype name: queries of these types are read as they are.

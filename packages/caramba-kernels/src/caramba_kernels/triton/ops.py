@@ -66,7 +66,8 @@ TUNING: dict[str, Any] = {
     "fused_head_groups": 2,  # programs per (batch, split), each over Hkv / this KV heads
     # The tensor-core CUDA kernels (caramba_kernels.cuda) for q8_0/q4_0 caches they serve, where
     # the package was built with them: the per-KV-head kernel (one warp per (batch, KV head,
-    # split)) and the row kernel (one block per (batch, split), every KV head per warp).
+    # split)) and the row kernel (one block per (batch, split, group of KV heads), every KV
+    # head of the group per warp).
     "cuda": True,
     "cuda_kernel": "auto",  # "auto", "heads" or "rows" (caramba_kernels.cuda.KERNELS)
     "cuda_warps_per_sm": None,  # split-K target in warps per SM; None: what one SM holds
