@@ -55,6 +55,11 @@ struct Q8 {
     }
 };
 
+// A q4_0 code's value before its scale, i - 8, indexed by the code i.
+inline __m512 q4_values() {
+    return _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+
 struct Q4 {  // strip 0: low nibbles (elements 0-15), strip 1: high nibbles (16-31)
     static constexpr int kElems = CARAMBA_QK4_0, kBytes = 18, kStrips = 2;
     struct Block {
@@ -62,8 +67,7 @@ struct Q4 {  // strip 0: low nibbles (elements 0-15), strip 1: high nibbles (16-
         __m512i w;
     };
     static Block prepare(const uint8_t* blk) {
-        const __m512 lut = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
-        return {_mm512_mul_ps(lut, block_scale16(blk)), _mm512_cvtepu8_epi32(load16_bytes(blk + 2))};
+        return {_mm512_mul_ps(q4_values(), block_scale16(blk)), _mm512_cvtepu8_epi32(load16_bytes(blk + 2))};
     }
     static __m512 strip(const Block& b, int s) {
         return _mm512_permutexvar_ps(s == 0 ? b.w : _mm512_srli_epi32(b.w, 4), b.table);
@@ -767,10 +771,9 @@ struct Q4Columns {
         for (int j = 0; j < 4; ++j) w[j] = gather4(blk + 2 + 4 * j, lanes);
     }
     __m512 column(int e) const {  // vpermps reads only the low 4 bits of each index
-        const __m512 lut = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
         const int shift = e < 16 ? 8 * (e % 4) : 8 * (e % 4) + 4;
         const __m512i x = w[(e % 16) / 4];
-        return _mm512_mul_ps(_mm512_permutexvar_ps(shift == 0 ? x : _mm512_srli_epi32(x, shift), lut), d);
+        return _mm512_mul_ps(_mm512_permutexvar_ps(shift == 0 ? x : _mm512_srli_epi32(x, shift), q4_values()), d);
     }
 };
 

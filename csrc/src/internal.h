@@ -147,8 +147,9 @@ struct AttentionKernels {
                         int64_t s_stride, bool accumulate, float* scratch);
     // The same scores from n_rows quantized rows (row_stride bytes apart, each (nh / group) *
     // dim values in `format`), without the dequantized tile; scratch: (nh / group) * dim *
-    // kTileRows floats, 64-byte aligned. Returns false (having done nothing) for a format it
-    // does not read; nullptr where no ISA variant has one.
+    // kTileRows floats, 64-byte aligned (used only for groups of more than 8 heads). Returns
+    // false (having done nothing) for a format it does not read or rows too far apart for its
+    // 32-bit offsets; nullptr where no ISA variant has one.
     bool (*token_score_quant)(caramba_format format, const uint8_t* rows, int64_t row_stride,
                               int n_rows, const float* q, int64_t q_stride, int nh, int group,
                               int64_t dim, float scale, float* s, int64_t s_stride, bool accumulate,
