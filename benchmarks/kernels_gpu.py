@@ -19,6 +19,9 @@ it by the GPU's datasheet HBM bandwidth (HBM_PEAKS: H100 SXM 3.35 TB/s, H200 4.8
 not in the table uses the measured copy's); "% copy" by a device-to-device copy measured in the
 same run
 (bytes read + written). Ratios are SDPA's time over each kernel's time (> 1: faster than SDPA).
+The read_dba_* rows are a floor, not a kernel: a plain streaming read (a Triton kernel that loads
+and XORs 32-bit words, the fastest of a few launch shapes) of as many bytes as the DBA cache of
+that format holds, timed the same way. No decode kernel can read its cache faster than that.
 
     python benchmarks/kernels_gpu.py [--batches 1 8] [--contexts 4096 ... 65536] [--out DIR]
     python benchmarks/kernels_gpu.py --sweep   # launch-parameter sweep, printed only
@@ -222,6 +225,31 @@ def measure(name: str, B: int, S: int, l2_bytes: int, copy_bps: float, peak_bps:
             "pct_copy": 100 * bps / copy_bps}  # fmt: skip
 
 
+def read_floor(B: int, S: int, kind: str, l2_bytes: int, copy_bps: float, peak_bps: float
+               ) -> dict:  # fmt: skip
+    """A row like measure()'s for a plain read of the bytes of a DBA cache in format `kind`."""
+    import triton
+    from read_kernel import read_words
+
+    moved = B * S * dba_bytes_per_token(kind)
+    n = moved // 4
+    buffers = [torch.empty(n, dtype=torch.int32, device=DEVICE).fill_(i)
+               for i in range(max(1, -(-3 * l2_bytes // moved)))]  # fmt: skip
+    us = float("inf")
+    for block, iters in ((1024, 8), (1024, 16), (1024, 32), (4096, 32)):
+        grid = triton.cdiv(n, block * iters)
+        sink = torch.empty(grid * block, dtype=torch.int32, device=DEVICE)
+        calls = [lambda x=x, sink=sink, block=block, iters=iters, grid=grid: read_words[(grid,)](
+            x, sink, n, BLOCK=block, ITERS=iters, num_warps=8) for x in buffers]  # fmt: skip
+        us = min(us, time_per_call(calls))
+    del buffers
+    torch.cuda.empty_cache()
+    bps = moved / (us * 1e-6)
+    return {"impl": f"read_dba_{kind}", "batch": B, "context": S, "us": us, "bytes": moved,
+            "GBps": bps / 1e9, "pct_hbm_peak": 100 * bps / peak_bps,
+            "pct_copy": 100 * bps / copy_bps}  # fmt: skip
+
+
 def copy_bandwidth() -> float:
     """Bytes/s (read + written) of a 2 GiB device-to-device copy, best of 10."""
     src = torch.empty(2**30, dtype=torch.uint8, device=DEVICE)
@@ -344,6 +372,7 @@ def benchmark(batches, contexts, out_dir: Path, tune: bool) -> None:
     for B in batches:
         for S in contexts:
             group = [measure(name, B, S, l2, copy_bps, peak_bps) for name in impls]
+            group += [read_floor(B, S, kind, l2, copy_bps, peak_bps) for kind in ("q8_0", "q4_0")]
             base = min((r for r in group if r["impl"].startswith("sdpa")), key=lambda r: r["us"])
             for r in group:
                 r["vs_sdpa"] = base["us"] / r["us"]
@@ -388,8 +417,9 @@ def write_results(rows, meta, out_dir: Path, echo=True) -> None:
         "a head-layout cache gets one KV head per program); triton_dba_q4_0_perhead the "
         "per-KV-head kernel (kernels.py) on the same cache; cuda_* the tensor-core CUDA kernels "
         "as dispatched (libcaramba_kernels_cuda: both caches from 64k cached positions per "
-        "call go to the row kernel, csrc/cuda/decode_rows.cu, one warp per 16 positions of "
-        "every KV head; the rest to the per-KV-head kernel, csrc/cuda/decode_mma.cu); "
+        "call go to the row kernel, csrc/cuda/decode_rows.cu, 16 positions of every KV head a "
+        "step, each DBA step shared by a team of 2 warps; the rest to the per-KV-head kernel, "
+        "csrc/cuda/decode_mma.cu); read_dba_* a plain read of the DBA cache's bytes (a floor); "
         "cudaheads_* the per-KV-head kernel and cudarows_* the row kernel on the same cache. "
         "Time per call (us), speed-up over the fastest SDPA backend, bandwidth on bytes moved: "
         f"% of the {meta['peak_bps'] / 1e12:.2f} TB/s HBM peak and of a measured "

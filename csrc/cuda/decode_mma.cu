@@ -439,7 +439,7 @@ extern "C" caramba_status caramba_cuda_decode_supported(const caramba_cuda_decod
 namespace {
 
 // The per-KV-head kernel's launch shape: one warp per (sequence, KV head, split), kWarps to a
-// block; the row kernel's: one block of kRowWarps warps per (sequence, split, head group).
+// block; the row kernel's: one block of kRowRuns teams of warps per (sequence, split, head group).
 struct Launch {
     Kernel kernel;
     int block_threads;
@@ -454,7 +454,7 @@ Launch launch_for(const caramba_cuda_decode_params& p) {
         // call is cheap and not a stream operation, so also fine during graph capture).
         cudaFuncSetAttribute(rows.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              rows.smem_bytes);
-        return {rows.kernel, kRowWarps * 32, rows.smem_bytes,
+        return {rows.kernel, rows.warps * 32, rows.smem_bytes,
                 int64_t(p.batch) * rows.head_groups * p.n_splits};
     }
     const int64_t warps = int64_t(p.batch) * p.n_splits * p.kv_heads;
@@ -480,7 +480,7 @@ extern "C" caramba_status caramba_cuda_decode_split_shape(const caramba_cuda_dec
     if (!warps || !positions) return status(CARAMBA_ERR_INVALID_ARGUMENT, "warps, positions: NULL");
     const RowKernel row = row_kernel(*params);
     const bool rows = row.kernel != nullptr;
-    *warps = rows ? kRowWarps * row.head_groups : params->kv_heads;
+    *warps = rows ? row.warps * row.head_groups : params->kv_heads;
     *positions = rows ? kRowPositions : kChunk;
     return s;
 }

@@ -21,8 +21,12 @@
 // block scale, and the result is the same online softmax (only rounding differs). Values enter
 // the mma as their unsigned codes read as fp16 subnormals (one mask per register, no fp16
 // arithmetic; biased_bytes in mma_fragments.cuh), the code offset coming back once per split
-// through each head's sum of weights. Each warp of a block takes a contiguous run of its
-// (sequence, split)'s steps; the warps merge through shared memory into one partial per head.
+// through each head's sum of weights. Each team of a block (1 or 2 warps) takes a contiguous
+// run of its (sequence, split)'s steps; the runs merge through shared memory into one partial
+// per head. In a team of 2 both warps copy the run's steps into one ring and each computes half
+// of the KV heads (their n-tiles read disjoint k-steps of a row, so no key block is decoded
+// twice): the seed's DBA cache needs 162-168 registers a warp for all 8 KV heads (12 warps an
+// SM) and 120-127 for 4 (16 warps an SM), which H200 decode prefers (below, at row_kernel).
 //
 // Standard attention's head-layout caches take the same path: each KV head's 16 key rows of
 // a step are staged as one run (as head-layout values are), and the warp reads them as the
@@ -75,11 +79,16 @@ __device__ __forceinline__ uint32_t lds16(uint32_t at) {
 // warp reads, per-head key widths (DG = 0: standard attention), value blocks per head, and
 // whether the values and the keys sit in the token layout (every head in one row) or the head
 // layout (where a call's KV heads may be several groups of HKV, each with its own blocks).
-template <int KFMT, int VFMT, int G_, int HKV_, int DS, int DG, int NBV_, bool VTOKEN, bool KTOKEN>
+template <int KFMT, int VFMT, int G_, int HKV_, int DS, int DG, int NBV_, bool VTOKEN, bool KTOKEN,
+          int TEAM_>
 struct Shape {
     static constexpr int G = G_, HKV = HKV_, NBV = NBV_;
+    // Warps that share one run of staged steps, each computing HKV / TEAM of the KV heads:
+    // the same bytes and arithmetic over more, smaller warps (fewer registers each).
+    static constexpr int TEAM = TEAM_, TL = 32 * TEAM, WARPS = kRowRuns * TEAM;
     static constexpr bool K_ROWS = KTOKEN;
     static constexpr int HQ = G * HKV, NT = HQ / 8, DV = 32 * NBV, PATHS = DG > 0 ? 2 : 1;
+    static constexpr int WH = HKV / TEAM, NTW = NT / TEAM;  // a warp's KV heads, n-tiles
     static constexpr bool KQ4 = KFMT == CARAMBA_FORMAT_Q4_0, VQ4 = VFMT == CARAMBA_FORMAT_Q4_0;
     static constexpr bool V_ROWS = VTOKEN;
     static constexpr int KBYTES = KQ4 ? 18 : 34, VBYTES = VQ4 ? 18 : 34;
@@ -97,6 +106,12 @@ struct Shape {
         return step >= first_step(path, j) && step < first_step(path, j) + steps(path);
     }
     static constexpr int MAX_STEPS = steps(0) > steps(1) ? steps(0) : steps(1);
+    // Whether team member m's n-tiles read k-step 2 blk or 2 blk + 1 of a key path's row.
+    __host__ __device__ static constexpr bool block_used(int path, int blk, int m) {
+        for (int j = m * NTW; j < (m + 1) * NTW; ++j)
+            if (uses(path, j, 2 * blk) || uses(path, j, 2 * blk + 1)) return true;
+        return false;
+    }
 
     // One step's bytes in shared memory: per key path its 16 token rows (token layout) or 16
     // rows per KV head (head layout), then the values: 16 rows per KV head (head layout) or 16
@@ -125,20 +140,22 @@ struct Shape {
     // 28.8 / 39.5): a wave of warps already keeps more bytes in flight than HBM needs to stay
     // busy, and each extra step per warp only lengthens the queue every first load waits in.
     static constexpr int STAGES = 2;
-    static constexpr int MERGE = kRowWarps * HQ * (DV + 3) * 4;  // partials of the block's warps
-    static constexpr int RINGS = kRowWarps * STAGES * STAGE;
+    static constexpr int MERGE = kRowRuns * HQ * (DV + 3) * 4;  // partials of the block's runs
+    static constexpr int RINGS = kRowRuns * STAGES * STAGE;
     static constexpr int SMEM = RINGS > MERGE ? RINGS : MERGE;
     // Value runs of a step (16 positions of one KV head, or of every head in the token layout)
-    // and the lanes that copy each: 32 / HKV lanes per KV head, so every lane has one.
-    static constexpr int V_LANES = VTOKEN ? 32 : 32 / HKV;
+    // and the team's lanes that copy each: TL / HKV lanes per KV head, so every lane has one.
+    static constexpr int V_LANES = VTOKEN ? TL : TL / HKV;
     static constexpr int V_PIECES = V_TOKEN;  // 16-byte pieces of a run: its bytes per position
-    static constexpr int K_LANES = 32 / HKV;  // head-layout keys: lanes per KV head's run
+    static constexpr int K_LANES = TL / HKV;  // head-layout keys: lanes per KV head's run
     // Blocks per SM the register budget is cut for: 3 (12 warps, up to 168 registers). q4_0 keys
     // and values would fit 4 blocks at 128 registers, but ran slower (H200, batch 8, us: 30.3
     // vs 29.7 at 32k, 45.9 vs 44.5 at 64k): register pressure recomputed addresses every step.
     // Wide heads keep 2 registers of query fragments per k-step and n-tile (64 at d 64 over 32
-    // query heads): 2 blocks (up to 255 registers) then.
-    static constexpr int MIN_BLOCKS = PATHS * NT * MAX_STEPS <= 8 ? 3 : 2;
+    // query heads): 2 blocks (up to 255 registers) then. Teams of 2 warps: 2 blocks of 8 warps
+    // (120-127 registers, no spills); 3 blocks (80 registers) spilled and ran slower (H200, DBA
+    // q4_0, batch 8 x 32k: 27.6 us against 24.6).
+    static constexpr int MIN_BLOCKS = TEAM == 2 ? 2 : PATHS * NT * MAX_STEPS <= 8 ? 3 : 2;
 
     static constexpr bool valid(int path) {
         return dim(path) > 0 && (HKV * dim(path)) % 32 == 0 &&
@@ -148,16 +165,19 @@ struct Shape {
     static_assert(valid(0) && (DG == 0 || valid(1)), "rows of whole blocks, aligned n-tile runs");
     static_assert(HQ * NBV <= 64, "value accumulators: at most 64 registers");
     static_assert(G >= 2, "a lane's two columns of an n-tile share one KV head");
-    static_assert(VTOKEN || 32 % HKV == 0, "value runs: whole lanes per KV head");
-    static_assert(KTOKEN || (32 % HKV == 0 && DS % 32 == 0 && DG % 32 == 0),
+    static_assert(VTOKEN || TL % HKV == 0, "value runs: whole lanes per KV head");
+    static_assert((TEAM == 1 || TEAM == 2) && NT % TEAM == 0, "teams: whole n-tiles a warp");
+    static_assert(KTOKEN || (TL % HKV == 0 && DS % 32 == 0 && DG % 32 == 0),
                   "head-layout keys: whole lanes and whole blocks per KV head");
 };
 
 template <class S>
-__global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_kernel(const caramba_cuda_decode_params p) {
-    constexpr int NT = S::NT, HKV = S::HKV, NBV = S::NBV, PATHS = S::PATHS, G = S::G;
+__global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kernel(const caramba_cuda_decode_params p) {
+    constexpr int NTW = S::NTW, HKV = S::HKV, NBV = S::NBV, PATHS = S::PATHS, G = S::G, TL = S::TL;
     extern __shared__ __align__(16) uint8_t smem[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int run = warp / S::TEAM, member = warp % S::TEAM;  // the team's run, the warp in it
+    const int tl = threadIdx.x % TL;                           // lane in the team
     const int g = lane >> 2;  // mma groupID: position row / value row / query head
     const int c = lane & 3;   // mma thread in group: column pair
     // Blocks in (sequence, group of HKV KV heads, split) order; head-layout caches with more KV
@@ -171,22 +191,22 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
     const SplitRange range = split_range(p, b, split);  // this split's positions
     const int start = range.start, end = range.end;
 
-    // ---- staging: each warp takes a contiguous run of the split's 16-position steps and copies
+    // ---- staging: each team takes a contiguous run of the split's 16-position steps and copies
     // them into its own ring of S::STAGES slots, S::STAGES - 1 steps ahead of their use.
     const int split_steps = max(end - start, 0) / kStep + ((end - start) % kStep > 0);
-    const int warp_steps_max = (split_steps + kRowWarps - 1) / kRowWarps;
-    const int first_step = warp * warp_steps_max;
-    const int warp_steps = max(0, min(warp_steps_max, split_steps - first_step));
+    const int run_steps_max = (split_steps + kRowRuns - 1) / kRowRuns;
+    const int first_step = run * run_steps_max;
+    const int run_steps = max(0, min(run_steps_max, split_steps - first_step));
     auto position = [&](int k) { return start + kStep * (first_step + k); };
     const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) +
-                          warp * S::STAGES * S::STAGE;
-    // Sixteen positions of a tensor's rows are `row` 16-byte pieces. Key rows: lane i copies
-    // pieces i, i + 32, ...; values: lane i copies pieces i % V_LANES + V_LANES j of its run (KV
-    // head i / V_LANES in the head layout), so each lane's sources of a step are one base
-    // pointer per tensor plus immediates.
+                          run * S::STAGES * S::STAGE;
+    // Sixteen positions of a tensor's rows are `row` 16-byte pieces, copied by the team's TL
+    // lanes. Key rows: lane i copies pieces i, i + TL, ...; values: lane i copies pieces
+    // i % V_LANES + V_LANES j of its run (KV head i / V_LANES in the head layout), so each lane's
+    // sources of a step are one base pointer per tensor plus immediates.
     // Head-layout keys go as the values do: lane i copies pieces i % K_LANES + K_LANES j of KV
     // head i / K_LANES's run.
-    const int k_lane = S::K_ROWS ? lane : lane % S::K_LANES, k_run = S::K_ROWS ? 0 : lane / S::K_LANES;
+    const int k_lane = S::K_ROWS ? tl : tl % S::K_LANES, k_run = S::K_ROWS ? 0 : tl / S::K_LANES;
     const uint8_t* key_src[PATHS];  // sequence b's row 0 + this lane's first piece
 #pragma unroll
     for (int path = 0; path < PATHS; ++path) {
@@ -194,7 +214,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
         key_src[path] = static_cast<const uint8_t*>(t.data) + b * t.batch_stride +
                         (S::K_ROWS ? 0 : (head0 + k_run) * t.head_stride) + 16 * k_lane;
     }
-    const int v_lane = lane % S::V_LANES, v_run = S::V_ROWS ? 0 : lane / S::V_LANES;
+    const int v_lane = tl % S::V_LANES, v_run = S::V_ROWS ? 0 : tl / S::V_LANES;
     const uint8_t* v_src = static_cast<const uint8_t*>(p.v.data) + b * p.v.batch_stride +
                            (head0 + v_run) * p.v.head_stride + 16 * v_lane;
     const uint32_t v_dst = S::V_AT + v_run * S::V_HEAD + 16 * v_lane;
@@ -218,10 +238,10 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
                 const int row = S::key_row(path);
                 const uint8_t* src = key_src[path] + size_t(t0) * row;
 #pragma unroll
-                for (int r = 0; r < (S::key_row(path) + 31) / 32; ++r) {
-                    const int piece = lane + 32 * r;
-                    if (32 * (r + 1) > row && piece >= row) break;
-                    copy(slot + S::key_at(path) + 16 * piece, src + 512 * r, piece, lane, n * row);
+                for (int r = 0; r < (S::key_row(path) + TL - 1) / TL; ++r) {
+                    const int piece = tl + TL * r;
+                    if (TL * (r + 1) > row && piece >= row) break;
+                    copy(slot + S::key_at(path) + 16 * piece, src + 16 * TL * r, piece, tl, n * row);
                 }
             } else {
                 constexpr int L = S::K_LANES;
@@ -248,8 +268,8 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
     auto slot = [&](int k) { return ring + (k % S::STAGES) * S::STAGE; };
     auto issue = [&](int k) {
         const int t0 = position(k);
-        if (k < warp_steps && t0 + kStep <= end) stage(std::true_type{}, slot(k), t0, kStep);
-        else if (k < warp_steps) stage(std::false_type{}, slot(k), t0, end - t0);
+        if (k < run_steps && t0 + kStep <= end) stage(std::true_type{}, slot(k), t0, kStep);
+        else if (k < run_steps) stage(std::false_type{}, slot(k), t0, end - t0);
         copies_commit();  // an empty group where nothing is left: the wait counts stay uniform
     };
 
@@ -258,6 +278,30 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
 #pragma unroll
     for (int k = 0; k < S::STAGES - 1; ++k) issue(k);
 
+    // A warp's state: its NTW n-tiles (team member m computes n-tiles m NTW .. m NTW + NTW - 1,
+    // KV heads m WH ..). The code that names n-tiles is instantiated per member (`as_member`),
+    // so every fragment index stays a compile-time constant.
+    auto as_member = [&](auto f) {
+        if constexpr (S::TEAM == 1) f(std::integral_constant<int, 0>{});
+        else if (member == 0) f(std::integral_constant<int, 0>{});
+        else f(std::integral_constant<int, 1>{});
+    };
+    uint32_t qf[PATHS][NTW][S::MAX_STEPS][2];
+    float m_run[NTW][2], l_run[NTW][2];  // columns 2c, 2c + 1 of each n-tile
+    // O^T fragments per n-tile, value block and tile: the KV heads of an n-tile share one
+    // accumulator, each adding only its own columns (its weights with the others' masked).
+    float acc[NTW][NBV][2][4] = {};
+    // Values enter the mma as subnormal fp16 patterns of their unsigned codes (biased_bytes,
+    // mma_fragments.cuh): acc holds 2^-24 (q4_0 high nibbles: 2^-20) times the sum of code x
+    // weight, and w_sum the sum of each column's fp16 weights (an mma against ones), so a
+    // partial is acc * 2^24 - offset * w_sum with offset 8 (q4_0) or 128 (q8_0).
+    float w_sum[NTW][NBV][2] = {};
+#pragma unroll
+    for (int j = 0; j < NTW; ++j) {
+        m_run[j][0] = m_run[j][1] = -INFINITY;
+        l_run[j][0] = l_run[j][1] = 0.f;
+    }
+
     // Query fragments (B operand, k = row value, n = query head): n-tile j's k-steps only.
     // Element e of k-step i of n-tile j is value u of head h's query (0 outside the head).
     auto query_element = [&](int path, int j, int i, int e, int& h, int& u) {
@@ -265,7 +309,6 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
         u = kStep * (S::first_step(path, j) + i) + 2 * c + (e & 1) + 8 * (e >> 1) -
             h / G * S::dim(path);
     };
-    uint32_t q_raw[PATHS][NT][S::MAX_STEPS][4];
     const void* q_rows[PATHS];  // sequence b's queries (heads x dim elements)
 #pragma unroll
     for (int path = 0; path < PATHS; ++path) {
@@ -273,43 +316,46 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
         q_rows[path] = static_cast<const uint8_t*>(path ? p.q_geo : p.q_sem) +
                        first * (p.q_type == CARAMBA_CUDA_QUERY_F32 ? 4 : 2);
     }
-    auto gather = [&](auto f32) {
+    as_member([&](auto member_c) {
+        constexpr int M = decltype(member_c)::value;
+        uint32_t q_raw[PATHS][NTW][S::MAX_STEPS][4];
+        auto gather = [&](auto f32) {
 #pragma unroll
-        for (int path = 0; path < PATHS; ++path)
+            for (int path = 0; path < PATHS; ++path)
 #pragma unroll
-            for (int j = 0; j < NT; ++j)
+                for (int j = 0; j < NTW; ++j)
 #pragma unroll
-                for (int i = 0; i < S::steps(path); ++i)
+                    for (int i = 0; i < S::steps(path); ++i)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            int h, u;
+                            query_element(path, M * NTW + j, i, e, h, u);
+                            q_raw[path][j][i][e] = u >= 0 && u < S::dim(path)
+                                ? query_bits<decltype(f32)::value>(q_rows[path], h * S::dim(path) + u) : 0u;
+                        }
+        };
+        if (p.q_type == CARAMBA_CUDA_QUERY_F32) gather(std::true_type{});
+        else gather(std::false_type{});
+#pragma unroll
+        for (int path = 0; path < PATHS; ++path) {
+            const float scale = (path ? p.scale_geo : p.scale_sem) * kLog2e;
+#pragma unroll
+            for (int j = 0; j < NTW; ++j) {
+#pragma unroll
+                for (int i = 0; i < S::steps(path); ++i) {
+                    float x[4];
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                         int h, u;
-                        query_element(path, j, i, e, h, u);
-                        q_raw[path][j][i][e] = u >= 0 && u < S::dim(path)
-                            ? query_bits<decltype(f32)::value>(q_rows[path], h * S::dim(path) + u) : 0u;
+                        query_element(path, M * NTW + j, i, e, h, u);
+                        x[e] = u >= 0 && u < S::dim(path) ? query_float(q_raw[path][j][i][e], p.q_type) * scale : 0.f;
                     }
-    };
-    if (p.q_type == CARAMBA_CUDA_QUERY_F32) gather(std::true_type{});
-    else gather(std::false_type{});
-    uint32_t qf[PATHS][NT][S::MAX_STEPS][2];
-#pragma unroll
-    for (int path = 0; path < PATHS; ++path) {
-        const float scale = (path ? p.scale_geo : p.scale_sem) * kLog2e;
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-#pragma unroll
-            for (int i = 0; i < S::steps(path); ++i) {
-                float x[4];
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    int h, u;
-                    query_element(path, j, i, e, h, u);
-                    x[e] = u >= 0 && u < S::dim(path) ? query_float(q_raw[path][j][i][e], p.q_type) * scale : 0.f;
+                    qf[path][j][i][0] = pack(x[0], x[1]);
+                    qf[path][j][i][1] = pack(x[2], x[3]);
                 }
-                qf[path][j][i][0] = pack(x[0], x[1]);
-                qf[path][j][i][1] = pack(x[2], x[3]);
             }
         }
-    }
+    });
     // Byte addresses of this lane's pieces within a slot (the rest are immediates).
     uint32_t key_data[PATHS], key_scale[PATHS];
 #pragma unroll
@@ -319,224 +365,211 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
     }
     const uint32_t v_data = S::V_AT + 2 * c * S::V_TOKEN + 2 + 2 * g;  // bytes 2g, 2g + 1
     const uint32_t v_scale = S::V_AT + (2 * c / G) * S::V_HEAD + g * S::V_TOKEN;
-
-    float m_run[NT][2], l_run[NT][2];  // columns 2c, 2c + 1 of each n-tile
-    // O^T fragments per n-tile, value block and tile: the KV heads of an n-tile share one
-    // accumulator, each adding only its own columns (its weights with the others' masked).
-    float acc[NT][NBV][2][4] = {};
-    // Values enter the mma as subnormal fp16 patterns of their unsigned codes (biased_bytes,
-    // mma_fragments.cuh): acc holds 2^-24 (q4_0 high nibbles: 2^-20) times the sum of code x
-    // weight, and w_sum the sum of each column's fp16 weights (an mma against ones), so a
-    // partial is acc * 2^24 - offset * w_sum with offset 8 (q4_0) or 128 (q8_0).
-    float w_sum[NT][NBV][2] = {};
     constexpr uint32_t kOnes = 0x3C003C00u;  // fp16 1.0 in both halves
     const uint32_t ones[4] = {kOnes, kOnes, kOnes, kOnes};
     constexpr int HEADS_PER_TILE = 8 / G;
     uint32_t own_columns[HEADS_PER_TILE];  // B-operand mask: this lane's column g is head sub's
 #pragma unroll
     for (int sub = 0; sub < HEADS_PER_TILE; ++sub) own_columns[sub] = g / G == sub ? ~0u : 0u;
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-        m_run[j][0] = m_run[j][1] = -INFINITY;
-        l_run[j][0] = l_run[j][1] = 0.f;
-    }
 
-    // ---- scores of the step in `slot`, one key block (two k-steps) at a time
-    auto scores = [&](uint32_t slot, float (&s)[NT][4]) {
+    // ---- the steps of the team's run, in member M's n-tiles
+    as_member([&](auto member_c) {
+        constexpr int M = decltype(member_c)::value;
+        // ---- scores of the step in `slot`, one key block (two k-steps) at a time
+        auto scores = [&](uint32_t slot, float (&s)[NTW][4]) {
 #pragma unroll
-        for (int j = 0; j < NT; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+            for (int j = 0; j < NTW; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
-        for (int path = 0; path < PATHS; ++path) {
+            for (int path = 0; path < PATHS; ++path) {
 #pragma unroll
-            for (int blk = 0; blk < S::blocks(path); ++blk) {
-                uint32_t a[2][4];  // k-steps 2 blk (values 0-15), 2 blk + 1 (16-31)
+                for (int blk = 0; blk < S::blocks(path); ++blk) {
+                    if (!S::block_used(path, blk, M)) continue;
+                    uint32_t a[2][4];  // k-steps 2 blk (values 0-15), 2 blk + 1 (16-31)
 #pragma unroll
-                for (int row = 0; row < 2; ++row) {
-                    const uint32_t at = slot + 8 * row * S::key_pos(path) + S::key_block_at(path, blk);
-                    const __half2 scale = __half2half2(__ushort_as_half(
-                        static_cast<unsigned short>(lds16(at + key_scale[path]))));
-                    const uint32_t d = at + key_data[path];
-                    if (S::KQ4) {
-                        // bytes 2c, 2c + 1 | 2c + 8, 2c + 9 -> k 2c, 2c + 1 | 2c + 8, 2c + 9
-                        const uint32_t x = join16(lds16(d), lds16(d + 8));
-#pragma unroll
-                        for (int half = 0; half < 2; ++half) {
-                            const uint32_t y = __byte_perm(x, 0, half ? 0x4342 : 0x4140);
-                            a[0][2 * half + row] = as_u32(__hmul2(nibbles(y), scale));
-                            a[1][2 * half + row] = as_u32(__hmul2(high_nibbles(y), scale));
-                        }
-                    } else {
-#pragma unroll
-                        for (int ks = 0; ks < 2; ++ks) {
-                            const uint32_t x = join16(lds16(d + 16 * ks), lds16(d + 16 * ks + 8));
+                    for (int row = 0; row < 2; ++row) {
+                        const uint32_t at = slot + 8 * row * S::key_pos(path) + S::key_block_at(path, blk);
+                        const __half2 scale = __half2half2(__ushort_as_half(
+                            static_cast<unsigned short>(lds16(at + key_scale[path]))));
+                        const uint32_t d = at + key_data[path];
+                        if (S::KQ4) {
+                            // bytes 2c, 2c + 1 | 2c + 8, 2c + 9 -> k 2c, 2c + 1 | 2c + 8, 2c + 9
+                            const uint32_t x = join16(lds16(d), lds16(d + 8));
 #pragma unroll
                             for (int half = 0; half < 2; ++half) {
                                 const uint32_t y = __byte_perm(x, 0, half ? 0x4342 : 0x4140);
-                                a[ks][2 * half + row] = as_u32(__hmul2(int8s(y), scale));
+                                a[0][2 * half + row] = as_u32(__hmul2(nibbles(y), scale));
+                                a[1][2 * half + row] = as_u32(__hmul2(high_nibbles(y), scale));
+                            }
+                        } else {
+#pragma unroll
+                            for (int ks = 0; ks < 2; ++ks) {
+                                const uint32_t x = join16(lds16(d + 16 * ks), lds16(d + 16 * ks + 8));
+#pragma unroll
+                                for (int half = 0; half < 2; ++half) {
+                                    const uint32_t y = __byte_perm(x, 0, half ? 0x4342 : 0x4140);
+                                    a[ks][2 * half + row] = as_u32(__hmul2(int8s(y), scale));
+                                }
                             }
                         }
                     }
-                }
 #pragma unroll
-                for (int ks = 0; ks < 2; ++ks) {
-                    const int step_index = 2 * blk + ks;
+                    for (int ks = 0; ks < 2; ++ks) {
+                        const int step_index = 2 * blk + ks;
 #pragma unroll
-                    for (int j = 0; j < NT; ++j) {
-                        if (!S::uses(path, j, step_index)) continue;
-                        const int i = step_index - S::first_step(path, j);
-                        mma16816(s[j], a[ks], qf[path][j][i][0], qf[path][j][i][1]);
+                        for (int j = 0; j < NTW; ++j) {
+                            const int J = M * NTW + j;
+                            if (!S::uses(path, J, step_index)) continue;
+                            const int i = step_index - S::first_step(path, J);
+                            mma16816(s[j], a[ks], qf[path][j][i][0], qf[path][j][i][1]);
+                        }
                     }
                 }
             }
-        }
+        };
 
-    };
-
-    // ---- the step's online softmax over its scores s, then its values
-    auto consume = [&](uint32_t slot, int t0, float (&s)[NT][4]) {
-        // s[j][0..1] are row g, s[j][2..3] row g + 8
-        if (t0 + kStep > end) {
+        // ---- the step's online softmax over its scores s, then its values
+        auto consume = [&](uint32_t slot, int t0, float (&s)[NTW][4]) {
+            // s[j][0..1] are row g, s[j][2..3] row g + 8
+            if (t0 + kStep > end) {
 #pragma unroll
-            for (int row = 0; row < 2; ++row) {
-                if (t0 + g + 8 * row < end) continue;
+                for (int row = 0; row < 2; ++row) {
+                    if (t0 + g + 8 * row < end) continue;
 #pragma unroll
-                for (int j = 0; j < NT; ++j) s[j][2 * row] = s[j][2 * row + 1] = -INFINITY;
+                    for (int j = 0; j < NTW; ++j) s[j][2 * row] = s[j][2 * row + 1] = -INFINITY;
+                }
             }
-        }
-        float cmax[NT][2];
-        bool rising = false;
+            float cmax[NTW][2];
+            bool rising = false;
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                cmax[j][i] = fmaxf(s[j][i], s[j][2 + i]);
-                rising |= cmax[j][i] > m_run[j][i] + kLazyMax;
-            }
-        }
-        if (__any_sync(0xffffffffu, rising)) {
-#pragma unroll
-            for (int j = 0; j < NT; ++j) {
+            for (int j = 0; j < NTW; ++j) {
 #pragma unroll
                 for (int i = 0; i < 2; ++i) {
-                    const float m_new = fmaxf(m_run[j][i], warp_max_over_rows(cmax[j][i]));
-                    const float alpha = fast_exp2(m_run[j][i] - m_new);  // 0 on the first step
-                    m_run[j][i] = m_new;
-                    l_run[j][i] *= alpha;
+                    cmax[j][i] = fmaxf(s[j][i], s[j][2 + i]);
+                    rising |= cmax[j][i] > m_run[j][i] + kLazyMax;
+                }
+            }
+            if (__any_sync(0xffffffffu, rising)) {
 #pragma unroll
-                    for (int nb = 0; nb < NBV; ++nb) w_sum[j][nb][i] *= alpha;
+                for (int j = 0; j < NTW; ++j) {
 #pragma unroll
-                    for (int nb = 0; nb < NBV; ++nb)
+                    for (int i = 0; i < 2; ++i) {
+                        const float m_new = fmaxf(m_run[j][i], warp_max_over_rows(cmax[j][i]));
+                        const float alpha = fast_exp2(m_run[j][i] - m_new);  // 0 on the first step
+                        m_run[j][i] = m_new;
+                        l_run[j][i] *= alpha;
 #pragma unroll
-                        for (int tile = 0; tile < 2; ++tile) {
-                            acc[j][nb][tile][i] *= alpha;
-                            acc[j][nb][tile][2 + i] *= alpha;
+                        for (int nb = 0; nb < NBV; ++nb) w_sum[j][nb][i] *= alpha;
+#pragma unroll
+                        for (int nb = 0; nb < NBV; ++nb)
+#pragma unroll
+                            for (int tile = 0; tile < 2; ++tile) {
+                                acc[j][nb][tile][i] *= alpha;
+                                acc[j][nb][tile][2 + i] *= alpha;
+                            }
+                    }
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < NTW; ++j) {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    s[j][i] = fast_exp2(s[j][i] - m_run[j][i & 1]);
+                    l_run[j][i & 1] += s[j][i];
+                }
+            }
+
+            // ---- values: weights times their KV head's block scale, then V^T @ P'^T per KV head
+            uint32_t pb[NTW][NBV][2];  // B fragments: positions 0-7 | 8-15 of the step
+#pragma unroll
+            for (int j = 0; j < NTW; ++j) {
+#pragma unroll
+                for (int nb = 0; nb < NBV; ++nb) {
+                    const uint32_t at =
+                        slot + v_scale + (8 * (M * NTW + j) / G) * S::V_HEAD + nb * S::VBYTES;
+                    const float da = __half2float(__ushort_as_half(static_cast<unsigned short>(lds16(at))));
+                    const float db = __half2float(
+                        __ushort_as_half(static_cast<unsigned short>(lds16(at + 8 * S::V_TOKEN))));
+                    pb[j][nb][0] = transpose8x8(pack(s[j][0] * da, s[j][1] * da));
+                    pb[j][nb][1] = transpose8x8(pack(s[j][2] * db, s[j][3] * db));
+                    float column[4] = {};  // every row: the step's weights of columns 2c, 2c + 1
+                    mma16816(column, ones, pb[j][nb][0], pb[j][nb][1]);
+                    w_sum[j][nb][0] += column[0];
+                    w_sum[j][nb][1] += column[1];
+                }
+            }
+#pragma unroll
+            for (int kvh = M * S::WH; kvh < (M + 1) * S::WH; ++kvh) {
+                const int j = kvh * G / 8 - M * NTW;
+#pragma unroll
+                for (int nb = 0; nb < NBV; ++nb) {
+                    // positions 2c, 2c + 1, 2c + 8, 2c + 9 of this head's block nb
+                    const uint32_t at = slot + v_data + kvh * S::V_HEAD + nb * S::VBYTES;
+                    uint32_t x[4];
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) x[e] = lds16(at + ((e & 1) + 8 * (e >> 1)) * S::V_TOKEN);
+                    const uint32_t lo = join16(x[0], x[1]), hi = join16(x[2], x[3]);
+                    uint32_t a0[4], a1[4];  // tiles 0 and 1 of this block
+                    if (S::VQ4) {
+                        const uint32_t lo1 = __byte_perm(x[0], x[1], 0x7531);  // bytes 2g + 1
+                        const uint32_t hi1 = __byte_perm(x[2], x[3], 0x7531);
+                        const uint32_t rows[4] = {lo, lo1, hi, hi1};
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            a0[e] = rows[e] & 0x000F000Fu;  // n 2^-24
+                            a1[e] = rows[e] & 0x00F000F0u;  // n 2^-20
                         }
+                    } else {
+                        uint32_t y[4];
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) y[e] = lds16(at + 16 + ((e & 1) + 8 * (e >> 1)) * S::V_TOKEN);
+                        const uint32_t lo2 = join16(y[0], y[1]), hi2 = join16(y[2], y[3]);
+                        const uint32_t rows[2][4] = {{lo, lo >> 8, hi, hi >> 8},
+                                                     {lo2, lo2 >> 8, hi2, hi2 >> 8}};
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            a0[e] = biased_bytes(rows[0][e]);  // (b + 128) 2^-24
+                            a1[e] = biased_bytes(rows[1][e]);
+                        }
+                    }
+                    const uint32_t mine = own_columns[kvh % HEADS_PER_TILE];
+                    const uint32_t b0 = pb[j][nb][0] & mine, b1 = pb[j][nb][1] & mine;
+                    mma16816(acc[j][nb][0], a0, b0, b1);
+                    mma16816(acc[j][nb][1], a1, b0, b1);
                 }
             }
-        }
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                s[j][i] = fast_exp2(s[j][i] - m_run[j][i & 1]);
-                l_run[j][i & 1] += s[j][i];
-            }
-        }
+        };
 
-        // ---- values: weights times their KV head's block scale, then V^T @ P'^T per KV head
-        uint32_t pb[NT][NBV][2];  // B fragments: positions 0-7 | 8-15 of the step
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-#pragma unroll
-            for (int nb = 0; nb < NBV; ++nb) {
-                const uint32_t at = slot + v_scale + (8 * j / G) * S::V_HEAD + nb * S::VBYTES;
-                const float da = __half2float(__ushort_as_half(static_cast<unsigned short>(lds16(at))));
-                const float db = __half2float(
-                    __ushort_as_half(static_cast<unsigned short>(lds16(at + 8 * S::V_TOKEN))));
-                pb[j][nb][0] = transpose8x8(pack(s[j][0] * da, s[j][1] * da));
-                pb[j][nb][1] = transpose8x8(pack(s[j][2] * db, s[j][3] * db));
-                float column[4] = {};  // every row: the step's weights of columns 2c, 2c + 1
-                mma16816(column, ones, pb[j][nb][0], pb[j][nb][1]);
-                w_sum[j][nb][0] += column[0];
-                w_sum[j][nb][1] += column[1];
-            }
+        // Step k's bytes are copied S::STAGES - 1 steps ahead of its use (the first ones above).
+        for (int k = 0; k < run_steps; ++k) {
+            copies_wait<S::STAGES - 2>();
+            // Every team lane's pieces of step k are in; step k - 1's slot is free.
+            if constexpr (S::TEAM == 1) __syncwarp();
+            else asm volatile("bar.sync %0, %1;" ::"r"(1 + run), "n"(TL) : "memory");
+            issue(k + S::STAGES - 1);
+            float s[NTW][4];
+            scores(slot(k), s);
+            consume(slot(k), position(k), s);
         }
-#pragma unroll
-        for (int kvh = 0; kvh < HKV; ++kvh) {
-            const int j = kvh * G / 8;
-#pragma unroll
-            for (int nb = 0; nb < NBV; ++nb) {
-                // positions 2c, 2c + 1, 2c + 8, 2c + 9 of this head's block nb
-                const uint32_t at = slot + v_data + kvh * S::V_HEAD + nb * S::VBYTES;
-                uint32_t x[4];
-#pragma unroll
-                for (int e = 0; e < 4; ++e) x[e] = lds16(at + ((e & 1) + 8 * (e >> 1)) * S::V_TOKEN);
-                const uint32_t lo = join16(x[0], x[1]), hi = join16(x[2], x[3]);
-                uint32_t a0[4], a1[4];  // tiles 0 and 1 of this block
-                if (S::VQ4) {
-                    const uint32_t lo1 = __byte_perm(x[0], x[1], 0x7531);  // bytes 2g + 1
-                    const uint32_t hi1 = __byte_perm(x[2], x[3], 0x7531);
-                    const uint32_t rows[4] = {lo, lo1, hi, hi1};
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        a0[e] = rows[e] & 0x000F000Fu;  // n 2^-24
-                        a1[e] = rows[e] & 0x00F000F0u;  // n 2^-20
-                    }
-                } else {
-                    uint32_t y[4];
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) y[e] = lds16(at + 16 + ((e & 1) + 8 * (e >> 1)) * S::V_TOKEN);
-                    const uint32_t lo2 = join16(y[0], y[1]), hi2 = join16(y[2], y[3]);
-                    const uint32_t rows[2][4] = {{lo, lo >> 8, hi, hi >> 8},
-                                                 {lo2, lo2 >> 8, hi2, hi2 >> 8}};
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        a0[e] = biased_bytes(rows[0][e]);  // (b + 128) 2^-24
-                        a1[e] = biased_bytes(rows[1][e]);
-                    }
-                }
-                const uint32_t mine = own_columns[kvh % HEADS_PER_TILE];
-                const uint32_t b0 = pb[j][nb][0] & mine, b1 = pb[j][nb][1] & mine;
-                mma16816(acc[j][nb][0], a0, b0, b1);
-                mma16816(acc[j][nb][1], a1, b0, b1);
-            }
-        }
-    };
-
-    // Step k's bytes are copied S::STAGES - 1 steps ahead of its use (the first ones above).
-    for (int k = 0; k < warp_steps; ++k) {
-        copies_wait<S::STAGES - 2>();
-        __syncwarp();  // every lane's pieces of step k are in; step k - 1's slot is free
-        issue(k + S::STAGES - 1);
-        float s[NT][4];
-        scores(slot(k), s);
-        consume(slot(k), position(k), s);
-    }
+    });
     copies_wait<0>();
     __syncthreads();  // the rings become the merge buffers
 
-    // ---- merge the block's warps through shared memory: one partial per (head, split)
+    // ---- merge the block's runs through shared memory: one partial per (head, split)
     constexpr int DV = S::DV, HQ = S::HQ;
-    float* sm_m = reinterpret_cast<float*>(smem);                  // [warp][head]
-    float* sm_l = sm_m + kRowWarps * HQ;                           // [warp][head]
-    float* sm_o = sm_l + kRowWarps * HQ;                           // [warp][head][DV + 1]
+    float* sm_m = reinterpret_cast<float*>(smem);                  // [run][head]
+    float* sm_l = sm_m + kRowRuns * HQ;                            // [run][head]
+    float* sm_o = sm_l + kRowRuns * HQ;                            // [run][head][DV + 1]
 #pragma unroll
-    for (int j = 0; j < NT; ++j) {
+    for (int j = 0; j < NTW; ++j) {
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
+            const int h = 8 * (member * NTW + j) + 2 * c + i;
             const float l = warp_sum_over_rows(l_run[j][i]);
             if (g == 0) {
-                sm_m[warp * HQ + 8 * j + 2 * c + i] = m_run[j][i];
-                sm_l[warp * HQ + 8 * j + 2 * c + i] = l;
+                sm_m[run * HQ + h] = m_run[j][i];
+                sm_l[run * HQ + h] = l;
             }
-        }
-    }
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int h = 8 * j + 2 * c + i;
-            float* o = sm_o + (warp * HQ + h) * (DV + 1);  // + 1: lanes c write heads DV apart
+            float* o = sm_o + (run * HQ + h) * (DV + 1);  // + 1: lanes c write heads DV apart
 #pragma unroll
             for (int nb = 0; nb < NBV; ++nb) {
                 const float offset = (S::VQ4 ? 8.f : 128.f) * w_sum[j][nb][i];
@@ -552,25 +585,25 @@ __global__ void __launch_bounds__(kRowWarps * 32, S::MIN_BLOCKS) decode_rows_ker
     }
     __syncthreads();
     // Thread t joins PER_THREAD consecutive values of head t * PER_THREAD / DV.
-    constexpr int PER_THREAD = HQ * DV / (kRowWarps * 32);
-    static_assert(PER_THREAD >= 1 && HQ * DV % (kRowWarps * 32) == 0 && DV % PER_THREAD == 0,
+    constexpr int PER_THREAD = HQ * DV / (S::WARPS * 32);
+    static_assert(PER_THREAD >= 1 && HQ * DV % (S::WARPS * 32) == 0 && DV % PER_THREAD == 0,
                   "whole heads per thread group");
     const int h = threadIdx.x * PER_THREAD / DV, v0 = threadIdx.x * PER_THREAD % DV;
     float m = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kRowWarps; ++w) m = fmaxf(m, sm_m[w * HQ + h]);
-    float f[kRowWarps], l = 0.f;
+    for (int r = 0; r < kRowRuns; ++r) m = fmaxf(m, sm_m[r * HQ + h]);
+    float f[kRowRuns], l = 0.f;
 #pragma unroll
-    for (int w = 0; w < kRowWarps; ++w) {  // 0 for a warp without positions (or a block)
-        f[w] = m > -INFINITY ? exp2f(sm_m[w * HQ + h] - m) : 0.f;
-        l += f[w] * sm_l[w * HQ + h];
+    for (int r = 0; r < kRowRuns; ++r) {  // 0 for a run without positions (or a block)
+        f[r] = m > -INFINITY ? exp2f(sm_m[r * HQ + h] - m) : 0.f;
+        l += f[r] * sm_l[r * HQ + h];
     }
     const int64_t part = (int64_t(b) * p.q_heads + head0 * G + h) * p.n_splits + split;
 #pragma unroll
     for (int k = 0; k < PER_THREAD; ++k) {
         float o = 0.f;
 #pragma unroll
-        for (int w = 0; w < kRowWarps; ++w) o += f[w] * sm_o[(w * HQ + h) * (DV + 1) + v0 + k];
+        for (int r = 0; r < kRowRuns; ++r) o += f[r] * sm_o[(r * HQ + h) * (DV + 1) + v0 + k];
         p.o[part * DV + v0 + k] = o;
     }
     if (v0 == 0) {
@@ -624,21 +657,21 @@ Rows value_rows(const caramba_cuda_cache& v, int kv_heads) {
 
 template <class S>
 RowKernel launchable(const caramba_cuda_decode_params& p) {
-    return {decode_rows_kernel<S>, S::SMEM, p.kv_heads / S::HKV};
+    return {decode_rows_kernel<S>, S::SMEM, p.kv_heads / S::HKV, S::WARPS};
 }
 
 // The instance of this head shape and layout in p's formats, if p has that shape.
-template <int G, int HKV, int DS, int DG, int NBV, bool KTOKEN, bool VTOKEN>
+template <int G, int HKV, int DS, int DG, int NBV, bool KTOKEN, bool VTOKEN, int TEAM>
 RowKernel instance(const caramba_cuda_decode_params& p, int dg) {
     constexpr int Q4 = CARAMBA_FORMAT_Q4_0, Q8 = CARAMBA_FORMAT_Q8_0;
-    if (!matches<Shape<Q4, Q4, G, HKV, DS, DG, NBV, VTOKEN, KTOKEN>>(p, dg)) return {};
+    if (!matches<Shape<Q4, Q4, G, HKV, DS, DG, NBV, VTOKEN, KTOKEN, TEAM>>(p, dg)) return {};
     // A token row holds every KV head: only head-layout tensors split into groups of HKV.
     if ((KTOKEN || VTOKEN) && p.kv_heads != HKV) return {};
     const bool k4 = p.k_sem.format == Q4, v4 = p.v.format == Q4;
-    if (k4 && v4) return launchable<Shape<Q4, Q4, G, HKV, DS, DG, NBV, VTOKEN, KTOKEN>>(p);
-    if (k4) return launchable<Shape<Q4, Q8, G, HKV, DS, DG, NBV, VTOKEN, KTOKEN>>(p);
-    if (v4) return launchable<Shape<Q8, Q4, G, HKV, DS, DG, NBV, VTOKEN, KTOKEN>>(p);
-    return launchable<Shape<Q8, Q8, G, HKV, DS, DG, NBV, VTOKEN, KTOKEN>>(p);
+    if (k4 && v4) return launchable<Shape<Q4, Q4, G, HKV, DS, DG, NBV, VTOKEN, KTOKEN, TEAM>>(p);
+    if (k4) return launchable<Shape<Q4, Q8, G, HKV, DS, DG, NBV, VTOKEN, KTOKEN, TEAM>>(p);
+    if (v4) return launchable<Shape<Q8, Q4, G, HKV, DS, DG, NBV, VTOKEN, KTOKEN, TEAM>>(p);
+    return launchable<Shape<Q8, Q8, G, HKV, DS, DG, NBV, VTOKEN, KTOKEN, TEAM>>(p);
 }
 
 }  // namespace
@@ -649,12 +682,13 @@ RowKernel instance(const caramba_cuda_decode_params& p, int dg) {
 constexpr int kStdHeads = 2;
 
 // Cached positions per call (batch * capacity) from which AUTO picks the row kernel for an
-// instance with one group of KV heads (a token row). Its blocks split a sequence into runs of
-// >= 512 positions, so smaller calls leave most SMs idle; the per-KV-head kernel's eight warps
-// per split fill them. H200, one layer, q8_0 / q4_0 (us, rows vs per-KV-head;
-// benchmarks/results/kernels_gpu.md, cudarows_* / cudaheads_*): batch 8 x 4k 14.1 / 12.6 vs
-// 12.0 / 12.9; batch 1 x 32k 15.5 / 14.0 vs 12.9 / 13.8; batch 8 x 8k 15.4 / 13.8 vs 17.5 /
-// 19.2; batch 1 x 64k 15.9 / 14.6 vs 18.3 / 20.1; batch 8 x 32k 42.9 / 29.9 vs 49.9 / 50.7.
+// instance with one group of KV heads (a token row) unless every tensor is q4_0. Its blocks
+// split a sequence into runs of >= 512 positions, so smaller calls leave most SMs idle; the
+// per-KV-head kernel's eight warps per split fill them, which pays off for q8_0 only. H200, one
+// layer, DBA, us, rows vs per-KV-head (benchmarks/results/kernels_gpu.md, cudarows_* /
+// cudaheads_*), q8_0: batch 1 x 4k 12.1 vs 9.7, batch 8 x 4k 13.0 vs 11.5, batch 1 x 32k 13.1
+// vs 12.8, batch 8 x 8k 14.2 vs 17.0, batch 1 x 64k 14.8 vs 18.4; q4_0: batch 1 x 4k 10.1 vs
+// 10.9, batch 8 x 4k 11.2 vs 12.4, batch 1 x 32k 11.5 vs 13.7, batch 8 x 8k 12.0 vs 18.1.
 // Grouped head-layout instances have blocks per KV-head group too, and win at every size
 // measured (batch 1 x 4k: 10.6 / 10.1 vs 15.1 / 13.3).
 constexpr int64_t kRowMinPositions = 65536;
@@ -672,15 +706,21 @@ RowKernel row_kernel(const caramba_cuda_decode_params& p) {
     // heads: the seed's DBA cache, per KV head 4 semantic + 8 geometric key values in token
     // rows and 32 values (sem 128, geo 256, v 256 over the heads); standard attention, head dim
     // 64 in the head layout (the per-KV-head kernel's 16-bit global loads leave HBM idle).
+    // The DBA instance runs teams of 2 warps. H200, one layer, us, teams of 1 -> 2 (same run):
+    // q4_0 batch 8 x 32k 25.3 -> 24.6, 64k 39.4 -> 41.9; q8_0 32k 37.1 -> 32.8, 64k 62.3 ->
+    // 57.7; q4_0 batch 1 x 64k 14.2 -> 12.8, batch 8 x 8k 13.5 -> 12.0. Only q4_0 at 64k loses:
+    // a team keeps one step in flight, so 2/3 of the bytes a wave of single warps did.
     const bool value_tokens = values == Rows::tokens;
     if (keys == Rows::tokens) {
-        if (small) return {};
-        return value_tokens ? instance<4, 8, 4, 8, 1, true, true>(p, dg)
-                            : instance<4, 8, 4, 8, 1, true, false>(p, dg);
+        const bool all_q4 = p.k_sem.format == CARAMBA_FORMAT_Q4_0 && p.v.format == CARAMBA_FORMAT_Q4_0 &&
+                            (!dba || p.k_geo.format == CARAMBA_FORMAT_Q4_0);
+        if (small && !all_q4) return {};
+        return value_tokens ? instance<4, 8, 4, 8, 1, true, true, 2>(p, dg)
+                            : instance<4, 8, 4, 8, 1, true, false, 2>(p, dg);
     }
-    if (value_tokens) return small ? RowKernel{} : instance<4, 8, 64, 0, 2, false, true>(p, dg);
+    if (value_tokens) return small ? RowKernel{} : instance<4, 8, 64, 0, 2, false, true, 1>(p, dg);
     // Head-layout keys and values: kStdHeads KV heads per warp, blocks per group of them.
-    return instance<4, kStdHeads, 64, 0, 2, false, false>(p, dg);
+    return instance<4, kStdHeads, 64, 0, 2, false, false, 1>(p, dg);
 }
 
 }  // namespace caramba_cuda

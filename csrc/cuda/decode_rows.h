@@ -8,8 +8,10 @@ namespace caramba_cuda {
 
 using DecodeKernel = void (*)(caramba_cuda_decode_params);
 
-constexpr int kRowWarps = 4;                 // warps per block: one (sequence, split)
-constexpr int kRowPositions = 32 * kRowWarps;  // split granularity: two 16-position steps a warp
+// A block (one per sequence, split and head group) cuts its split into kRowRuns contiguous
+// runs of 16-position steps, each taken by a team of 1 or 2 warps.
+constexpr int kRowRuns = 4;
+constexpr int kRowPositions = 32 * kRowRuns;  // split granularity: two 16-position steps a run
 
 // A row kernel instance, the dynamic shared memory it launches with (its per-warp rings of
 // staged steps) and its blocks per (sequence, split).
@@ -17,6 +19,7 @@ struct RowKernel {
     DecodeKernel kernel = nullptr;
     int smem_bytes = 0;
     int head_groups = 1;  // blocks per (sequence, split): groups of the instance's KV heads
+    int warps = kRowRuns;  // per block: kRowRuns teams
 };
 
 // The row kernel instance that serves p, or {nullptr, 0} (the per-KV-head kernel serves it

@@ -292,7 +292,7 @@ def test_row_kernel_instances_take_their_calls() -> None:
     """Which kernel serves a call (host checks): the row kernel only for its instances."""
     gen = torch.Generator().manual_seed(6)
     formats, (qs, ks, v, *_rest) = draw_rows(gen)
-    assert split_shape(formats, qs, ks, v) == (4, 128)
+    assert split_shape(formats, qs, ks, v) == (8, 128)  # 4 teams of 2 warps
     B, S = v.shape[0], v.shape[2]
     head_keys = [store(formats[0], torch.randn(B, 8, S, 32), False) for _ in ks]
     wide = [torch.randn(q.shape[0], q.shape[1], 32) for q in qs]
@@ -303,16 +303,22 @@ def test_row_kernel_instances_take_their_calls() -> None:
     odd = [store(formats[0], torch.randn(B, 8, 13, d), True) for d in (4, 8)]
     odd_v = store(formats[2], torch.randn(B, 8, 13, 32), False)
     assert split_shape(formats, qs, odd, odd_v) == (8, 32)
-    # "auto" takes the row kernel from 64k cached positions per call (batch * capacity).
+    # "auto" takes the row kernel from 64k cached positions per call (batch * capacity), and
+    # at any size where every tensor is q4_0.
     assert split_shape(formats, qs, ks, v, "heads") == (8, 32)
-    small = B * S < 65536
-    assert split_shape(formats, qs, ks, v, "auto") == ((8, 32) if small else (4, 128))
+    small = B * S < 65536 and set(formats) != {"q4_0"}
+    assert split_shape(formats, qs, ks, v, "auto") == ((8, 32) if small else (8, 128))
+    for kind, shape in (("q4_0", (8, 128)), ("q8_0", (8, 32))):
+        few = [store(kind, torch.randn(1, 8, 64, d), True) for d in (4, 8)]
+        few_v = store(kind, torch.randn(1, 8, 64, 32), False)
+        assert split_shape((kind,) * 3, [q[:1] for q in qs], few, few_v, "auto") == shape
     big = [store(formats[0], torch.randn(1, 8, 65536, d), True) for d in (4, 8)]
     big_v = store(formats[2], torch.randn(1, 8, 65536, 32), False)
     one = [q[:1] for q in qs]
-    assert split_shape(formats, one, big, big_v, "auto") == (4, 128)
+    assert split_shape(formats, one, big, big_v, "auto") == (8, 128)
     cut = [k[:, :, :65528] for k in big]
-    assert split_shape(formats, one, cut, big_v[:, :, :65528], "auto") == (8, 32)
+    want = (8, 128) if set(formats) == {"q4_0"} else (8, 32)
+    assert split_shape(formats, one, cut, big_v[:, :, :65528], "auto") == want
     # Standard attention at Llama-3.2-1B widths (head dim 64, head-layout keys) has an instance;
     # head dim 32 has none.
     # Head-layout keys and values: 4 warps per 2 KV heads, and "auto" takes them at any size.
