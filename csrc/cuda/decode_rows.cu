@@ -207,20 +207,25 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
     // Head-layout keys go as the values do: lane i copies pieces i % K_LANES + K_LANES j of KV
     // head i / K_LANES's run.
     const int k_lane = S::K_ROWS ? tl : tl % S::K_LANES, k_run = S::K_ROWS ? 0 : tl / S::K_LANES;
-    const uint8_t* key_src[PATHS];  // sequence b's row 0 + this lane's first piece
+    // Each tensor's source pointer sits at the next step to issue (this lane's first piece) and
+    // moves one step on per issue: an add per tensor, not a 64-bit multiply per step.
+    const int64_t run_first = start + int64_t(kStep) * first_step;
+    const uint8_t* key_src[PATHS];
 #pragma unroll
     for (int path = 0; path < PATHS; ++path) {
         const caramba_cuda_cache& t = path ? p.k_geo : p.k_sem;
         key_src[path] = static_cast<const uint8_t*>(t.data) + b * t.batch_stride +
-                        (S::K_ROWS ? 0 : (head0 + k_run) * t.head_stride) + 16 * k_lane;
+                        (S::K_ROWS ? 0 : (head0 + k_run) * t.head_stride) + 16 * k_lane +
+                        run_first * S::key_pos(path);
     }
     const int v_lane = tl % S::V_LANES, v_run = S::V_ROWS ? 0 : tl / S::V_LANES;
     const uint8_t* v_src = static_cast<const uint8_t*>(p.v.data) + b * p.v.batch_stride +
-                           (head0 + v_run) * p.v.head_stride + 16 * v_lane;
+                           (head0 + v_run) * p.v.head_stride + 16 * v_lane + run_first * S::V_TOKEN;
     const uint32_t v_dst = S::V_AT + v_run * S::V_HEAD + 16 * v_lane;
-    // Copies the n <= 16 positions from t0 into `slot`: whole steps (Full) as plain 16-byte
-    // copies, a split's last step with the bytes past position t0 + n zero-filled (and not read).
-    auto stage = [&](auto full, uint32_t slot, int t0, int n) {
+    // Copies the n <= 16 positions at the source pointers into `slot`: whole steps (Full) as
+    // plain 16-byte copies, a split's last step with the bytes past the n-th zero-filled (and
+    // not read).
+    auto stage = [&](auto full, uint32_t slot, int n) {
         constexpr bool Full = decltype(full)::value;
         // Piece `piece` of a run whose first byte is src - 16 first (`bytes` of it are real).
         auto copy = [&](uint32_t dst, const uint8_t* src, int piece, int first, int bytes) {
@@ -236,7 +241,7 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
         for (int path = 0; path < PATHS; ++path) {
             if constexpr (S::K_ROWS) {
                 const int row = S::key_row(path);
-                const uint8_t* src = key_src[path] + size_t(t0) * row;
+                const uint8_t* src = key_src[path];
 #pragma unroll
                 for (int r = 0; r < (S::key_row(path) + TL - 1) / TL; ++r) {
                     const int piece = tl + TL * r;
@@ -246,7 +251,7 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
             } else {
                 constexpr int L = S::K_LANES;
                 const int row = S::head_row(path);  // pieces of a KV head's run
-                const uint8_t* src = key_src[path] + size_t(t0) * row;
+                const uint8_t* src = key_src[path];
                 const uint32_t dst = slot + S::key_at(path) + k_run * kStep * row + 16 * k_lane;
 #pragma unroll
                 for (int r = 0; r < (S::head_row(path) + L - 1) / L; ++r) {
@@ -256,7 +261,7 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
                 }
             }
         }
-        const uint8_t* src = v_src + size_t(t0) * S::V_TOKEN;
+        const uint8_t* src = v_src;
 #pragma unroll
         for (int r = 0; r < (S::V_PIECES + S::V_LANES - 1) / S::V_LANES; ++r) {
             const int piece = v_lane + S::V_LANES * r;
@@ -268,9 +273,12 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
     auto slot = [&](int k) { return ring + (k % S::STAGES) * S::STAGE; };
     auto issue = [&](int k) {
         const int t0 = position(k);
-        if (k < run_steps && t0 + kStep <= end) stage(std::true_type{}, slot(k), t0, kStep);
-        else if (k < run_steps) stage(std::false_type{}, slot(k), t0, end - t0);
+        if (k < run_steps && t0 + kStep <= end) stage(std::true_type{}, slot(k), kStep);
+        else if (k < run_steps) stage(std::false_type{}, slot(k), end - t0);
         copies_commit();  // an empty group where nothing is left: the wait counts stay uniform
+#pragma unroll
+        for (int path = 0; path < PATHS; ++path) key_src[path] += kStep * S::key_pos(path);
+        v_src += kStep * S::V_TOKEN;
     };
 
     // The first step's copies go out before the queries are read, so their round trips
