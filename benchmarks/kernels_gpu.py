@@ -25,6 +25,7 @@ that format holds, timed the same way. No decode kernel can read its cache faste
 
     python benchmarks/kernels_gpu.py [--batches 1 8] [--contexts 4096 ... 65536] [--out DIR]
     python benchmarks/kernels_gpu.py --sweep   # launch-parameter sweep, printed only
+    python benchmarks/kernels_gpu.py --std-head-dim 128 --out DIR  # Llama-3-8B's standard heads
 """
 
 from __future__ import annotations
@@ -411,7 +412,7 @@ def write_results(rows, meta, out_dir: Path, echo=True) -> None:
         "# Fused decode attention: caramba (Triton, CUDA) vs torch SDPA, one layer, one token",
         "",
         f"{props.name}, torch {torch.__version__}, triton {triton.__version__}. "
-        "Standard: 32 q heads / 8 KV heads / dim 64, fp16. DBA: 32 q heads / 8 KV heads, "
+        f"Standard: 32 q heads / 8 KV heads / dim {STD['D']}, fp16. DBA: 32 q heads / 8 KV heads, "
         "per KV head sem 4 + geo 8 (keys in the token layout: rows of 32 + 64 values) and "
         "v 32 (head layout). triton_std_* and triton_dba_* run the all-heads kernel (fused.py; "
         "a head-layout cache gets one KV head per program); triton_dba_q4_0_perhead the "
@@ -474,12 +475,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--sweep", action="store_true", help="time launch variants instead")
     parser.add_argument(
+        "--std-head-dim", type=int, default=STD["D"], choices=(64, 128),
+        help="head dim of the standard-attention rows (128: Llama-3-8B)",
+    )  # fmt: skip
+    parser.add_argument(
         "--autotune", action="store_true", help="first pick the all-heads kernel's launch variant"
     )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernels_gpu.py needs a CUDA GPU (and triton); nothing was measured.")
     torch.backends.cuda.matmul.allow_tf32 = False
+    STD["D"] = args.std_head_dim
     if args.sweep:
         sweep(args.contexts)
     else:

@@ -411,10 +411,6 @@ extern "C" caramba_status caramba_cuda_decode_supported(const caramba_cuda_decod
         return status(CARAMBA_ERR_UNSUPPORTED, "formats: k_sem and k_geo in one format");
     if (p.k_sem.dim <= 0 || p.k_sem.dim % 2 || (dba && (p.k_geo.dim <= 0 || p.k_geo.dim % 2)))
         return status(CARAMBA_ERR_UNSUPPORTED, "key dims: positive and even");
-    if (key_steps(p) > kMaxKeySteps)
-        return status(CARAMBA_ERR_UNSUPPORTED,
-                      "key dims: at most 8 groups of 8 key values per head (ceil(d_sem / 8) + "
-                      "ceil(d_geo / 8) <= 8)");
     if (!stride_fits(p.k_sem) || (dba && !stride_fits(p.k_geo)) || !stride_fits(p.v))
         return status(CARAMBA_ERR_UNSUPPORTED, "token strides: positive and under 4 GiB");
     if (p.v.dim != 32 && p.v.dim != 64 && p.v.dim != 128)
@@ -433,6 +429,12 @@ extern "C" caramba_status caramba_cuda_decode_supported(const caramba_cuda_decod
         p.split_len % kChunk)
         return status(CARAMBA_ERR_INVALID_ARGUMENT,
                       "batch, s_max, n_splits: positive; split_len: a positive multiple of 32");
+    // Wider keys only where a row kernel instance takes them (standard attention at head dim 128).
+    if (key_steps(p) > kMaxKeySteps && !row_kernel(p).kernel)
+        return status(CARAMBA_ERR_UNSUPPORTED,
+                      "key dims: at most 8 groups of 8 key values per head (ceil(d_sem / 8) + "
+                      "ceil(d_geo / 8) <= 8), or standard attention at head dim 128 with 4 query "
+                      "heads per KV head in the head layout (kernel auto or rows)");
     return status(CARAMBA_OK, "");
 }
 

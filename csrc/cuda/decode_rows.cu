@@ -727,7 +727,9 @@ RowKernel row_kernel(const caramba_cuda_decode_params& p) {
                             : instance<4, 8, 4, 8, 1, true, false, 2>(p, dg);
     }
     if (value_tokens) return small ? RowKernel{} : instance<4, 8, 64, 0, 2, false, true, 1>(p, dg);
-    // Head-layout keys and values: kStdHeads KV heads per warp, blocks per group of them.
+    // Head-layout keys and values: kStdHeads KV heads per warp, blocks per group of them; head
+    // dim 128 (Llama-3-8B and its kin) too, which the per-KV-head kernel does not serve.
+    if (p.k_sem.dim == 128) return instance<4, kStdHeads, 128, 0, 4, false, false, 1>(p, dg);
     return instance<4, kStdHeads, 64, 0, 2, false, false, 1>(p, dg);
 }
 

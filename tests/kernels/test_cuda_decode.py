@@ -140,7 +140,8 @@ def draw_rows(gen: torch.Generator, dba: bool = True):
     """A problem for the row kernel at Llama-3.2-1B widths (32 query / 8 KV heads): the DBA
     cache (sem 4 + geo 8 keys per KV head in token rows, 32 values per head) or standard
     attention (head dim 64, keys in the head layout, 64 values per head; with the values in
-    the head layout too, 2, 4 or 8 KV heads), the values in the head or token layout, any
+    the head layout too, 2, 4 or 8 KV heads and head dim 64 or 128, Llama-3-8B's), the values
+    in the head or token layout, any
     q8_0/q4_0 key and value formats, batch 1-8, ragged lengths. Capacities are multiples of 8
     positions: every tensor's sequences (and heads) then start on 16 bytes, as the kernel's
     asynchronous copies need."""
@@ -150,7 +151,8 @@ def draw_rows(gen: torch.Generator, dba: bool = True):
     lengths = torch.randint(1, S + 1, (B,), generator=gen, dtype=torch.int32)
     lengths[0] = S if randint(gen, 0, 1) else max(1, S - randint(gen, 0, 40))
     key, value = (("q8_0", "q4_0")[randint(gen, 0, 1)] for _ in range(2))
-    key_dims, dv = ((4, 8), 32) if dba else ((64,), 64)
+    D = 64 if dba or value_tokens else (64, 128)[randint(gen, 0, 1)]
+    key_dims, dv = ((4, 8), 32) if dba else ((D,), D)
     ks = [store(key, torch.randn(B, Hkv, S, d, generator=gen) * 2, dba) for d in key_dims]
     v = store(value, torch.randn(B, Hkv, S, dv, generator=gen) * 2, value_tokens)
     qs = [torch.randn(B, Hkv * group, d, generator=gen) for d in key_dims]
@@ -330,3 +332,13 @@ def test_row_kernel_instances_take_their_calls() -> None:
     assert split_shape(formats, [torch.randn(1, 32, 64)], heads_k, heads_v, "auto") == (16, 128)
     narrow = [store(formats[0], torch.randn(v.shape[0], 8, v.shape[2], 32), False)]
     assert split_shape(formats, [qs[0][..., :32]], narrow, v) == (8, 32)
+    # Head dim 128 in the head layout: the row kernel only (the per-KV-head kernel's keys stop
+    # at 64 values), and not with token-layout values.
+    wide_k = [store(formats[0], torch.randn(1, 8, 64, 128), False)]
+    wide_v = store(formats[1], torch.randn(1, 8, 64, 128), False)
+    wide_q = [torch.randn(1, 32, 128)]
+    for kernel in ("auto", "rows"):
+        assert split_shape(formats, wide_q, wide_k, wide_v, kernel) == (16, 128)
+    assert split_shape(formats, wide_q, wide_k, wide_v, "heads") == (0, 0)  # unserved
+    wide_tokens = store(formats[1], torch.randn(1, 8, 64, 128), True)
+    assert split_shape(formats, wide_q, wide_k, wide_tokens) == (0, 0)

@@ -115,8 +115,9 @@ def cache(view: Any) -> Cache:
 
 
 # caramba_cuda_kernel by name: "auto" (the row kernel where it applies: its DBA instance to a
-# call of 64k cached positions or more, its grouped standard one always), "heads" (always the
-# per-KV-head kernel), "rows" (the row kernel wherever it applies).
+# call of 64k cached positions or more or of q4_0 tensors only, its grouped standard ones at
+# head dim 64 and 128 always), "heads" (always the per-KV-head kernel, which serves key widths
+# up to 64 only), "rows" (the row kernel wherever it applies).
 KERNELS = {"auto": 0, "heads": 1, "rows": 2}
 
 # caramba_cuda_query_type by torch dtype name: queries of these types are read as they are.
