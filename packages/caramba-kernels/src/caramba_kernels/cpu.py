@@ -42,7 +42,8 @@ PATHS = ("auto", "scalar", "simd", "avx2", "avx512", "neon")
 
 
 def _is_torch(x: object) -> bool:
-    return type(x).__module__.split(".", 1)[0] == "torch"
+    module = type(x).__module__
+    return module == "torch" or module.startswith("torch.")
 
 
 # torch dtypes numpy shares memory with: such a CPU tensor crosses as a numpy view (a C call)
@@ -71,7 +72,9 @@ def _array(x: object, name: str, view: bool = True) -> Any:
 
 
 def _shape(x: Any, name: str, ndim: int | None = None, what: str = "") -> tuple[int, ...]:
-    shape = tuple(int(n) for n in x.shape)
+    shape = x.shape  # numpy's is a tuple of ints already (most calls: no copy, ~1 us a decode)
+    if type(shape) is not tuple:
+        shape = tuple(map(int, shape))
     if ndim is not None and len(shape) != ndim:
         raise ValueError(f"{name}: expected shape {what}, got {shape}")
     if ndim is None and len(shape) < 1:
