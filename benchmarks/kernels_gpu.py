@@ -68,9 +68,10 @@ IMPLS = ("triton_std_f16", "triton_std_q8_0", "triton_std_q4_0",
          "triton_dba_f16", "triton_dba_q8_0", "triton_dba_q4_0",
          "triton_dba_q4_0_perhead")  # fmt: skip
 # The tensor-core CUDA kernels (caramba_kernels.cuda), where the package was built with them:
-# cuda_* as dispatched (TUNING cuda_kernel "auto": the row kernel for both caches from 64k
-# cached positions per call), cudaheads_* the per-KV-head kernel and cudarows_* the row kernel
-# on the same cache (the figures AUTO's threshold comes from).
+# cuda_* as dispatched (TUNING cuda_kernel "auto": the row kernel for the DBA cache from 64k
+# cached positions per call or when it is all q4_0, for standard attention always),
+# cudaheads_* the per-KV-head kernel and cudarows_* the row kernel on the same cache (the
+# figures AUTO's threshold comes from).
 CUDA_IMPLS = ("cuda_std_q8_0", "cuda_std_q4_0", "cuda_dba_q8_0", "cuda_dba_q4_0",
               "cudaheads_std_q8_0", "cudaheads_std_q4_0",
               "cudaheads_dba_q8_0", "cudaheads_dba_q4_0",
@@ -220,8 +221,14 @@ def measure(name: str, B: int, S: int, l2_bytes: int, copy_bps: float, peak_bps:
     us = time_per_call(copies)
     del copies
     torch.cuda.empty_cache()
+    return result_row(name, B, S, us, moved, copy_bps, peak_bps)
+
+
+def result_row(impl: str, B: int, S: int, us: float, moved: int, copy_bps: float,
+               peak_bps: float) -> dict:  # fmt: skip
+    """One row of the table: time per call and the bandwidth on the bytes moved."""
     bps = moved / (us * 1e-6)
-    return {"impl": name, "batch": B, "context": S, "us": us, "bytes": moved,
+    return {"impl": impl, "batch": B, "context": S, "us": us, "bytes": moved,
             "GBps": bps / 1e9, "pct_hbm_peak": 100 * bps / peak_bps,
             "pct_copy": 100 * bps / copy_bps}  # fmt: skip
 
@@ -245,10 +252,7 @@ def read_floor(B: int, S: int, kind: str, l2_bytes: int, copy_bps: float, peak_b
         us = min(us, time_per_call(calls))
     del buffers
     torch.cuda.empty_cache()
-    bps = moved / (us * 1e-6)
-    return {"impl": f"read_dba_{kind}", "batch": B, "context": S, "us": us, "bytes": moved,
-            "GBps": bps / 1e9, "pct_hbm_peak": 100 * bps / peak_bps,
-            "pct_copy": 100 * bps / copy_bps}  # fmt: skip
+    return result_row(f"read_dba_{kind}", B, S, us, moved, copy_bps, peak_bps)
 
 
 def copy_bandwidth() -> float:
@@ -417,8 +421,9 @@ def write_results(rows, meta, out_dir: Path, echo=True) -> None:
         "v 32 (head layout). triton_std_* and triton_dba_* run the all-heads kernel (fused.py; "
         "a head-layout cache gets one KV head per program); triton_dba_q4_0_perhead the "
         "per-KV-head kernel (kernels.py) on the same cache; cuda_* the tensor-core CUDA kernels "
-        "as dispatched (libcaramba_kernels_cuda: both caches from 64k cached positions per "
-        "call go to the row kernel, csrc/cuda/decode_rows.cu, 16 positions of every KV head a "
+        "as dispatched (libcaramba_kernels_cuda: the DBA cache from 64k cached positions per "
+        "call or when all q4_0, and standard attention always, go to the row kernel, "
+        "csrc/cuda/decode_rows.cu, 16 positions of every KV head a "
         "step, each DBA step shared by a team of 2 warps; the rest to the per-KV-head kernel, "
         "csrc/cuda/decode_mma.cu); read_dba_* a plain read of the DBA cache's bytes (a floor); "
         "cudaheads_* the per-KV-head kernel and cudarows_* the row kernel on the same cache. "

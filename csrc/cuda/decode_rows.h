@@ -13,8 +13,8 @@ using DecodeKernel = void (*)(caramba_cuda_decode_params);
 constexpr int kRowRuns = 4;
 constexpr int kRowPositions = 32 * kRowRuns;  // split granularity: two 16-position steps a run
 
-// A row kernel instance, the dynamic shared memory it launches with (its per-warp rings of
-// staged steps) and its blocks per (sequence, split).
+// A row kernel instance, the dynamic shared memory it launches with (its per-team rings of
+// staged steps), its blocks per (sequence, split) and its warps per block.
 struct RowKernel {
     DecodeKernel kernel = nullptr;
     int smem_bytes = 0;

@@ -141,8 +141,8 @@ def draw_rows(gen: torch.Generator, dba: bool = True):
     cache (sem 4 + geo 8 keys per KV head in token rows, 32 values per head) or standard
     attention (head dim 64, keys in the head layout, 64 values per head; with the values in
     the head layout too, 2, 4 or 8 KV heads and head dim 64 or 128, Llama-3-8B's), the values
-    in the head or token layout, any
-    q8_0/q4_0 key and value formats, batch 1-8, ragged lengths. Capacities are multiples of 8
+    in the head or token layout, any q8_0/q4_0 key and value formats, batch 1-8, ragged
+    lengths. Capacities are multiples of 8
     positions: every tensor's sequences (and heads) then start on 16 bytes, as the kernel's
     asynchronous copies need."""
     B, group, S = randint(gen, 1, 8), 4, 8 * randint(gen, 1, 190)
@@ -179,7 +179,8 @@ def rows(launches, monkeypatch):
 @gpu
 @pytest.mark.parametrize("dba", [True, False], ids=["dba", "standard"])
 def test_row_kernel_fuzzed_problems_match_float64(rows, dba) -> None:
-    """The row kernel (one warp per token row of all KV heads) over its instances' shapes."""
+    """The row kernel (16-position steps of every KV head of a group) over its instances'
+    shapes."""
     gen = torch.Generator().manual_seed(77 + dba)
     cases = max(1, CASES // 3)
     for case in range(cases):

@@ -98,9 +98,10 @@ CARAMBA_API int caramba_cuda_decode_warps_per_sm(const caramba_cuda_decode_param
  * (sequence, split) and take *positions of its positions per round between them (so a split
  * plan that fills the GPU counts batch * n_splits * *warps warps, each split a few rounds long).
  * The per-KV-head kernel: one warp per KV head, 32 positions; the row kernel (its instances:
- * the Llama-3.2-1B DBA preset's narrow heads in token rows, and that model's standard attention):
- * 4 warps per group of the KV heads one warp reads (all of a token row; 2 of a head-layout
- * cache), 128 positions.
+ * the Llama-3.2-1B DBA preset's narrow heads in token rows, and standard attention at head dim
+ * 64 or 128 with 4 query heads per KV head): 4 runs of steps per group of KV heads (all of a
+ * token row; 2 of a head-layout cache), a run taken by one warp or, for the DBA preset, a team
+ * of 2 (so 4 or 8 warps per group), 128 positions.
  * Host checks only. */
 CARAMBA_API caramba_status caramba_cuda_decode_split_shape(const caramba_cuda_decode_params* params,
                                                            int32_t* warps, int32_t* positions);

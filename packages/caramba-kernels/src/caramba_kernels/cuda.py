@@ -192,8 +192,8 @@ def split_shape(p: Params) -> tuple[int, int]:
     """(warps, positions): how many warps of the serving kernel share one (sequence, split) and
     how many positions they take per round between them; (0, 0) where nothing serves `p`. The
     per-KV-head kernel: (KV heads, 32); the row kernel (the seed's DBA cache, narrow heads in
-    whole token rows, and standard attention at Llama-3.2-1B widths): (4 per group of the KV
-    heads one warp reads, 128). Host checks only."""
+    whole token rows: (8, 128), 4 teams of 2 warps; standard attention at head dim 64 or 128:
+    (4 per group of 2 KV heads, 128)). Host checks only."""
     lib = load()
     warps, positions = ctypes.c_int32(0), ctypes.c_int32(0)
     if lib is None:

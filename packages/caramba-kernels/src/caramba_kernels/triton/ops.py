@@ -67,7 +67,7 @@ TUNING: dict[str, Any] = {
     # The tensor-core CUDA kernels (caramba_kernels.cuda) for q8_0/q4_0 caches they serve, where
     # the package was built with them: the per-KV-head kernel (one warp per (batch, KV head,
     # split)) and the row kernel (one block per (batch, split, group of KV heads), every KV
-    # head of the group per warp).
+    # head of the group per warp, or half of them per warp in the DBA cache's teams of 2).
     "cuda": True,
     "cuda_kernel": "auto",  # "auto", "heads" or "rows" (caramba_kernels.cuda.KERNELS)
     "cuda_warps_per_sm": None,  # split-K target in warps per SM; None: what one SM holds
