@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
 from caramba.cache import CacheSpec, DecodePlan, bytes_per_token
 from caramba.infer.step_graph import StepGraph
 from caramba.layers.attention import AttentionLayer

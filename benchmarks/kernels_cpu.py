@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from caramba_kernels.cpu import backend
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -247,6 +247,7 @@ def read_floor(B: int, S: int, kind: str, l2_bytes: int, copy_bps: float, peak_b
                ) -> dict:  # fmt: skip
     """A row like measure()'s for a plain read of the bytes of a DBA cache in format `kind`."""
     import triton
+
     from read_kernel import read_words
 
     moved = B * S * dba_bytes_per_token(kind)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from caramba.data.corpora import load_corpus
 from caramba.loaders import load_pretrained
 from caramba.loaders.load import package_file

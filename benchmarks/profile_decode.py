@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 
 import torch
-from decode import HEADLINE, RESULTS, layer_for, prepare_case
 from torch.profiler import ProfilerActivity, profile
+
+from decode import HEADLINE, RESULTS, layer_for, prepare_case
 
 CASES = [("standard", "fp16"), (HEADLINE, "fp16"), (HEADLINE, "q8_0")]
 LAUNCH = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")

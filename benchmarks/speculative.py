@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from caramba.cache import CacheSpec
 from caramba.infer import GenerateConfig, Generator, SpeculativeGenerator
 from caramba.infer.generate import placement, prefill
@@ -167,11 +168,12 @@ def record(rows: list[Row], row: Row) -> None:
 
 
 def smollm2_rows(args) -> list[Row]:
+    from torch import nn
+
     from caramba.infer.distill import DraftConfig, distilled_draft
     from caramba.models.language_model import LanguageModel
     from caramba.topologies.nested import NestedTopology
     from caramba.topologies.stacked import StackedTopology
-    from torch import nn
 
     cfg = DraftConfig()
     teacher, prompts_by_text = smollm2(args.prompts)

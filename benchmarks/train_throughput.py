@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from caramba.compiler.lower import compile_manifest
 from caramba.models.definition import ModelDefinition
 from caramba.registry import DATASETS, SYSTEMS

@@ -22,7 +22,8 @@ SMALL = ["vars.d_model=32", "vars.n_layers=1", "vars.d_ff=64", "vars.n_heads=2",
 
 def test_benchmark_config_errors_are_located() -> None:
     with pytest.raises(ManifestError, match=r"benchmarks\[0\]\.config\.num_batchs.*num_batches"):
-        compile_manifest("preset:standard_transformer", SMALL + ["benchmarks.0.config.num_batchs=3"])
+        typo = "benchmarks.0.config.num_batchs=3"
+        compile_manifest("preset:standard_transformer", SMALL + [typo])
     with pytest.raises(ManifestError, match="did you mean 'latency'"):
         compile_manifest("preset:standard_transformer", SMALL + ["benchmarks.1.config.type=latncy"])
 

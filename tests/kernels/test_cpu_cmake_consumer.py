@@ -65,7 +65,8 @@ def test_install_csrc_run_ctest_and_build_a_consumer(tmp_path: Path) -> None:
 
 def test_consumer_builds_against_the_cmake_package_in_the_wheel(tmp_path: Path) -> None:
     kernels = pytest.importorskip(
-        "caramba_kernels", reason="caramba_kernels is not installed (pip install ./packages/caramba-kernels)"
+        "caramba_kernels",
+        reason="caramba_kernels is not installed (pip install ./packages/caramba-kernels)",
     )
     try:
         cmake_dir = kernels.cmake_dir()

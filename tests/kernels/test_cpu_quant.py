@@ -117,7 +117,9 @@ def round_trip_bound(kind: str, x: np.ndarray) -> np.ndarray:
         return np.maximum(np.abs(x) * U16, 2.0**-25)
     block = BLOCK[kind]
     amax = np.abs(x.reshape(-1, block)).max(axis=1, keepdims=True)
-    rel, qmax = {"q8_0": (1 / 254 + U16, 127), "q4_0": (1 / 8 + U16, 8), "nf4": (0.1519037 + U16, 1)}[kind]
+    rel, qmax = {
+        "q8_0": (1 / 254 + U16, 127), "q4_0": (1 / 8 + U16, 8), "nf4": (0.1519037 + U16, 1)
+    }[kind]
     bound = amax * rel * (1 + 1e-4) + qmax * 2.0**-25
     return np.broadcast_to(bound, (amax.shape[0], block)).reshape(x.shape)
 
@@ -136,7 +138,8 @@ def test_bytes_equal_gguf_quants(kind: str, path: str) -> None:
         x[1, :32] = np.arange(32, dtype=np.float32) - 16  # exact ties after scaling
         x[2, :32] = -x[1, :32]  # the signed max negative and positive
         ours = backend.quantize(kind, x, path=path)
-        assert ours.dtype == np.uint8 and ours.shape == (257, 256 // 32 * {"q8_0": 34, "q4_0": 18}[kind])
+        row_bytes = 256 // 32 * {"q8_0": 34, "q4_0": 18}[kind]
+        assert ours.dtype == np.uint8 and ours.shape == (257, row_bytes)
         np.testing.assert_array_equal(ours, gguf_quantize(kind, x))
 
 

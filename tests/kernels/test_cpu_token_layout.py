@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 import pytest
+
 from float64_decode import propagated, reference
 from quant_bounds import BLOCK, FORMATS, U, delta_bound
 

@@ -14,6 +14,7 @@ import os
 
 import pytest
 import torch
+
 from caramba_kernels import cuda
 from test_triton_layouts import exact, randint, store, tolerances
 from triton_backend import ON_GPU, backend, ops

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from caramba.kernels import dba_decode_attention, decode_attention, reference
 from caramba.kernels.formats import get_format, logical_width, storage_width
 

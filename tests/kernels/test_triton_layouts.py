@@ -14,6 +14,7 @@ import os
 
 import pytest
 import torch
+
 from caramba.kernels import reference
 from caramba.kernels.formats import FORMATS
 from triton_backend import DEVICE, ON_GPU, backend, ops

@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+
 from caramba.cache.graphs import masked_tail_merge
 from triton_backend import DEVICE, ON_GPU, backend
 

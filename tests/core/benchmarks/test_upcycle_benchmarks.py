@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from smollm import english, smollm, student, truncated_teacher
+
 from caramba.benchmarks.artifacts import write_benchmark_artifacts
 from caramba.benchmarks.cloze import cloze_questions
 from caramba.benchmarks.runner import run_benchmarks
@@ -15,7 +17,6 @@ from caramba.compiler.lower import compile_manifest
 from caramba.manifest.diagnostics import ManifestError
 from caramba.manifest.schema import BenchmarkSpec
 from caramba.upcycle.surgery import upcycle_weights
-from smollm import english, smollm, student, truncated_teacher
 
 CPU = torch.device("cpu")
 

@@ -4,6 +4,7 @@ shared machine a second OpenMP thread costs far more in synchronisation than it 
 
 import pytest
 import torch
+
 from caramba.infer import tiny
 
 

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+
 from caramba.infer import GenerateConfig, Generator, cache_plan
 from caramba.infer.cache_plan import CacheBudgetError, PlanStore, candidates
 

@@ -5,6 +5,7 @@ from its greedy labels is trained once, cached, and keeps greedy decoding exact.
 import numpy as np
 import pytest
 import torch
+
 from caramba.infer import GenerateConfig, Generator, SpeculativeGenerator, distill
 from caramba.infer.distill import DraftConfig, corpus_data, distilled_draft, load_teacher
 from caramba.infer.speculative import SpeculativeConfig

@@ -5,6 +5,7 @@ of teacher-labelled data."""
 import numpy as np
 import pytest
 import torch
+
 from caramba.errors import InputError
 from caramba.infer import GenerateConfig, Generator, SpeculativeGenerator, tiny
 from caramba.infer.distill import LabelledTokens

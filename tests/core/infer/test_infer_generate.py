@@ -3,6 +3,7 @@ top-k/top-p/repetition penalty, stop tokens, context limits, decode plans, stats
 
 import pytest
 import torch
+
 from caramba.cache import CacheKindError
 from caramba.errors import InputError
 from caramba.infer import GenerateConfig, Generator

@@ -4,6 +4,7 @@ generator without changing its greedy output."""
 
 import pytest
 import torch
+
 from caramba.errors import InputError
 from caramba.infer import (
     ContextLookupDraft,

@@ -3,6 +3,7 @@ the replies are exactly those of a fresh generation over the whole history."""
 
 import pytest
 import torch
+
 from caramba.errors import InputError
 from caramba.infer import GenerateConfig, Generator, SpeculativeGenerator, tiny
 from caramba.infer.session import Conversation

@@ -3,6 +3,7 @@ target's distribution, spec_k adapts, low acceptance falls back, caches roll bac
 
 import pytest
 import torch
+
 from caramba.errors import InputError
 from caramba.infer import GenerateConfig, Generator, SpeculativeGenerator, tiny
 from caramba.infer.config import ConfigError

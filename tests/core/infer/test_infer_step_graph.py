@@ -4,6 +4,7 @@ it serves; the Generator replays it as a CUDA graph where it can and stays eager
 
 import pytest
 import torch
+
 from caramba.cache.spec import CacheSpec
 from caramba.infer import GenerateConfig, Generator
 from caramba.infer.generate import prefill

@@ -22,6 +22,7 @@ import math
 
 import pytest
 import torch
+
 from caramba.kernels import dba_decode_attention, decode_attention, dequantize, quantize
 from caramba.kernels.formats import FORMATS
 

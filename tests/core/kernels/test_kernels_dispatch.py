@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+
 from caramba.errors import RegistryError
 from caramba.kernels import dispatch
 from caramba.kernels.dispatch import OPS, get_backend, reference

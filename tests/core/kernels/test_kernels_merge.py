@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from caramba.kernels import decode_attention, merge_partials
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from caramba.kernels import NF4_CODEBOOK, append, bytes_per_row, dequantize, quantize
 from caramba.kernels.formats import FORMATS, storage_width
 

@@ -4,10 +4,11 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
+
 from caramba.layers.base import ForwardContext
 from caramba.layers.rope import RoPE
 from caramba.layers.rotary import RopeScaling, RotaryCache, apply_rotary, rotate_half
-from pydantic import ValidationError
 
 
 def test_rope_rejects_odd_dimension():

@@ -14,6 +14,7 @@ from typing import Any
 import gguf
 import numpy as np
 import torch
+
 from caramba.loaders import permute_qk
 from caramba.loaders.load import package_file
 

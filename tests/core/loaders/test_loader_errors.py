@@ -8,11 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from loader_fixtures import teacher_path, tiny_hf_weights, tiny_vocab, write_tiny_gguf
+
 from caramba.errors import CheckpointError, InputError
 from caramba.loaders import load_gguf, load_pretrained, permute_qk, save_hf_folder, unpermute_qk
 from caramba.loaders.convert import main as convert_main
 from caramba.loaders.llama import hf_state_dict
-from loader_fixtures import teacher_path, tiny_hf_weights, tiny_vocab, write_tiny_gguf
 
 VOCAB = len(tiny_vocab())
 

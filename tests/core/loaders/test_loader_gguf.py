@@ -7,6 +7,15 @@ import re
 
 import pytest
 import torch
+from loader_fixtures import (
+    TEACHER_REF,
+    interleaved_reference_logits,
+    perplexity,
+    teacher_path,
+    torch_threads,
+    windows_of,
+)
+
 from caramba.data.corpora import VAL_DOCUMENTS, load_corpus
 from caramba.layers.attention import AttentionLayer
 from caramba.layers.embedding import TokenEmbedder
@@ -18,14 +27,6 @@ from caramba.models.language_model import LanguageModel
 from caramba.topologies.nested import NestedTopology
 from caramba.topologies.residual import ResidualTopology
 from caramba.topologies.stacked import StackedTopology
-from loader_fixtures import (
-    TEACHER_REF,
-    interleaved_reference_logits,
-    perplexity,
-    teacher_path,
-    torch_threads,
-    windows_of,
-)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from loader_fixtures import TEACHER_REF, torch_threads, windows_of
+from safetensors import safe_open
+
 from caramba.data.corpora import load_corpus
 from caramba.errors import InputError
 from caramba.loaders import Pretrained, load_pretrained, save_hf_folder
-from loader_fixtures import TEACHER_REF, torch_threads, windows_of
-from safetensors import safe_open
 
 REPO = "caramba-test/SmolLM2-135M-Instruct"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

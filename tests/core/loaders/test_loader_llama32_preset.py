@@ -14,8 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from caramba.loaders import load_gguf, save_hf_folder
 from loader_fixtures import hub_cache, set_config, tiny_hf_weights, tiny_vocab, write_tiny_gguf
+
+from caramba.loaders import load_gguf, save_hf_folder
 
 LLAMA3_SCALING = {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                   "original_max_position_embeddings": 8192}

@@ -14,8 +14,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from caramba.data.corpora import load_corpus
-from caramba.loaders import Pretrained, load_pretrained
 from loader_fixtures import (
     TEACHER_REF,
     llama_cpp_rope_freqs,
@@ -25,6 +23,9 @@ from loader_fixtures import (
     torch_threads,
     write_tiny_gguf,
 )
+
+from caramba.data.corpora import load_corpus
+from caramba.loaders import Pretrained, load_pretrained
 
 llama_cpp = pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")

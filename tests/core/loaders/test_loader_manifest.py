@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from loader_fixtures import teacher_path
+
 from caramba.compiler.shape_check import build_on_meta
 from caramba.errors import CheckpointError
 from caramba.layers.attention import AttentionLayerConfig
@@ -14,7 +16,6 @@ from caramba.loaders.gguf import architecture, metadata, open_gguf
 from caramba.loaders.llama import caramba_name, expected_tensors, hf_name
 from caramba.manifest.load import load_manifest
 from caramba.preset_catalog import resolve_manifest_path
-from loader_fixtures import teacher_path
 
 
 @pytest.fixture(scope="module")

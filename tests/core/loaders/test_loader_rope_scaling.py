@@ -12,9 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from caramba.errors import CheckpointError
-from caramba.layers.attention import AttentionLayer
-from caramba.loaders import load_gguf, load_pretrained, model_definition, save_hf_folder
 from loader_fixtures import (
     hub_cache,
     llama_cpp_rope_freqs,
@@ -23,6 +20,10 @@ from loader_fixtures import (
     tiny_vocab,
     write_tiny_gguf,
 )
+
+from caramba.errors import CheckpointError
+from caramba.layers.attention import AttentionLayer
+from caramba.loaders import load_gguf, load_pretrained, model_definition, save_hf_folder
 
 VOCAB = len(tiny_vocab())
 THETA = 500000.0

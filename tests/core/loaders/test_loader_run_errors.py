@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from caramba.loaders import load_gguf, save_hf_folder
 from loader_fixtures import teacher_path, tiny_hf_weights, tiny_vocab, write_tiny_gguf
+
+from caramba.loaders import load_gguf, save_hf_folder
 
 PRESET = "preset:smollm2_135m_dba_quick"
 

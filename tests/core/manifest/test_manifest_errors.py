@@ -30,7 +30,8 @@ def _line_of(text: str, needle: str) -> int:
 
 
 def test_bad_yaml_points_at_line_and_column(tmp_path: Path) -> None:
-    path = _write(tmp_path, "version: 2\nname: x\ntargets:\n  - type: experiment\n    name: [oops\n")
+    text = "version: 2\nname: x\ntargets:\n  - type: experiment\n    name: [oops\n"
+    path = _write(tmp_path, text)
     message = _error(path)
     assert f"{path}:6:1" in message or f"{path}:5:" in message
     assert "YAML syntax error" in message
@@ -101,9 +102,10 @@ def test_missing_required_key(tmp_path: Path) -> None:
 
 
 def test_several_problems_are_reported_together(tmp_path: Path) -> None:
+    norm = "type: RMSNormLayer\n{0}d_{1}: ${{d_model}}\n{2}- type: AttentionLayer"
+    indent, dash = " " * 24, " " * 22
     text = PRESET.replace("type: SwiGLULayer", "type: SwiGluLayer").replace(
-        "type: RMSNormLayer\n                        d_model: ${d_model}\n                      - type: AttentionLayer",
-        "type: RMSNormLayer\n                        d_modl: ${d_model}\n                      - type: AttentionLayer")
+        norm.format(indent, "model", dash), norm.format(indent, "modl", dash))
     message = _error(_write(tmp_path, text))
     assert "3 problems" in message and "'d_modl'" in message and "'SwiGluLayer'" in message
 

@@ -20,8 +20,8 @@ from caramba.errors import CarambaError
 from caramba.preset_catalog import list_presets
 
 CASES_PER_PRESET = 240
-REPLACEMENTS: list[Any] = [None, 0, -1, 10**40, 4097, 100_000, 1e30, -1e-9, "", "x" * 300, True, [], {},
-                           [1, 2], {"a": 1}, "${undefined}", "${", 3.5, "cuda:9"]
+REPLACEMENTS: list[Any] = [None, 0, -1, 10**40, 4097, 100_000, 1e30, -1e-9, "", "x" * 300, True,
+                           [], {}, [1, 2], {"a": 1}, "${undefined}", "${", 3.5, "cuda:9"]
 
 
 def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
@@ -70,7 +70,8 @@ def _mutate_text(text: str, rng: random.Random) -> str:
     if op < 0.3:
         return text[:i]  # truncated file
     if op < 0.6:
-        return text[:i] + rng.choice(["\t", ":", "- ", "{", "]", "&a", "*b", "!!python/object "]) + text[i:]
+        junk = rng.choice(["\t", ":", "- ", "{", "]", "&a", "*b", "!!python/object "])
+        return text[:i] + junk + text[i:]
     if op < 0.8:
         lines = text.splitlines()
         j = rng.randrange(len(lines))

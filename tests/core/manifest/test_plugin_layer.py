@@ -33,7 +33,8 @@ targets:
 
 
 def test_plugin_layer_comes_from_its_own_distribution() -> None:
-    eps = [ep for ep in metadata.entry_points(group="caramba.layers") if ep.name == "ScaledTanhLayer"]
+    layers = metadata.entry_points(group="caramba.layers")
+    eps = [ep for ep in layers if ep.name == "ScaledTanhLayer"]
     assert eps and eps[0].dist is not None and eps[0].dist.name == "caramba-example-plugin"
     assert "ScaledTanhLayer" in LAYERS.names()
 

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from caramba import atomic
 from caramba.atomic import (
     atomic_directory,

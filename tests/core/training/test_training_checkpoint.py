@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+
 from caramba.errors import CheckpointError
 from caramba.manifest.schema import TrainConfig
 from caramba.training.checkpoint import (
@@ -20,7 +22,6 @@ from caramba.training.checkpoint import (
 from caramba.training.objectives import NextTokenCrossEntropy
 from caramba.training.optim import build_adamw
 from caramba.training.rng import capture_rng_state, restore_rng_state
-from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).parent))
 from training_worker import ByteData, make_model  # noqa: E402

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 import caramba.devices
 from caramba.devices import (
     autocast,

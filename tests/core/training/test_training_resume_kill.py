@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from caramba.training.metrics import read_records
 from safetensors.torch import load_file
+
+from caramba.training.metrics import read_records
 
 WORKER = Path(__file__).with_name("training_worker.py")
 STEPS, SAVE_EVERY = 40, 5

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from caramba.training.schedule import lr_at
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from caramba.errors import CheckpointError, InputError, TrainingError
 from caramba.training.metrics import read_records
 from caramba.training.standard import StandardTrainer

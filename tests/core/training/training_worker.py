@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from caramba.errors import DataError
 from caramba.manifest.schema import RunSpec, RuntimeConfig, TrainConfig
 from caramba.training.objectives import NextTokenCrossEntropy

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from caramba.data.tokens import TokenData, TokenDatasetSource
 from caramba.loaders import model_definition
 from caramba.loaders.convert import save_hf_folder

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from smollm import build, model_config, smollm, student, truncated_teacher, windows
+
 from caramba.errors import CheckpointError
 from caramba.upcycle.activations import SecondMoments, capture_attention
 from caramba.upcycle.surgery import upcycle_weights
-from smollm import build, model_config, smollm, student, truncated_teacher, windows
 
 LAYERS = 3  # the first blocks of the real teacher keep these tests fast
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from smollm import REF, english, smollm
+
 from caramba.data.build import tokenizer_digest
 from caramba.data.corpora import load_corpus
 from caramba.data.tokens import TokenDatasetSource, load_tokenizer
 from caramba.errors import DataError
-from smollm import REF, english, smollm
 
 
 def test_corpus_is_encoded_with_the_teachers_tokenizer() -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from smollm import english, save_truncated_teacher, student
+
 from caramba.errors import CheckpointError, DataError, InputError
 from caramba.manifest.schema import RunSpec, RuntimeConfig, TrainConfig
 from caramba.registry import TRAINERS
@@ -17,7 +19,6 @@ from caramba.training.metrics import read_records
 from caramba.training.objectives import NextTokenCrossEntropy
 from caramba.training.standard import TrainerContext
 from caramba.upcycle.blockwise import TeacherActivations
-from smollm import english, save_truncated_teacher, student
 
 
 class _Crash(Exception):

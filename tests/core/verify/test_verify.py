@@ -6,13 +6,14 @@ import copy
 
 import pytest
 import torch
+from smollm import REF, english, smollm, student, truncated_teacher
+
 from caramba.compiler.lower import compile_manifest
 from caramba.manifest.diagnostics import ManifestError
 from caramba.manifest.schema import RunSpec, TrainConfig
 from caramba.upcycle.surgery import upcycle_weights
 from caramba.verify.config import CompareVerify, EvalVerify, FidelityVerify
 from caramba.verify.run import VerificationError, verify_run
-from smollm import REF, english, smollm, student, truncated_teacher
 
 QUICK = "preset:smollm2_135m_dba_quick"
 CPU = torch.device("cpu")

@@ -15,8 +15,8 @@ from pydantic_core import PydanticUndefined
 
 from caramba.layers.rotary import RopeScaling
 from caramba.manifest import schema
-from caramba.verify import config as verify_config
 from caramba.registry import BENCHMARKS, DATASETS, EMBEDDERS, LAYERS, TOPOLOGIES, Registry
+from caramba.verify import config as verify_config
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("Manifest (top level)", schema.Manifest),

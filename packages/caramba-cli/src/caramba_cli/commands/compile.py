@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -10,10 +10,10 @@ from caramba_cli.guard import echo_out, guarded
 
 ManifestArg = Annotated[str, typer.Argument(help="Manifest file, or preset:<name>.")]
 OverridesArg = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Argument(help="key.path=value overrides, e.g. runs.0.steps=50 trainer.lr=3e-4."),
 ]
-TargetOpt = Annotated[Optional[str], typer.Option("--target", "-t", help="Only this target.")]
+TargetOpt = Annotated[str | None, typer.Option("--target", "-t", help="Only this target.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 
 
@@ -31,7 +31,6 @@ def compile_command(
         from rich.console import Console
 
         from caramba.compiler.lower import compile_manifest
-
         from caramba_cli.render import render_plan
 
         _, plan = compile_manifest(manifest, overrides or [], target)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -37,7 +37,7 @@ def list_corpora() -> None:
 def build(
     corpus: Annotated[str, typer.Option(help="Corpus name (see `caramba data list`).")] = "english",
     vocab_size: Annotated[int, typer.Option(help="BPE vocabulary size.")] = 8192,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the cache).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: the cache).")] = None,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Tokenize a corpus into train.npy, val.npy, tokenizer.json and meta.json."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -19,28 +19,28 @@ from caramba_cli.guard import guarded, stderr
 ModelArg = Annotated[str, typer.Argument(
     help="Manifest (file or preset:NAME; uses runs/<name>/<target>/'s latest checkpoint) or a "
     "checkpoint directory inside a run folder.")]
-TargetOpt = Annotated[Optional[str], typer.Option("--target", "-t", help="Experiment target.")]
+TargetOpt = Annotated[str | None, typer.Option("--target", "-t", help="Experiment target.")]
 RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Where `caramba run` wrote runs.")]
 MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate.")]
 TemperatureOpt = Annotated[float, typer.Option(help="0 is greedy.")]
-TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Sample from the k likeliest.")]
-TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass.")]
+TopKOpt = Annotated[int | None, typer.Option("--top-k", help="Sample from the k likeliest.")]
+TopPOpt = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass.")]
 PenaltyOpt = Annotated[float, typer.Option("--repetition-penalty", help="> 1 discourages "
                                            "repeats (CTRL).")]
-SeedOpt = Annotated[Optional[int], typer.Option(help="Sampling seed.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Sampling seed.")]
 CacheKindOpt = Annotated[str, typer.Option(
     "--cache-kind", help="fp32 | fp16 | q8_0 | q4_0 | nf4 | auto (measured on held-out text).")]
-BudgetOpt = Annotated[Optional[float], typer.Option("--cache-budget-mb",
+BudgetOpt = Annotated[float | None, typer.Option("--cache-budget-mb",
                                                     help="KV-cache memory budget for auto.")]
-PlanPathOpt = Annotated[Optional[Path], typer.Option(
+PlanPathOpt = Annotated[Path | None, typer.Option(
     "--cache-plan", help="Persisted auto decisions (default: <run folder>/cache_plans.json).")]
 DecodePlanOpt = Annotated[str, typer.Option("--decode-plan", help="auto | fixed | none.")]
-DraftOpt = Annotated[Optional[str], typer.Option(
+DraftOpt = Annotated[str | None, typer.Option(
     "--draft", help="Speculative decoding with a smaller model (manifest or checkpoint), or "
     "'lookup': a draft that copies from the context (pays when the text repeats its input).")]
 SpecKOpt = Annotated[int, typer.Option("--spec-k", help="Draft tokens per round (start).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")]
-ContextOpt = Annotated[Optional[int], typer.Option(
+ContextOpt = Annotated[int | None, typer.Option(
     "--max-seq-len", help="Context limit (default: the target's training block size).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 
@@ -92,6 +92,7 @@ def build_session(model_ref: str, *, target: str | None, runs_dir: Path, device:
 
     if draft == "lookup":
         import torch
+
         from caramba.infer.lookup import ContextLookupDraft
 
         with torch.no_grad():  # the vocabulary: the width of the target's logits

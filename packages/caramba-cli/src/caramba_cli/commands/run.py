@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,7 +15,9 @@ def run_command(
     manifest: ManifestArg,
     overrides: OverridesArg = None,
     target: TargetOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; run nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; run nothing.")
+    ] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the latest checkpoints.")
     ] = False,
@@ -30,7 +32,6 @@ def run_command(
         from rich.console import Console
 
         from caramba.compiler.lower import compile_manifest
-
         from caramba_cli.render import render_plan
 
         resolved, plan = compile_manifest(manifest, overrides or [], target)

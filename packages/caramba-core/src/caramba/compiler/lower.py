@@ -6,8 +6,8 @@ from __future__ import annotations
 from torch import nn
 
 from caramba.compiler.plan import MemoryEstimate, ModuleSummary, Plan, RunPlan, TargetPlan
-from caramba.errors import CarambaError
 from caramba.compiler.shape_check import build_on_meta, failing_path, shape_pass
+from caramba.errors import CarambaError
 from caramba.manifest.diagnostics import Diagnostic, ManifestError, format_path
 from caramba.manifest.load import ResolvedManifest, ResolvedTarget, load_manifest
 from caramba.manifest.schema import ExperimentTarget

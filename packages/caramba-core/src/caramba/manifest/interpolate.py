@@ -54,7 +54,8 @@ class _Resolver:
             return self.done[name]
         if name in self.active:
             cycle = " -> ".join([*self.active[self.active.index(name):], name])
-            raise ManifestError([self.smap.diagnostic(("vars", name), f"variables form a cycle: {cycle}")])
+            message = f"variables form a cycle: {cycle}"
+            raise ManifestError([self.smap.diagnostic(("vars", name), message)])
         self.active.append(name)
         value = self.substitute(self.raw[name], ("vars", name))
         self.active.pop()

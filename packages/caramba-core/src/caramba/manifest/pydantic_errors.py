@@ -40,9 +40,8 @@ def _model_at(root: type[BaseModel], loc: tuple[Any, ...], raw: Any) -> type[Bas
                     nxt.extend(typing.get_args(t)[:1])
                 elif origin is dict and isinstance(part, str):
                     nxt.extend(typing.get_args(t)[1:2])
-        value = value.get(part) if isinstance(value, dict) else (
-            value[part] if isinstance(value, list) and isinstance(part, int) and part < len(value) else None
-        )
+        indexable = isinstance(value, list) and isinstance(part, int) and part < len(value)
+        value = value.get(part) if isinstance(value, dict) else (value[part] if indexable else None)
         current = nxt
         # Discriminated unions: keep the member whose `type` literal matches the data.
         if isinstance(value, dict) and "type" in value:
@@ -114,7 +113,8 @@ def diagnostics_from(
                 clean.append(part)
             elif err["type"] in ("extra_forbidden", "missing") and part == loc[-1]:
                 clean.append(part)
-        parent = tuple(clean[:-1]) if err["type"] in ("extra_forbidden", "missing") else tuple(clean)
+        names_a_child = err["type"] in ("extra_forbidden", "missing")
+        parent = tuple(clean[:-1]) if names_a_child else tuple(clean)
         model = _model_at(root, parent, raw)
         out.append(smap.diagnostic(prefix + tuple(clean), describe_error(err, model)))
     return out

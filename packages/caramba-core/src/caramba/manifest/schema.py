@@ -47,7 +47,10 @@ class TrainConfig(Strict):
         1, le=4096, description="micro-batches per optimizer step (effective batch multiplier)")
     device: str = Field("cpu", description="cpu | cuda | cuda:N | mps | auto")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
-        "float32", description="autocast dtype; auto = bfloat16 on CUDA with bf16 and on CPUs with AVX512-BF16/AMX, else float32")
+        "float32",
+        description="autocast dtype; auto = bfloat16 on CUDA with bf16 and on CPUs with "
+        "AVX512-BF16/AMX, else float32",
+    )
     compile: bool = Field(False, description="wrap the model in torch.compile")
     teacher: str | None = Field(
         None, min_length=1,
@@ -157,9 +160,15 @@ class BenchmarkSpec(Strict):
 class RuntimeConfig(Strict):
     """Target-wide runtime settings (checkpointing, evaluation, sampling)."""
 
-    save_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
-    eval_every: int = Field(0, ge=0, description="validation loss every N steps; 0 = only at the end")
-    eval_batches: PositiveInt = Field(20, le=100000, description="validation batches per evaluation")
+    save_every: int = Field(
+        0, ge=0, description="checkpoint every N steps; 0 = only at the end"
+    )
+    eval_every: int = Field(
+        0, ge=0, description="validation loss every N steps; 0 = only at the end"
+    )
+    eval_batches: PositiveInt = Field(
+        20, le=100000, description="validation batches per evaluation"
+    )
     log_every: PositiveInt = Field(10, description="log a metrics line every N steps")
     sample_prompts: list[str] = Field(
         default_factory=list, description="prompts continued after training")

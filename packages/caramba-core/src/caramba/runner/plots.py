@@ -22,7 +22,7 @@ def _draw_blockwise(ax: Any, records: list[dict[str, Any]], runs: list[str]) -> 
         points = [(r["step"], r["l1"]) for r in records
                   if r.get("run") == run and r.get("kind") == "blockwise" and "l1" in r]
         if points:
-            xs, ys = zip(*points)
+            xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, lw=0.8, label=f"{run} (blocks in turn)")
     ax.set_yscale("log")
     ax.set_xlabel("step (all blocks, one after another)")
@@ -40,10 +40,10 @@ def _draw_loss(ax: Any, records: list[dict[str, Any]], skip: list[str], title: s
         evals = [(r["step"], r["val_loss"]) for r in records
                  if r.get("run") == run and r.get("kind") == "eval"]
         if train:
-            xs, ys = zip(*train)
+            xs, ys = zip(*train, strict=True)
             ax.plot(xs, ys, lw=1.2, label=f"{run} train objective")
         if evals:
-            xs, ys = zip(*evals)
+            xs, ys = zip(*evals, strict=True)
             ax.plot(xs, ys, "o--", lw=1.2, label=f"{run} validation")
     for run in skip:  # validation loss at the end of a blockwise run: where the next one starts
         evals = [r["val_loss"] for r in records if r.get("run") == run and r.get("kind") == "eval"]

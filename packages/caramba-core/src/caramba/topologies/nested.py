@@ -14,7 +14,9 @@ from caramba.topologies._common import ChildrenConfig, build_children, run_in_or
 
 class NestedTopologyConfig(ChildrenConfig):
     type: Literal["NestedTopology"] = "NestedTopology"
-    repeat: int = Field(1, ge=1, le=4096, description="copies of the children, each with its own weights")
+    repeat: int = Field(
+        1, ge=1, le=4096, description="copies of the children, each with its own weights"
+    )
 
 
 class NestedTopology(nn.Module):

@@ -218,7 +218,7 @@ def _log_frequencies(rotary: RotaryCache) -> list[float]:
         return logs
     plain = torch.tensor(logs, dtype=torch.float64).exp()
     factor = rotary.scaling.apply(plain) / plain
-    return [a + b for a, b in zip(logs, factor.log().tolist())]
+    return [a + b for a, b in zip(logs, factor.log().tolist(), strict=True)]
 
 
 def _geo_pairs(t: AttentionLayer, s: AttentionLayer) -> tuple[list[int], float]:
