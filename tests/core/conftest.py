@@ -1,15 +1,24 @@
-"""Small models trained on real English (weights cached under CARAMBA_CACHE after the first
-run), the corpus's held-out text, and one intra-op thread: these models are tiny, and on a
-shared machine a second OpenMP thread costs far more in synchronisation than it computes."""
+"""Fixtures the cache and inference tests share: small models trained on real English (weights
+cached under CARAMBA_CACHE after the first run) and the corpus's held-out text, built only where
+a test asks for them. Those two folders' modules run on one intra-op thread: the models are
+tiny, and on a shared machine a second OpenMP thread costs far more in synchronisation than it
+computes."""
+
+from pathlib import Path
 
 import pytest
 import torch
 
 from caramba.infer import tiny
 
+ONE_THREAD_FOLDERS = {"cache", "infer"}
+
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def tiny_models_on_one_thread(request):
+    if Path(str(request.fspath)).parent.name not in ONE_THREAD_FOLDERS:
+        yield
+        return
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
