@@ -85,12 +85,17 @@ def impls_here() -> tuple[str, ...]:
     return IMPLS + (CUDA_IMPLS if cuda.load() is not None else ())
 
 
+def at_seed_widths() -> bool:
+    """Whether standard attention has the DBA cache's model width (head dim 64). At another
+    head dim the DBA rows and their read floor would be set against another width's SDPA, and
+    the per-KV-head CUDA kernel (keys up to 64 wide) would time the Triton fallback."""
+    return STD["D"] == 64
+
+
 def impls_timed() -> tuple[str, ...]:
-    """What the table times: everything at head dim 64; at another standard head dim only the
-    standard rows whose kernel serves it (the DBA cache keeps head dim 64's model width, and the
-    per-KV-head CUDA kernel takes keys up to 64 wide, so its rows would time the Triton
-    fallback)."""
-    if STD["D"] == 64:
+    """What the table times: everything at the seed's widths, else the standard rows whose
+    kernel serves them (at_seed_widths says why)."""
+    if at_seed_widths():
         return impls_here()
     return tuple(n for n in impls_here() if "_std_" in n and not n.startswith("cudaheads"))
 
@@ -388,7 +393,7 @@ def benchmark(batches, contexts, out_dir: Path, tune: bool) -> None:
     for B in batches:
         for S in contexts:
             group = [measure(name, B, S, l2, copy_bps, peak_bps) for name in impls]
-            if STD["D"] == 64:  # the floor of the DBA cache, at the seed's widths
+            if at_seed_widths():  # the floor of the DBA cache
                 group += [read_floor(B, S, kind, l2, copy_bps, peak_bps)
                           for kind in ("q8_0", "q4_0")]  # fmt: skip
             base = min((r for r in group if r["impl"].startswith("sdpa")), key=lambda r: r["us"])
@@ -423,7 +428,7 @@ def write_results(rows, meta, out_dir: Path, echo=True) -> None:
         "method": "CUDA graph over >= 3x L2 of input copies, median of 7 trials",
         "autotune_trials": meta["autotune"],
     }
-    width_note = [] if STD["D"] == 64 else [
+    width_note = [] if at_seed_widths() else [
         f"At head dim {STD['D']} the table has the standard rows only: the DBA cache keeps head "
         "dim 64's model width, and the per-KV-head CUDA kernel takes keys up to 64 wide (the "
         "row kernel serves these calls).", ""]  # fmt: skip

@@ -4,8 +4,6 @@ a test asks for them. Those two folders' modules run on one intra-op thread: the
 tiny, and on a shared machine a second OpenMP thread costs far more in synchronisation than it
 computes."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -16,7 +14,7 @@ ONE_THREAD_FOLDERS = {"cache", "infer"}
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_models_on_one_thread(request):
-    if Path(str(request.fspath)).parent.name not in ONE_THREAD_FOLDERS:
+    if request.path.parent.name not in ONE_THREAD_FOLDERS:
         yield
         return
     before = torch.get_num_threads()

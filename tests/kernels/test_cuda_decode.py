@@ -143,9 +143,8 @@ def draw_rows(gen: torch.Generator, dba: bool = True):
     attention (head dim 64, keys in the head layout, 64 values per head; with the values in
     the head layout too, 2, 4 or 8 KV heads and head dim 64 or 128, Llama-3-8B's), the values
     in the head or token layout, any q8_0/q4_0 key and value formats, batch 1-8, ragged
-    lengths. Capacities are multiples of 8
-    positions: every tensor's sequences (and heads) then start on 16 bytes, as the kernel's
-    asynchronous copies need."""
+    lengths. Capacities are multiples of 8 positions: every tensor's sequences (and heads) then
+    start on 16 bytes, as the kernel's asynchronous copies need."""
     B, group, S = randint(gen, 1, 8), 4, 8 * randint(gen, 1, 190)
     value_tokens = bool(randint(gen, 0, 1))
     Hkv = 8 if dba or value_tokens else (2, 4, 8)[randint(gen, 0, 2)]

@@ -31,7 +31,7 @@ SeedOpt = Annotated[int | None, typer.Option(help="Sampling seed.")]
 CacheKindOpt = Annotated[str, typer.Option(
     "--cache-kind", help="fp32 | fp16 | q8_0 | q4_0 | nf4 | auto (measured on held-out text).")]
 BudgetOpt = Annotated[float | None, typer.Option("--cache-budget-mb",
-                                                    help="KV-cache memory budget for auto.")]
+                                                  help="KV-cache memory budget for auto.")]
 PlanPathOpt = Annotated[Path | None, typer.Option(
     "--cache-plan", help="Persisted auto decisions (default: <run folder>/cache_plans.json).")]
 DecodePlanOpt = Annotated[str, typer.Option("--decode-plan", help="auto | fixed | none.")]
