@@ -18,6 +18,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from codec_cases import random_rows
+from quant_bounds import BLOCK, FORMATS, U16
+
 cpu = pytest.importorskip(
     "caramba_kernels.cpu",
     reason="caramba_kernels is not installed (pip install ./packages/caramba-kernels)",
@@ -33,8 +36,6 @@ except ImportError:  # pragma: no cover - only where gguf is absent
 needs_gguf = pytest.mark.skipif(
     gguf_quants is None, reason="gguf is not installed (pip install gguf): no GGML reference"
 )
-FORMATS = ("f32", "f16", "q8_0", "q4_0", "nf4")
-BLOCK = {"f32": 1, "f16": 1, "q8_0": 32, "q4_0": 32, "nf4": 64}
 # the reference and every SIMD variant this CPU runs ("simd" is the best of them)
 PATHS = tuple(p for p in backend.paths if p not in ("auto", "simd"))
 NF4 = np.array(
@@ -46,7 +47,6 @@ NF4 = np.array(
     ],
     dtype=np.float32,
 )  # fmt: skip
-U16 = 2.0**-11
 
 
 # -- an independent numpy codec ------------------------------------------------------------
@@ -92,22 +92,6 @@ def np_quantize(kind: str, x: np.ndarray) -> np.ndarray:
     if kind == "nf4":
         return np_quantize_nf4(x)
     return gguf_quantize(kind, x)
-
-
-def random_rows(rng: np.random.Generator, kind: str) -> np.ndarray:
-    """A random (..., D) float32 array: random rank, width, magnitude and special blocks."""
-    block = max(BLOCK[kind], 1)
-    D = block * int(rng.integers(1, 5)) if block > 1 else int(rng.integers(1, 97))
-    lead = tuple(int(n) for n in rng.integers(1, 4, size=int(rng.integers(0, 3))))
-    scale = 2.0 ** float(rng.integers(-30, 12))  # amax stays below fp16 overflow
-    x = (rng.standard_normal((*lead, D)) * scale).astype(np.float32)
-    flat = x.reshape(-1)
-    if rng.random() < 0.2:  # a zero block
-        flat[: min(block, flat.size)] = 0
-    if rng.random() < 0.2:  # exact ties after scaling: multiples of amax / 254
-        k = min(block, flat.size)
-        flat[:k] = (rng.integers(-127, 128, size=k) * 0.5).astype(np.float32)
-    return x
 
 
 def round_trip_bound(kind: str, x: np.ndarray) -> np.ndarray:

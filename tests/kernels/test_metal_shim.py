@@ -29,16 +29,20 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from caramba.kernels import dba_decode_attention, decode_attention, reference
 from caramba.kernels.formats import get_format, logical_width, storage_width
+from codec_cases import random_append_case, random_rows
+from real_weights import NAMES, gguf_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 HARNESS = REPO / "metal" / "shim" / "harness.cpp"
@@ -46,6 +50,13 @@ FORMATS = ("f32", "f16", "q8_0", "q4_0", "nf4")
 FORMAT_ID = {name: i for i, name in enumerate(FORMATS)}
 U = 2.0**-24
 U16 = 2.0**-11
+# Random shapes per format and op; make test keeps the defaults below (each op's test says
+# how many), CARAMBA_METAL_FUZZ=1000 runs 1,000 per format for every op (a few minutes).
+FUZZ = os.environ.get("CARAMBA_METAL_FUZZ")
+
+
+def fuzz_per_format(default: int) -> int:
+    return int(FUZZ) if FUZZ else default
 
 c_i64, c_i32, c_f32, c_ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_float, ctypes.c_void_p
 
@@ -326,6 +337,39 @@ def test_append_writes_exactly_the_reference_bytes_at_each_length(shim: Shim, ki
         assert torch.equal(as_bytes(cache), as_bytes(expected))
 
 
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("name", NAMES)
+def test_quantize_bytes_equal_gguf_on_real_weights(shim: Shim, name: str, kind: str) -> None:
+    """SmolLM2's tensors (real_weights) against gguf.quants, byte for byte."""
+    x, expected = gguf_bytes(name, kind)
+    got = shim_quantize(shim, kind, torch.from_numpy(x))
+    assert np.array_equal(as_bytes(got).numpy(), expected), f"{name} {x.shape} {kind}"
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+def test_codecs_match_the_reference_over_random_shapes(shim: Shim, kind: str) -> None:
+    """quantize, dequantize and append over random shapes (codec_cases: rank, width, magnitude,
+    zero blocks, ties), byte for byte and bit for bit against the reference."""
+    rng = np.random.default_rng(30 + FORMAT_ID[kind])
+    for _ in range(fuzz_per_format(1000)):
+        x = torch.from_numpy(random_rows(rng, kind))
+        D = x.shape[-1]
+        expected = reference.quantize(kind, x)
+        got = shim_quantize(shim, kind, x)
+        where = f"{kind} {tuple(x.shape)}"
+        assert got.dtype == expected.dtype and got.shape == expected.shape, where
+        assert torch.equal(as_bytes(got), as_bytes(expected)), where
+        values = shim_dequantize(shim, kind, expected, D)
+        assert torch.equal(values, reference.dequantize(kind, expected, D)), where
+
+        cache_x, rows, lengths = (torch.from_numpy(a) for a in random_append_case(rng, kind))
+        cache = reference.quantize(kind, cache_x)
+        want = reference.append(kind, cache.clone(), rows, lengths)
+        shim_append(shim, kind, cache, rows, lengths)
+        where = f"{kind} cache {tuple(cache_x.shape)} lengths {lengths.tolist()}"
+        assert torch.equal(as_bytes(cache), as_bytes(want)), where
+
+
 # ---- decode attention ---------------------------------------------------------------------
 
 
@@ -460,7 +504,7 @@ def run_case(shim: Shim, gen: torch.Generator, k_kinds: list[str], v_kind: str) 
 def test_decode_matches_the_reference_over_random_shapes_and_every_format_pair(shim: Shim) -> None:
     gen = torch.Generator().manual_seed(1)
     pairs = [(k, v) for k in FORMATS for v in FORMATS]
-    for i in range(150):  # every (k, v) pair 6 times
+    for i in range(fuzz_per_format(30) * len(FORMATS)):  # default: every (k, v) pair 6 times
         k, v = pairs[i % len(pairs)]
         run_case(shim, gen, [k], v)
 
@@ -468,7 +512,7 @@ def test_decode_matches_the_reference_over_random_shapes_and_every_format_pair(s
 def test_dba_matches_the_reference_over_random_shapes_and_every_format_triple(shim: Shim) -> None:
     gen = torch.Generator().manual_seed(2)
     triples = [(s, g, v) for s in FORMATS for g in FORMATS for v in FORMATS]
-    for i in range(250):  # every (k_sem, k_geo, v) triple twice
+    for i in range(fuzz_per_format(50) * len(FORMATS)):  # default: every triple twice
         s, g, v = triples[i % len(triples)]
         run_case(shim, gen, [s, g], v)
 

@@ -9,8 +9,12 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+from codec_cases import random_append_case, random_rows
+from real_weights import NAMES, gguf_bytes
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels module is imported
@@ -36,6 +40,9 @@ def _load_backend():
 backend = _load_backend()
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 QUANTIZED = ["q8_0", "q4_0", "nf4"]
+# Random shapes per format for the codec fuzz: the interpreter takes ~0.2 s a shape
+# (CARAMBA_TRITON_FUZZ=1000 here: about 10 minutes), a GPU a few ms.
+FUZZ_CASES = int(os.environ.get("CARAMBA_TRITON_FUZZ", 1000 if torch.cuda.is_available() else 40))
 
 
 def rows_for(kind: str, gen: torch.Generator) -> list[torch.Tensor]:
@@ -67,6 +74,28 @@ def test_quantize_bytes_equal_the_reference(kind: str) -> None:
         assert torch.equal(ours, reference.quantize(kind, x)), kind
 
 
+@pytest.mark.parametrize("kind", [*QUANTIZED, "f16", "f32"])
+def test_codecs_match_the_reference_over_random_shapes(kind: str) -> None:
+    """quantize, dequantize and append over random shapes (codec_cases: rank, width, magnitude,
+    zero blocks, ties), byte for byte and bit for bit against the reference."""
+    rng = np.random.default_rng(40 + len(kind) + ord(kind[-1]))
+    for _ in range(FUZZ_CASES):
+        x = torch.from_numpy(random_rows(rng, kind))
+        D = x.shape[-1]
+        expected = reference.quantize(kind, x)
+        got = backend.quantize(kind, x.to(DEVICE)).cpu()
+        assert torch.equal(got, expected), f"{kind} {tuple(x.shape)}"
+        values = backend.dequantize(kind, expected.to(DEVICE), D).cpu()
+        assert torch.equal(values, reference.dequantize(kind, expected, D)), f"{kind} {D}"
+
+        cache_x, rows, lengths = (torch.from_numpy(a) for a in random_append_case(rng, kind))
+        cache = reference.quantize(kind, cache_x)
+        want = reference.append(kind, cache.clone(), rows, lengths)
+        ours = cache.to(DEVICE)
+        backend.append(kind, ours, rows.to(DEVICE), lengths.to(DEVICE))
+        assert torch.equal(ours.cpu(), want), f"{kind} {tuple(cache_x.shape)} {lengths.tolist()}"
+
+
 @pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
 def test_quantize_bytes_equal_gguf(kind: str) -> None:
     gguf = pytest.importorskip("gguf", reason="gguf is not installed (pip install gguf)")
@@ -74,6 +103,15 @@ def test_quantize_bytes_equal_gguf(kind: str) -> None:
     x = torch.randn(16, 256) * 3
     expected = torch.from_numpy(gguf.quants.quantize(x.numpy(), qtype))
     assert torch.equal(backend.quantize(kind, x.to(DEVICE)).cpu(), expected)
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("name", NAMES)
+def test_quantize_bytes_equal_gguf_on_real_weights(name: str, kind: str) -> None:
+    """SmolLM2's tensors (real_weights); the first 8 rows of each under the interpreter."""
+    x, expected = gguf_bytes(name, kind, rows=None if torch.cuda.is_available() else 8)
+    got = backend.quantize(kind, torch.from_numpy(x).to(DEVICE)).cpu().numpy()
+    assert np.array_equal(got, expected), f"{name} {x.shape} {kind}"
 
 
 def test_quantize_accepts_half_inputs_and_keeps_leading_dims() -> None:
