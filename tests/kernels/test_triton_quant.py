@@ -42,7 +42,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 QUANTIZED = ["q8_0", "q4_0", "nf4"]
 # Random shapes per format for the codec fuzz: the interpreter takes ~0.2 s a shape
 # (CARAMBA_TRITON_FUZZ=1000 here: about 10 minutes), a GPU a few ms.
-FUZZ_CASES = int(os.environ.get("CARAMBA_TRITON_FUZZ", 1000 if torch.cuda.is_available() else 40))
+FUZZ_CASES = int(os.environ.get("CARAMBA_TRITON_FUZZ", 1000 if torch.cuda.is_available() else 16))
 
 
 def rows_for(kind: str, gen: torch.Generator) -> list[torch.Tensor]:
