@@ -1,7 +1,7 @@
 """C++ CPU decode attention (standard/GQA and DBA) against a numpy float64 reference.
 
-For each cache format, >= 1,000 random shapes per op (batch 1..3, GQA ratio 1..8, head dims
-32..128, S_max 1..48, ragged lengths, random split and thread counts), on the scalar and the SIMD
+For each cache format, >= 1,000 random shapes per op (batch 1..8, GQA ratio 1..8, head dims
+32..256, S_max 1..48, ragged lengths, random split and thread counts), on the scalar and the SIMD
 path. Each case is checked twice:
 
 1. Against float64 attention over the *dequantized* cache (what the kernel reads), so only
@@ -43,8 +43,8 @@ CASES = 1000
 
 def pick_dim(rng: np.random.Generator, kind: str) -> int:
     if BLOCK[kind] == 1:
-        return int(rng.integers(32, 80)) if rng.random() < 0.3 else 32 * int(rng.integers(1, 5))
-    return BLOCK[kind] * int(rng.integers(1, 128 // BLOCK[kind] + 1))
+        return int(rng.integers(32, 80)) if rng.random() < 0.3 else 32 * int(rng.integers(1, 9))
+    return BLOCK[kind] * int(rng.integers(1, 256 // BLOCK[kind] + 1))
 
 
 def make_cache(rng, kind, B, Hkv, S, D):
@@ -54,7 +54,7 @@ def make_cache(rng, kind, B, Hkv, S, D):
 
 
 def run_case(rng: np.random.Generator, k_kinds: list[str], v_kind: str) -> None:
-    B = int(rng.integers(1, 4))
+    B = int(rng.integers(1, 9))
     G = int(rng.integers(1, 9))
     Hkv = int(rng.integers(1, 3)) if G <= 4 else 1
     Hq = Hkv * G

@@ -431,7 +431,7 @@ def pick_dim(gen: torch.Generator, kind: str) -> int:
     block = get_format(kind).block
     if block == 1 and torch.rand(1, generator=gen).item() < 0.15:
         return int(torch.randint(1, 161, (1,), generator=gen))  # plain formats: any width
-    return block * int(torch.randint(1, 128 // block + 1, (1,), generator=gen))
+    return block * int(torch.randint(1, 256 // block + 1, (1,), generator=gen))
 
 
 def rint(gen: torch.Generator, lo: int, hi: int) -> int:
@@ -440,7 +440,8 @@ def rint(gen: torch.Generator, lo: int, hi: int) -> int:
 
 
 def run_case(shim: Shim, gen: torch.Generator, k_kinds: list[str], v_kind: str) -> None:
-    B, G, Hkv = rint(gen, 1, 4), rint(gen, 1, 4), rint(gen, 1, 2)
+    B, G = rint(gen, 1, 8), rint(gen, 1, 8)
+    Hkv = rint(gen, 1, 2) if G <= 4 else 1
     Hq = G * Hkv
     S = rint(gen, 1, 200) if torch.rand(1, generator=gen).item() < 0.1 else rint(gen, 1, 80)
     lengths = torch.randint(1, S + 1, (B,), generator=gen, dtype=torch.int32)
