@@ -1,11 +1,12 @@
-"""C++ CPU backend quantization: GGML/gguf byte equality, an independent numpy codec, paths.
+"""C++ CPU backend (and torch reference) quantization: gguf byte equality, a numpy codec, paths.
 
 - q8_0 / q4_0 bytes equal gguf.quants (GGML's quantize_row_*_ref) on random arrays, including
   scales that go subnormal in fp16, exact .5 ties and all-zero blocks.
 - Every format, over >= 1,000 random shapes: quantize equals an independent numpy encoder (the
   nf4 rule: nearest codebook entry of x / absmax in float32, ties to the lower index), and
   dequantize equals a numpy decoder bit for bit (value = float32(q) * float32(fp16 scale)).
-- The scalar and SIMD paths give identical bytes and identical floats.
+- The scalar and SIMD paths, and caramba-core's torch reference, give identical bytes and
+  identical floats.
 - Round-trip error per element, with amax the block's max |x| (u16 = 2^-11 is fp16's unit
   roundoff; subnormal fp16 scales add an absolute 2^-25 per unit of |q|):
       f32 exact; f16 |x| u16; q8_0 amax (1/254 + u16); q4_0 amax (1/8 + u16) (the element
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from caramba.kernels import reference
 from codec_cases import random_rows
 from quant_bounds import BLOCK, FORMATS, U16
 
@@ -129,6 +132,7 @@ def test_bytes_equal_gguf_quants(kind: str, path: str) -> None:
 
 @pytest.mark.parametrize("kind", FORMATS)
 def test_codec_matches_numpy_over_1000_random_shapes(kind: str) -> None:
+    """Every C++ path and caramba-core's torch reference ("torch") against the numpy codec."""
     if kind in ("q8_0", "q4_0") and gguf_quants is None:
         pytest.skip("gguf is not installed (pip install gguf): no GGML reference encoder")
     rng = np.random.default_rng(hash(kind) % 2**32)
@@ -137,13 +141,15 @@ def test_codec_matches_numpy_over_1000_random_shapes(kind: str) -> None:
         D = x.shape[-1]
         expected = np_quantize(kind, x)
         blocks = {p: backend.quantize(kind, x, path=p) for p in PATHS}
+        blocks["torch"] = reference.quantize(kind, torch.from_numpy(x)).numpy()
         for p, got in blocks.items():
             assert got.dtype == expected.dtype and got.shape == expected.shape, (kind, p, x.shape)
             assert np.array_equal(got.view(np.uint8), expected.view(np.uint8)), (kind, p, x.shape)
         values = np_dequantize(kind, expected, D)
-        for p in PATHS:
-            got = backend.dequantize(kind, expected, D, path=p)
-            assert got.dtype == np.float32 and got.shape == x.shape
+        decoded = {p: backend.dequantize(kind, expected, D, path=p) for p in PATHS}
+        decoded["torch"] = reference.dequantize(kind, torch.from_numpy(expected), D).numpy()
+        for p, got in decoded.items():
+            assert got.dtype == np.float32 and got.shape == x.shape, (kind, p, x.shape)
             assert np.array_equal(got.view(np.uint32), values.view(np.uint32)), (kind, p, x.shape)
         err = np.abs(values.astype(np.float64) - x)
         assert np.all(err <= round_trip_bound(kind, x)), (kind, x.shape, float(err.max()))
@@ -159,17 +165,6 @@ def test_nf4_ties_go_to_the_lower_codebook_index() -> None:
         q = backend.quantize("nf4", x, path=p)
         assert q[0, 2 + 1] & 0x0F == 6
         assert q[0, 2 + 0] & 0x0F == 15
-
-
-def test_nf4_matches_the_caramba_torch_reference() -> None:
-    torch = pytest.importorskip("torch")
-    ref = pytest.importorskip("caramba.kernels", reason="caramba-core is not installed")
-    rng = np.random.default_rng(11)
-    x = (rng.standard_normal((64, 256)) * 3).astype(np.float32)
-    for kind in FORMATS:
-        expected = ref.quantize(kind, torch.from_numpy(x)).numpy()
-        got = backend.quantize(kind, x)
-        assert np.array_equal(got.view(np.uint8), expected.view(np.uint8)), kind
 
 
 def test_quantize_writes_into_out_and_returns_it() -> None:
