@@ -6,7 +6,7 @@
   nf4 rule: nearest codebook entry of x / absmax in float32, ties to the lower index), and
   dequantize equals a numpy decoder bit for bit (value = float32(q) * float32(fp16 scale)).
 - The scalar and SIMD paths, and caramba-core's torch reference, give identical bytes and
-  identical floats.
+  identical floats; append writes the reference's bytes at random slots of random caches.
 - Round-trip error per element, with amax the block's max |x| (u16 = 2^-11 is fp16's unit
   roundoff; subnormal fp16 scales add an absolute 2^-25 per unit of |q|):
       f32 exact; f16 |x| u16; q8_0 amax (1/254 + u16); q4_0 amax (1/8 + u16) (the element
@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from caramba.kernels import reference
-from codec_cases import random_rows
+from codec_cases import random_append_case, random_rows
 from quant_bounds import BLOCK, FORMATS, U16
 
 cpu = pytest.importorskip(
@@ -153,6 +153,21 @@ def test_codec_matches_numpy_over_1000_random_shapes(kind: str) -> None:
             assert np.array_equal(got.view(np.uint32), values.view(np.uint32)), (kind, p, x.shape)
         err = np.abs(values.astype(np.float64) - x)
         assert np.all(err <= round_trip_bound(kind, x)), (kind, x.shape, float(err.max()))
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+def test_append_matches_the_reference_over_1000_random_shapes(kind: str) -> None:
+    """append writes exactly the torch reference's bytes into random caches at random slots."""
+    rng = np.random.default_rng(50 + FORMATS.index(kind))
+    for _ in range(1000):
+        cache_x, rows, lengths = random_append_case(rng, kind)
+        cache = backend.quantize(kind, cache_x)
+        expected = reference.append(
+            kind, torch.from_numpy(cache.copy()), torch.from_numpy(rows), torch.from_numpy(lengths)
+        ).numpy()
+        assert backend.append(kind, cache, rows, lengths) is cache
+        where = (kind, cache_x.shape, lengths.tolist())
+        assert np.array_equal(cache.view(np.uint8), expected.view(np.uint8)), where
 
 
 def test_nf4_ties_go_to_the_lower_codebook_index() -> None:
