@@ -41,11 +41,16 @@ def reader():
     return gguf.GGUFReader(path)
 
 
+def tensor(name: str):
+    """The model's tensor `name` (a gguf.ReaderTensor)."""
+    return next(t for t in reader().tensors if t.name == name)
+
+
 @cache
 def weights(name: str) -> np.ndarray:
     """float32 (rows, width) values of one tensor (a vector becomes a single row)."""
     rows = dict(TENSORS)[name]
-    t = next(t for t in reader().tensors if t.name == name)
+    t = tensor(name)
     data = t.data if rows is None else t.data[:rows]
     x = gguf.quants.dequantize(data, t.tensor_type).astype(np.float32)
     return x.reshape(-1, x.shape[-1])

@@ -41,7 +41,7 @@ import torch
 
 from caramba.kernels import dba_decode_attention, decode_attention, reference
 from caramba.kernels.formats import get_format, logical_width, storage_width
-from codec_cases import random_append_case, random_rows
+from codec_cases import as_bytes, check_codecs_against_reference
 from real_weights import NAMES, gguf_bytes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,12 +127,6 @@ def one_torch_thread():
 # ---- thin wrappers: torch tensors in, torch tensors out ------------------------------------
 
 
-def as_bytes(t: torch.Tensor) -> torch.Tensor:
-    """A cache tensor as uint8 rows (f32 / f16 caches are viewed, not converted)."""
-    t = t.contiguous()
-    return t if t.dtype == torch.uint8 else t.view(torch.uint8)
-
-
 def from_bytes(kind: str, b: torch.Tensor) -> torch.Tensor:
     fmt = get_format(kind)
     return b if fmt.quantized else b.view(fmt.dtype)
@@ -157,7 +151,10 @@ def shim_dequantize(shim: Shim, kind: str, blocks: torch.Tensor, D: int) -> torc
     return y.reshape(*blocks.shape[:-1], D)
 
 
-def shim_append(shim: Shim, kind: str, cache: torch.Tensor, rows: torch.Tensor, lengths) -> None:
+def shim_append(
+    shim: Shim, kind: str, cache: torch.Tensor, rows: torch.Tensor, lengths
+) -> torch.Tensor:
+    """Writes rows into cache in place (as the Metal append does) and returns cache."""
     B, H, S, _ = cache.shape
     c = as_bytes(cache)
     r = rows.to(torch.float32).contiguous()
@@ -166,7 +163,7 @@ def shim_append(shim: Shim, kind: str, cache: torch.Tensor, rows: torch.Tensor, 
             FORMAT_ID[kind], c.data_ptr(), B, H, S, r.shape[-1], r.data_ptr(), lengths.data_ptr()
         )
     )
-    cache.copy_(from_bytes(kind, c).reshape(cache.shape))
+    return cache.copy_(from_bytes(kind, c).reshape(cache.shape))
 
 
 @dataclass
@@ -350,24 +347,12 @@ def test_quantize_bytes_equal_gguf_on_real_weights(shim: Shim, name: str, kind: 
 def test_codecs_match_the_reference_over_random_shapes(shim: Shim, kind: str) -> None:
     """quantize, dequantize and append over random shapes (codec_cases: rank, width, magnitude,
     zero blocks, ties), byte for byte and bit for bit against the reference."""
-    rng = np.random.default_rng(30 + FORMAT_ID[kind])
-    for _ in range(fuzz_per_format(1000)):
-        x = torch.from_numpy(random_rows(rng, kind))
-        D = x.shape[-1]
-        expected = reference.quantize(kind, x)
-        got = shim_quantize(shim, kind, x)
-        where = f"{kind} {tuple(x.shape)}"
-        assert got.dtype == expected.dtype and got.shape == expected.shape, where
-        assert torch.equal(as_bytes(got), as_bytes(expected)), where
-        values = shim_dequantize(shim, kind, expected, D)
-        assert torch.equal(values, reference.dequantize(kind, expected, D)), where
-
-        cache_x, rows, lengths = (torch.from_numpy(a) for a in random_append_case(rng, kind))
-        cache = reference.quantize(kind, cache_x)
-        want = reference.append(kind, cache.clone(), rows, lengths)
-        shim_append(shim, kind, cache, rows, lengths)
-        where = f"{kind} cache {tuple(cache_x.shape)} lengths {lengths.tolist()}"
-        assert torch.equal(as_bytes(cache), as_bytes(want)), where
+    check_codecs_against_reference(
+        np.random.default_rng(30 + FORMAT_ID[kind]), kind, fuzz_per_format(1000),
+        lambda k, x: shim_quantize(shim, k, x),
+        lambda k, blocks, D: shim_dequantize(shim, k, blocks, D),
+        lambda k, cache, rows, lengths: shim_append(shim, k, cache, rows, lengths),
+    )  # fmt: skip
 
 
 # ---- decode attention ---------------------------------------------------------------------

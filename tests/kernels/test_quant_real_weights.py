@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from caramba.kernels import reference
-from real_weights import NAMES, TENSORS, gguf, gguf_bytes, reader, weights
+from real_weights import NAMES, TENSORS, gguf, gguf_bytes, tensor, weights
 
 
 @pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
@@ -39,7 +39,7 @@ def test_cpu_kernels_equal_gguf_on_real_weights_on_every_path(name: str, kind: s
 
 
 def test_token_embd_requantizes_to_the_files_own_q8_0_bytes() -> None:
-    t = next(t for t in reader().tensors if t.name == "token_embd.weight")
+    t = tensor("token_embd.weight")
     assert t.tensor_type == gguf.GGMLQuantizationType.Q8_0
     rows = dict(TENSORS)["token_embd.weight"]
     stored = np.asarray(t.data[:rows]).view(np.uint8).reshape(rows, -1)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from codec_cases import random_append_case, random_rows
+from codec_cases import check_codecs_against_reference
 from real_weights import NAMES, gguf_bytes
 
 if not torch.cuda.is_available():
@@ -78,22 +78,14 @@ def test_quantize_bytes_equal_the_reference(kind: str) -> None:
 def test_codecs_match_the_reference_over_random_shapes(kind: str) -> None:
     """quantize, dequantize and append over random shapes (codec_cases: rank, width, magnitude,
     zero blocks, ties), byte for byte and bit for bit against the reference."""
-    rng = np.random.default_rng(40 + len(kind) + ord(kind[-1]))
-    for _ in range(FUZZ_CASES):
-        x = torch.from_numpy(random_rows(rng, kind))
-        D = x.shape[-1]
-        expected = reference.quantize(kind, x)
-        got = backend.quantize(kind, x.to(DEVICE)).cpu()
-        assert torch.equal(got, expected), f"{kind} {tuple(x.shape)}"
-        values = backend.dequantize(kind, expected.to(DEVICE), D).cpu()
-        assert torch.equal(values, reference.dequantize(kind, expected, D)), f"{kind} {D}"
-
-        cache_x, rows, lengths = (torch.from_numpy(a) for a in random_append_case(rng, kind))
-        cache = reference.quantize(kind, cache_x)
-        want = reference.append(kind, cache.clone(), rows, lengths)
-        ours = cache.to(DEVICE)
-        backend.append(kind, ours, rows.to(DEVICE), lengths.to(DEVICE))
-        assert torch.equal(ours.cpu(), want), f"{kind} {tuple(cache_x.shape)} {lengths.tolist()}"
+    check_codecs_against_reference(
+        np.random.default_rng(40 + len(kind) + ord(kind[-1])), kind, FUZZ_CASES,
+        lambda k, x: backend.quantize(k, x.to(DEVICE)).cpu(),
+        lambda k, blocks, D: backend.dequantize(k, blocks.to(DEVICE), D).cpu(),
+        lambda k, cache, rows, lengths: backend.append(
+            k, cache.to(DEVICE), rows.to(DEVICE), lengths.to(DEVICE)
+        ).cpu(),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
