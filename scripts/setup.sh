@@ -13,6 +13,37 @@ fi
 PY="$VENV/bin/python"
 PIP="$PY -m pip --disable-pip-version-check -q"
 
+# The NEON path's test (tests/kernels/test_neon_cross.py) cross-builds csrc/ for AArch64 with
+# zig (a pip wheel) and runs its ctest suite under QEMU's user-mode emulator, taken from
+# Debian's qemu-user-static package (`apt-get download` needs no root; only the one binary is
+# kept, in $VENV/cross). Linux x86-64 only; where either is missing, that test skips.
+if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
+  $PIP install "ziglang==0.17.*" || echo "==> ziglang unavailable here: the NEON test will skip"
+  CROSS="$VENV/cross"
+  if [ ! -x "$CROSS/qemu-aarch64-static" ] && command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then
+    echo "==> unpacking qemu-aarch64-static (Debian qemu-user-static) into $CROSS"
+    tmp=$(mktemp -d)
+    if (cd "$tmp" && apt-get download -qq qemu-user-static >/dev/null 2>&1) &&
+       dpkg-deb -x "$tmp"/qemu-user-static_*.deb "$tmp/x"; then
+      mkdir -p "$CROSS" && cp "$tmp/x/usr/bin/qemu-aarch64-static" "$CROSS/"
+    else
+      echo "==> qemu-user-static unavailable here: the NEON test will skip"
+    fi
+    rm -rf "$tmp"
+  fi
+  # zig builds musl and libc++ for the target on first use (a minute or two of CPU): start
+  # that now, beside the downloads and the extension build below, into the cache the test uses.
+  if "$PY" -c "import ziglang" 2>/dev/null; then
+    mkdir -p "$CROSS"
+    warm=$(mktemp -d)
+    echo 'int main() {}' > "$warm/warm.cpp"
+    ZIG_GLOBAL_CACHE_DIR="$CROSS/zig-cache" ZIG_LOCAL_CACHE_DIR="$warm" \
+      "$PY" -m ziglang c++ -target aarch64-linux-musl -static "$warm/warm.cpp" -o "$warm/warm" \
+      >/dev/null 2>&1 &
+    ZIG_WARM=$!
+  fi
+fi
+
 if ! "$PY" -c "import torch" 2>/dev/null; then
   echo "==> installing torch 2.13 (CPU wheel where one is available locally)"
   $PIP install "torch==2.13.*"
@@ -39,4 +70,8 @@ fi
 
 echo "==> installing test tools and the example plugin used by tests"
 $PIP install "pytest>=8" -e tests/plugins/caramba-example-plugin
+if [ -n "${ZIG_WARM:-}" ]; then
+  wait "$ZIG_WARM" || echo "==> zig could not build for aarch64 here: the NEON test will say why"
+  rm -rf "$warm"
+fi
 touch "$VENV/.caramba-installed"

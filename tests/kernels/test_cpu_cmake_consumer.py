@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from commands import generator, run
 
 REPO = Path(__file__).resolve().parents[2]
 CSRC = REPO / "csrc"
@@ -22,18 +23,6 @@ CMAKE = shutil.which("cmake")
 CTEST = shutil.which("ctest")
 
 pytestmark = pytest.mark.skipif(CMAKE is None, reason="cmake is not installed")
-
-
-def run(*cmd: str | Path, cwd: Path | None = None) -> str:
-    proc = subprocess.run(
-        [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
-def generator() -> list[str]:
-    return ["-G", "Ninja"] if shutil.which("ninja") else []
 
 
 def build_consumer(build: Path, *defines: str) -> str:
