@@ -261,8 +261,9 @@ int main() {
     std::mt19937 rng(20240601);
     test_workspace_and_single_position();
     test_queried_workspace_serves_equal_and_ragged_lengths();
-    for (int i = 0; i < 600; ++i) run_case(rng, false);
-    for (int i = 0; i < 300; ++i) run_case(rng, true);
+    // CARAMBA_CPP_FUZZ=N: N of each (formats drawn at random: N = 5000 is about 1,000 per format).
+    for (int i = 0, n = test::fuzz_count(600); i < n; ++i) run_case(rng, false);
+    for (int i = 0, n = test::fuzz_count(300); i < n; ++i) run_case(rng, true);
     std::printf("test_attention: %lld decode calls checked\n", static_cast<long long>(g_cases));
     return test::finish("test_attention");
 }

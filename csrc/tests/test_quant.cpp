@@ -91,7 +91,7 @@ void test_formats() {
     }
     for (caramba_format f : kFormats) {
         const int be = static_cast<int>(std::max<int64_t>(64, caramba_format_block_elems(f)));
-        for (int trial = 0; trial < 200; ++trial) {
+        for (int trial = 0, trials = test::fuzz_count(200); trial < trials; ++trial) {
             const int64_t blocks = 1 + trial % 9;
             std::vector<float> x = test::randn(rng, static_cast<size_t>(blocks * be),
                                                std::ldexp(1.0f, trial % 20 - 10));

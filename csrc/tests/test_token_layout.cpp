@@ -219,7 +219,7 @@ int main() {
     int n = 0;
     for (caramba_path path : paths) {
         if (!caramba_path_available(path)) continue;
-        for (int i = 0; i < 150; ++i, ++n) run_case(rng, path, i % 2 == 1);
+        for (int i = 0, cases = test::fuzz_count(150); i < cases; ++i, ++n) run_case(rng, path, i % 2 == 1);
     }
     api_rules();
     std::printf("%d token-layout cases\n", n);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <vector>
 
@@ -43,6 +44,14 @@ inline int finish(const char* name) {
     }
     std::printf("%s: %d checks failed\n", name, failures());
     return 1;
+}
+
+// How many random problems a fuzz loop runs: CARAMBA_CPP_FUZZ=N where set (the NEON test under
+// qemu runs long ones that way), else the loop's default.
+inline int fuzz_count(int fallback) {
+    const char* given = std::getenv("CARAMBA_CPP_FUZZ");
+    const long n = given ? std::strtol(given, nullptr, 10) : 0;
+    return n > 0 ? static_cast<int>(n) : fallback;
 }
 
 inline std::vector<float> randn(std::mt19937& rng, size_t n, float sigma = 1.0f) {

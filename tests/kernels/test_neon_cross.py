@@ -6,7 +6,8 @@ The ctest suite checks every path the library reports available against the scal
 simd_neon.cpp's arithmetic for real. The compiler is zig (the `ziglang` wheel: a clang that
 targets aarch64-linux-musl with its own libc and libc++, so the binaries are static) and the
 emulator qemu-aarch64-static; scripts/setup.sh puts both in the venv on Linux x86-64 hosts.
-Elsewhere, or where either is missing, the test skips and says which.
+Elsewhere, or where either is missing, the test skips and says which. CARAMBA_CPP_FUZZ=N
+(passed through to the suite) runs N random problems per fuzz loop instead of its default.
 """
 
 from __future__ import annotations
