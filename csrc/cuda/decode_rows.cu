@@ -82,9 +82,12 @@ __device__ __forceinline__ uint32_t lds16(uint32_t at) {
 // whether the values and the keys sit in the token layout (every head in one row) or the head
 // layout (where a call's KV heads may be several groups of HKV, each with its own blocks).
 template <int KFMT, int VFMT, int G_, int HKV_, int DS, int DG, int NBV_, bool VTOKEN, bool KTOKEN,
-          int TEAM_>
+          int TEAM_, int SUB_ = 1>
 struct Shape {
     static constexpr int G = G_, HKV = HKV_, NBV = NBV_;
+    // Positions a slot stages: SUB 16-position steps, computed one after the other between two
+    // of the team's barriers.
+    static constexpr int SUB = SUB_, STAGE_POS = kStep * SUB_;
     // Warps that share one run of staged steps, each computing HKV / TEAM of the KV heads:
     // the same bytes and arithmetic over more, smaller warps (fewer registers each).
     static constexpr int TEAM = TEAM_, TL = 32 * TEAM, WARPS = kRowRuns * TEAM;
@@ -129,14 +132,16 @@ struct Shape {
     }
     __host__ __device__ static constexpr int key_block_at(int path, int blk) {
         return KTOKEN ? blk * KBYTES
-                      : blk / (dim(path) / 32) * kStep * head_row(path) + blk % (dim(path) / 32) * KBYTES;
+                      : blk / (dim(path) / 32) * STAGE_POS * head_row(path) + blk % (dim(path) / 32) * KBYTES;
     }
     static constexpr int VROW = NBV * VBYTES;          // one head's value row
     static constexpr int V_TOKEN = VTOKEN ? HKV * VROW : VROW;  // bytes per position
-    static constexpr int V_HEAD = VTOKEN ? VROW : kStep * VROW;  // bytes per KV head
-    __host__ __device__ static constexpr int key_at(int path) { return path ? kStep * key_row(0) : 0; }
-    static constexpr int V_AT = kStep * (key_row(0) + (DG > 0 ? key_row(1) : 0));
-    static constexpr int STAGE = (V_AT + kStep * HKV * VROW + 15) / 16 * 16;
+    static constexpr int V_HEAD = VTOKEN ? VROW : STAGE_POS * VROW;  // bytes per KV head
+    __host__ __device__ static constexpr int key_at(int path) { return path ? STAGE_POS * key_row(0) : 0; }
+    static constexpr int V_AT = STAGE_POS * (key_row(0) + (DG > 0 ? key_row(1) : 0));
+    static constexpr int STAGE = (V_AT + STAGE_POS * HKV * VROW + 15) / 16 * 16;
+    // Bytes from sub-step u's first key row (per path) or value row to sub-step u + 1's.
+    __host__ __device__ static constexpr int key_sub(int path) { return kStep * key_pos(path); }
     // Slots per warp: one step in flight while the warp computes the one before. More ran slower
     // (H200, batch 8, 32k, us, q4_0 / q8_0: 2 slots 26.6 / 37.7, 3 slots 27.4 / 39.3, 4 slots
     // 28.8 / 39.5): a wave of warps already keeps more bytes in flight than HBM needs to stay
@@ -148,7 +153,7 @@ struct Shape {
     // Value runs of a step (16 positions of one KV head, or of every head in the token layout)
     // and the team's lanes that copy each: TL / HKV lanes per KV head, so every lane has one.
     static constexpr int V_LANES = VTOKEN ? TL : TL / HKV;
-    static constexpr int V_PIECES = V_TOKEN;  // 16-byte pieces of a run: its bytes per position
+    static constexpr int V_PIECES = SUB * V_TOKEN;  // 16-byte pieces of a run: SUB x its bytes per position
     static constexpr int K_LANES = TL / HKV;  // head-layout keys: lanes per KV head's run
     // Blocks per SM the register budget is cut for: 3 (12 warps, up to 168 registers). q4_0 keys
     // and values would fit 4 blocks at 128 registers, but ran slower (H200, batch 8, us: 30.3
@@ -195,11 +200,12 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
 
     // ---- staging: each team takes a contiguous run of the split's 16-position steps and copies
     // them into its own ring of S::STAGES slots, S::STAGES - 1 steps ahead of their use.
-    const int split_steps = max(end - start, 0) / kStep + ((end - start) % kStep > 0);
+    constexpr int SP = S::STAGE_POS;
+    const int split_steps = max(end - start, 0) / SP + ((end - start) % SP > 0);
     const int run_steps_max = (split_steps + kRowRuns - 1) / kRowRuns;
     const int first_step = run * run_steps_max;
     const int run_steps = max(0, min(run_steps_max, split_steps - first_step));
-    auto position = [&](int k) { return start + kStep * (first_step + k); };
+    auto position = [&](int k) { return start + SP * (first_step + k); };
     const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) +
                           run * S::STAGES * S::STAGE;
     // Sixteen positions of a tensor's rows are `row` 16-byte pieces, copied by the team's TL
@@ -211,7 +217,7 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
     const int k_lane = S::K_ROWS ? tl : tl % S::K_LANES, k_run = S::K_ROWS ? 0 : tl / S::K_LANES;
     // Each tensor's source pointer sits at the next step to issue (this lane's first piece) and
     // moves one step on per issue: an add per tensor, not a 64-bit multiply per step.
-    const int64_t run_first = start + int64_t(kStep) * first_step;
+    const int64_t run_first = start + int64_t(SP) * first_step;
     const uint8_t* key_src[PATHS];
 #pragma unroll
     for (int path = 0; path < PATHS; ++path) {
@@ -242,24 +248,25 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
 #pragma unroll
         for (int path = 0; path < PATHS; ++path) {
             if constexpr (S::K_ROWS) {
-                const int row = S::key_row(path);
+                const int row = S::SUB * S::key_row(path);  // pieces of the slot's rows
                 const uint8_t* src = key_src[path];
 #pragma unroll
-                for (int r = 0; r < (S::key_row(path) + TL - 1) / TL; ++r) {
+                for (int r = 0; r < (S::SUB * S::key_row(path) + TL - 1) / TL; ++r) {
                     const int piece = tl + TL * r;
                     if (TL * (r + 1) > row && piece >= row) break;
-                    copy(slot + S::key_at(path) + 16 * piece, src + 16 * TL * r, piece, tl, n * row);
+                    copy(slot + S::key_at(path) + 16 * piece, src + 16 * TL * r, piece, tl,
+                         n * S::key_row(path));
                 }
             } else {
                 constexpr int L = S::K_LANES;
-                const int row = S::head_row(path);  // pieces of a KV head's run
+                const int row = S::SUB * S::head_row(path);  // pieces of a KV head's run
                 const uint8_t* src = key_src[path];
                 const uint32_t dst = slot + S::key_at(path) + k_run * kStep * row + 16 * k_lane;
 #pragma unroll
-                for (int r = 0; r < (S::head_row(path) + L - 1) / L; ++r) {
+                for (int r = 0; r < (S::SUB * S::head_row(path) + L - 1) / L; ++r) {
                     const int piece = k_lane + L * r;
                     if (L * (r + 1) > row && piece >= row) break;
-                    copy(dst + 16 * L * r, src + 16 * L * r, piece, k_lane, n * row);
+                    copy(dst + 16 * L * r, src + 16 * L * r, piece, k_lane, n * S::head_row(path));
                 }
             }
         }
@@ -275,12 +282,12 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
     auto slot = [&](int k) { return ring + (k % S::STAGES) * S::STAGE; };
     auto issue = [&](int k) {
         const int t0 = position(k);
-        if (k < run_steps && t0 + kStep <= end) stage(std::true_type{}, slot(k), kStep);
+        if (k < run_steps && t0 + SP <= end) stage(std::true_type{}, slot(k), SP);
         else if (k < run_steps) stage(std::false_type{}, slot(k), end - t0);
         copies_commit();  // an empty group where nothing is left: the wait counts stay uniform
 #pragma unroll
-        for (int path = 0; path < PATHS; ++path) key_src[path] += kStep * S::key_pos(path);
-        v_src += kStep * S::V_TOKEN;
+        for (int path = 0; path < PATHS; ++path) key_src[path] += SP * S::key_pos(path);
+        v_src += SP * S::V_TOKEN;
     };
 
     // The first step's copies go out before the queries are read, so their round trips
@@ -385,8 +392,8 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
     // ---- the steps of the team's run, in member M's n-tiles
     as_member([&](auto member_c) {
         constexpr int M = decltype(member_c)::value;
-        // ---- scores of the step in `slot`, one key block (two k-steps) at a time
-        auto scores = [&](uint32_t slot, float (&s)[NTW][4]) {
+        // ---- scores of sub-step u of the step in `slot`, one key block (two k-steps) at a time
+        auto scores = [&](uint32_t slot, int u, float (&s)[NTW][4]) {
 #pragma unroll
             for (int j = 0; j < NTW; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
@@ -397,7 +404,8 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
                     uint32_t a[2][4];  // k-steps 2 blk (values 0-15), 2 blk + 1 (16-31)
 #pragma unroll
                     for (int row = 0; row < 2; ++row) {
-                        const uint32_t at = slot + 8 * row * S::key_pos(path) + S::key_block_at(path, blk);
+                        const uint32_t at = slot + u * S::key_sub(path) + 8 * row * S::key_pos(path) +
+                                            S::key_block_at(path, blk);
                         const __half2 scale = __half2half2(__ushort_as_half(
                             static_cast<unsigned short>(lds16(at + key_scale[path]))));
                         const uint32_t d = at + key_data[path];
@@ -437,8 +445,9 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
             }
         };
 
-        // ---- the step's online softmax over its scores s, then its values
-        auto consume = [&](uint32_t slot, int t0, float (&s)[NTW][4]) {
+        // ---- sub-step u's online softmax over its scores s, then its values
+        auto consume = [&](uint32_t slot, int u, int t0, float (&s)[NTW][4]) {
+            slot += u * kStep * S::V_TOKEN;  // the sub-step's value rows
             // s[j][0..1] are row g, s[j][2..3] row g + 8
             if (t0 + kStep > end) {
 #pragma unroll
@@ -556,9 +565,14 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
             if constexpr (S::TEAM == 1) __syncwarp();
             else asm volatile("bar.sync %0, %1;" ::"r"(1 + run), "n"(TL) : "memory");
             issue(k + S::STAGES - 1);
-            float s[NTW][4];
-            scores(slot(k), s);
-            consume(slot(k), position(k), s);
+#pragma unroll
+            for (int u = 0; u < S::SUB; ++u) {
+                const int t0 = position(k) + u * kStep;
+                if (S::SUB > 1 && t0 >= end) break;  // a split's last slot, partly filled
+                float s[NTW][4];
+                scores(slot(k), u, s);
+                consume(slot(k), u, t0, s);
+            }
         }
     });
     copies_wait<0>();
@@ -671,14 +685,15 @@ RowKernel launchable(const caramba_cuda_decode_params& p) {
 }
 
 // The instance of this head shape and layout in p's formats, if p has that shape.
-template <int G, int HKV, int DS, int DG, int NBV, bool KTOKEN, bool VTOKEN, int TEAM>
+// SUB4: 16-position steps per staged slot where keys and values are all q4_0 (others take 1).
+template <int G, int HKV, int DS, int DG, int NBV, bool KTOKEN, bool VTOKEN, int TEAM, int SUB4 = 1>
 RowKernel instance(const caramba_cuda_decode_params& p, int dg) {
     constexpr int Q4 = CARAMBA_FORMAT_Q4_0, Q8 = CARAMBA_FORMAT_Q8_0;
     if (!matches<Shape<Q4, Q4, G, HKV, DS, DG, NBV, VTOKEN, KTOKEN, TEAM>>(p, dg)) return {};
     // A token row holds every KV head: only head-layout tensors split into groups of HKV.
     if ((KTOKEN || VTOKEN) && p.kv_heads != HKV) return {};
     const bool k4 = p.k_sem.format == Q4, v4 = p.v.format == Q4;
-    if (k4 && v4) return launchable<Shape<Q4, Q4, G, HKV, DS, DG, NBV, VTOKEN, KTOKEN, TEAM>>(p);
+    if (k4 && v4) return launchable<Shape<Q4, Q4, G, HKV, DS, DG, NBV, VTOKEN, KTOKEN, TEAM, SUB4>>(p);
     if (k4) return launchable<Shape<Q4, Q8, G, HKV, DS, DG, NBV, VTOKEN, KTOKEN, TEAM>>(p);
     if (v4) return launchable<Shape<Q8, Q4, G, HKV, DS, DG, NBV, VTOKEN, KTOKEN, TEAM>>(p);
     return launchable<Shape<Q8, Q8, G, HKV, DS, DG, NBV, VTOKEN, KTOKEN, TEAM>>(p);
@@ -690,6 +705,7 @@ RowKernel instance(const caramba_cuda_decode_params& p, int dg) {
 // 255 registers a lane (two blocks an SM); 2 take 114-127 (four blocks). H200, batch 8 x 32k,
 // us, q4_0 / q8_0: 8 heads 55.2 / 87.7, 2 heads 47.6 / 78.1.
 constexpr int kStdHeads = 2;
+
 
 // Cached positions per call (batch * capacity) from which AUTO picks the row kernel for an
 // instance with one group of KV heads (a token row) unless every tensor is q4_0. Its blocks
@@ -720,13 +736,17 @@ RowKernel row_kernel(const caramba_cuda_decode_params& p) {
     // q4_0 batch 8 x 32k 25.3 -> 24.6, 64k 39.4 -> 41.9; q8_0 32k 37.1 -> 32.8, 64k 62.3 ->
     // 57.7; q4_0 batch 1 x 64k 14.2 -> 12.8, batch 8 x 8k 13.5 -> 12.0. Only q4_0 at 64k loses:
     // a team keeps one step in flight, so 2/3 of the bytes a wave of single warps did.
+    // All-q4_0 caches stage 2 steps (32 positions) a slot: one barrier, one wait and one set of
+    // copy addresses per 32 positions, and twice the bytes in flight (H200, us, 1 -> 2 steps a
+    // slot, same run: batch 8 x 32k 24.1 -> 23.1, 64k 40.8 -> 38.2, batch 1 x 64k 12.7 -> 12.2,
+    // batch 8 x 8k 11.9 -> 11.5). q8_0 keeps 1: 32.7 -> 33.4 at 32k, 57.4 -> 60.4 at 64k.
     const bool value_tokens = values == Rows::tokens;
     if (keys == Rows::tokens) {
         const bool all_q4 = p.k_sem.format == CARAMBA_FORMAT_Q4_0 && p.v.format == CARAMBA_FORMAT_Q4_0 &&
                             (!dba || p.k_geo.format == CARAMBA_FORMAT_Q4_0);
         if (small && !all_q4) return {};
-        return value_tokens ? instance<4, 8, 4, 8, 1, true, true, 2>(p, dg)
-                            : instance<4, 8, 4, 8, 1, true, false, 2>(p, dg);
+        return value_tokens ? instance<4, 8, 4, 8, 1, true, true, 2, 2>(p, dg)
+                            : instance<4, 8, 4, 8, 1, true, false, 2, 2>(p, dg);
     }
     if (value_tokens) return small ? RowKernel{} : instance<4, 8, 64, 0, 2, false, true, 1>(p, dg);
     // Head-layout keys and values: kStdHeads KV heads per warp, blocks per group of them; head
