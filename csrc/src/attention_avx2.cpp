@@ -27,17 +27,23 @@ constexpr int score_chains() {
     return NG == 1 ? 4 : (NG == 2 ? 2 : 1);
 }
 
-// Horizontal sums of 8 vectors at once: lane i of the result is the sum of v[i]'s lanes.
-inline __m256 hsum8(const __m256* v) {
-    const __m256 h01 = _mm256_hadd_ps(v[0], v[1]);
-    const __m256 h23 = _mm256_hadd_ps(v[2], v[3]);
-    const __m256 h45 = _mm256_hadd_ps(v[4], v[5]);
-    const __m256 h67 = _mm256_hadd_ps(v[6], v[7]);
-    const __m256 h0123 = _mm256_hadd_ps(h01, h23);
-    const __m256 h4567 = _mm256_hadd_ps(h45, h67);
-    return _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20),
-                         _mm256_permute2f128_ps(h0123, h4567, 0x31));
+// Reduces 8 vectors at once: lane i of the result is op over v[i]'s lanes (the layout of
+// _mm256_hadd_ps, for any op), cheaper than 8 horizontal reductions.
+template <class Op>
+inline __m256 reduce8(const __m256* v, Op op) {
+    const auto pairs = [op](__m256 a, __m256 b) {  // [a0 op a1, a2 op a3, b0 op b1, b2 op b3 | ...]
+        return op(_mm256_shuffle_ps(a, b, 0x88), _mm256_shuffle_ps(a, b, 0xDD));
+    };
+    const __m256 h0123 = pairs(pairs(v[0], v[1]), pairs(v[2], v[3]));
+    const __m256 h4567 = pairs(pairs(v[4], v[5]), pairs(v[6], v[7]));
+    return op(_mm256_permute2f128_ps(h0123, h4567, 0x20), _mm256_permute2f128_ps(h0123, h4567, 0x31));
 }
+
+inline __m256 vadd(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+inline __m256 vmax(__m256 a, __m256 b) { return _mm256_max_ps(a, b); }
+
+// Horizontal sums of 8 vectors at once: lane i of the result is the sum of v[i]'s lanes.
+inline __m256 hsum8(const __m256* v) { return reduce8(v, vadd); }
 
 // Per-row dot-product vectors are parked here and reduced 8 rows at a time.
 template <int NG>
@@ -290,27 +296,25 @@ void value(caramba_format format, const uint8_t* rows, int64_t row_stride, int n
     }
 }
 
-// exp(x) for x <= 0 (Cephes expf: range reduction by ln 2, degree-5 polynomial; ~1 ulp);
-// exactly 0 below -87.3 (and for -inf).
+// exp(x) for x <= 0 as 2^n * 2^f (n = round(x log2 e), |f| <= 1/2, 2^f by its degree-6 Taylor
+// polynomial, 2^n as exponent bits: n >= -126 above the clamp); exactly 0 below -87.3 (and for
+// -inf). The AVX-512 kernel's form and error (relative <= 1.1e-6 for x >= -17, absolute
+// <= 1.7e-7), a few uops fewer than the Cephes form (two-constant range reduction).
 inline __m256 exp_nonpositive(__m256 x) {
     const __m256 lo = _mm256_set1_ps(-87.33654f);
     const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    x = _mm256_max_ps(x, lo);
-    __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
-    fx = _mm256_floor_ps(fx);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-    const __m256 z = _mm256_mul_ps(x, x);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, z, _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-    const __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
-    y = _mm256_mul_ps(y, _mm256_castsi256_ps(n));
-    return _mm256_andnot_ps(underflow, y);
+    const __m256 t = _mm256_mul_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(1.44269504088896341f));
+    const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 f = _mm256_sub_ps(t, n);
+    __m256 y = _mm256_set1_ps(1.5403530393381606e-4f);
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.3333558146428443e-3f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(9.618129107628477e-3f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(5.550410866482158e-2f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(0.2402265069591007f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(0.6931471805599453f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(underflow, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
 }
 
 inline float hmax(__m256 v) {
@@ -322,8 +326,43 @@ inline float hmax(__m256 v) {
 
 static_assert(kTileRows % 8 == 0, "the AVX2 softmax works on whole vectors of the tile");
 
+
+constexpr int kVecs = kTileRows / 8;
+
+// 8 heads at once: tile maxima and sums reduced together, alpha as one vector exp (the
+// per-head form below spent a horizontal max, a horizontal sum and a libm exp on each head).
+void softmax8(float* s, int64_t s_stride, int vecs, const __m256* valid, float* m, float* l, float* alpha) {
+    const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    __m256 v[8];
+    for (int h = 0; h < 8; ++h) {
+        const float* row = s + h * s_stride;
+        __m256 mx = neg_inf;
+        for (int j = 0; j < vecs; ++j) mx = _mm256_max_ps(mx, _mm256_blendv_ps(neg_inf, _mm256_loadu_ps(row + 8 * j), valid[j]));
+        v[h] = mx;
+    }
+    const __m256 m_old = _mm256_loadu_ps(m);
+    const __m256 m_new = _mm256_max_ps(m_old, reduce8(v, vmax));
+    alignas(32) float mn[8];
+    _mm256_store_ps(mn, m_new);
+    for (int h = 0; h < 8; ++h) {
+        float* row = s + h * s_stride;
+        const __m256 vm = _mm256_set1_ps(mn[h]);
+        __m256 sum = _mm256_setzero_ps();
+        for (int j = 0; j < vecs; ++j) {
+            const __m256 p = exp_nonpositive(_mm256_sub_ps(_mm256_blendv_ps(neg_inf, _mm256_loadu_ps(row + 8 * j), valid[j]), vm));
+            _mm256_storeu_ps(row + 8 * j, p);
+            sum = _mm256_add_ps(sum, p);
+        }
+        v[h] = sum;
+    }
+    // m_old = -inf (the first tile) gives exp(-inf) = 0, as std::exp does.
+    const __m256 a = exp_nonpositive(_mm256_sub_ps(m_old, m_new));
+    _mm256_storeu_ps(alpha, a);
+    _mm256_storeu_ps(l, _mm256_fmadd_ps(_mm256_loadu_ps(l), a, reduce8(v, vadd)));
+    _mm256_storeu_ps(m, m_new);
+}
+
 void softmax(float* s, int64_t s_stride, int n, int ng, float* m, float* l, float* alpha) {
-    constexpr int kVecs = kTileRows / 8;
     const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     __m256 valid[kVecs];  // lanes t < n
     for (int j = 0; j < kVecs; ++j) {
@@ -331,7 +370,9 @@ void softmax(float* s, int64_t s_stride, int n, int ng, float* m, float* l, floa
         valid[j] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx));
     }
     const int vecs = (n + 7) / 8;
-    for (int g = 0; g < ng; ++g) {
+    int g0 = 0;
+    for (; g0 + 8 <= ng; g0 += 8) softmax8(s + g0 * s_stride, s_stride, vecs, valid, m + g0, l + g0, alpha + g0);
+    for (int g = g0; g < ng; ++g) {
         float* row = s + g * s_stride;
         __m256 x[kVecs];
         __m256 mx = neg_inf;
