@@ -296,23 +296,17 @@ void value(caramba_format format, const uint8_t* rows, int64_t row_stride, int n
     }
 }
 
-// exp(x) for x <= 0 as 2^n * 2^f (n = round(x log2 e), |f| <= 1/2, 2^f by its degree-6 Taylor
-// polynomial, 2^n as exponent bits: n >= -126 above the clamp); exactly 0 below -87.3 (and for
-// -inf). The AVX-512 kernel's form and error (relative <= 1.1e-6 for x >= -17, absolute
-// <= 1.7e-7), a few uops fewer than the Cephes form (two-constant range reduction).
+// exp(x) for x <= 0 (kExp2Taylor, internal.h), 2^n as exponent bits (n >= -126 above the
+// clamp); exactly 0 below kExpMin (and for -inf). The AVX-512 kernel's form, a few uops fewer
+// than the Cephes one this kernel had (two-constant range reduction).
 inline __m256 exp_nonpositive(__m256 x) {
-    const __m256 lo = _mm256_set1_ps(-87.33654f);
+    const __m256 lo = _mm256_set1_ps(kExpMin);
     const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    const __m256 t = _mm256_mul_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(1.44269504088896341f));
+    const __m256 t = _mm256_mul_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(kLog2e));
     const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256 f = _mm256_sub_ps(t, n);
-    __m256 y = _mm256_set1_ps(1.5403530393381606e-4f);
-    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.3333558146428443e-3f));
-    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(9.618129107628477e-3f));
-    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(5.550410866482158e-2f));
-    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(0.2402265069591007f));
-    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(0.6931471805599453f));
-    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f));
+    __m256 y = _mm256_set1_ps(kExp2Taylor[0]);
+    for (int i = 1; i < 7; ++i) y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(kExp2Taylor[i]));
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_andnot_ps(underflow, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
 }

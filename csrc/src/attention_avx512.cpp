@@ -555,22 +555,18 @@ void value(caramba_format format, const uint8_t* rows, int64_t row_stride, int n
 // polynomial, then one vscalefps); exactly 0 below -87.3 (and for -inf). Against double exp
 // over [-87, 0]: relative error <= 1.1e-6 for x >= -17 (x log2 e rounds to float first) and
 // <= 4e-6 below, where a weight is under 4e-8 of the maximum; absolute <= 1.7e-7. That is far
-// inside the decode tests' 2e-5 of float64, for 3-4 fewer vector uops than the Cephes form the
-// AVX2 kernel keeps (two-constant range reduction, a 1 + x + x^2 p(x) tail). One-thread GB/s,
+// inside the decode tests' 2e-5 of float64, for 3-4 fewer vector uops than the Cephes form
+// (two-constant range reduction, a 1 + x + x^2 p(x) tail; the AVX2 kernel's until session 15,
+// which now shares kExp2Taylor, internal.h, with this one). One-thread GB/s,
 // six alternated runs, median: DBA q4_0 8k 4.81 -> 5.00, q8_0 2k 7.78 -> 7.94; GQA unchanged.
 inline __m512 exp_nonpositive(__m512 x) {
-    const __m512 lo = _mm512_set1_ps(-87.33654f);
+    const __m512 lo = _mm512_set1_ps(kExpMin);
     const __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-    const __m512 t = _mm512_mul_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(1.44269504088896341f));
+    const __m512 t = _mm512_mul_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(kLog2e));
     const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(t, n);
-    __m512 y = _mm512_set1_ps(1.5403530393381606e-4f);
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.3333558146428443e-3f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.618129107628477e-3f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.550410866482158e-2f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(0.2402265069591007f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(0.6931471805599453f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
+    __m512 y = _mm512_set1_ps(kExp2Taylor[0]);  // internal.h
+    for (int i = 1; i < 7; ++i) y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(kExp2Taylor[i]));
     y = _mm512_scalef_ps(y, n);
     return _mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), y);
 }
