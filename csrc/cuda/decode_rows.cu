@@ -142,6 +142,7 @@ struct Shape {
     static constexpr int STAGE = (V_AT + STAGE_POS * HKV * VROW + 15) / 16 * 16;
     // Bytes from sub-step u's first key row (per path) or value row to sub-step u + 1's.
     __host__ __device__ static constexpr int key_sub(int path) { return kStep * key_pos(path); }
+    static constexpr int V_SUB = kStep * V_TOKEN;
     // Slots per warp: one step in flight while the warp computes the one before. More ran slower
     // (H200, batch 8, 32k, us, q4_0 / q8_0: 2 slots 26.6 / 37.7, 3 slots 27.4 / 39.3, 4 slots
     // 28.8 / 39.5): a wave of warps already keeps more bytes in flight than HBM needs to stay
@@ -198,17 +199,18 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
     const SplitRange range = split_range(p, b, split);  // this split's positions
     const int start = range.start, end = range.end;
 
-    // ---- staging: each team takes a contiguous run of the split's 16-position steps and copies
-    // them into its own ring of S::STAGES slots, S::STAGES - 1 steps ahead of their use.
+    // ---- staging: each team takes a contiguous run of the split's slots (S::SUB 16-position
+    // steps each) and copies them into its own ring of S::STAGES slots, S::STAGES - 1 slots
+    // ahead of their use.
     constexpr int SP = S::STAGE_POS;
-    const int split_steps = max(end - start, 0) / SP + ((end - start) % SP > 0);
-    const int run_steps_max = (split_steps + kRowRuns - 1) / kRowRuns;
-    const int first_step = run * run_steps_max;
-    const int run_steps = max(0, min(run_steps_max, split_steps - first_step));
-    auto position = [&](int k) { return start + SP * (first_step + k); };
+    const int split_slots = max(end - start, 0) / SP + ((end - start) % SP > 0);
+    const int run_slots_max = (split_slots + kRowRuns - 1) / kRowRuns;
+    const int first_slot = run * run_slots_max;
+    const int run_slots = max(0, min(run_slots_max, split_slots - first_slot));
+    auto position = [&](int k) { return start + SP * (first_slot + k); };
     const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) +
                           run * S::STAGES * S::STAGE;
-    // Sixteen positions of a tensor's rows are `row` 16-byte pieces, copied by the team's TL
+    // A slot's positions of a tensor's rows are `row` 16-byte pieces, copied by the team's TL
     // lanes. Key rows: lane i copies pieces i, i + TL, ...; values: lane i copies pieces
     // i % V_LANES + V_LANES j of its run (KV head i / V_LANES in the head layout), so each lane's
     // sources of a step are one base pointer per tensor plus immediates.
@@ -217,7 +219,7 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
     const int k_lane = S::K_ROWS ? tl : tl % S::K_LANES, k_run = S::K_ROWS ? 0 : tl / S::K_LANES;
     // Each tensor's source pointer sits at the next step to issue (this lane's first piece) and
     // moves one step on per issue: an add per tensor, not a 64-bit multiply per step.
-    const int64_t run_first = start + int64_t(SP) * first_step;
+    const int64_t run_first = start + int64_t(SP) * first_slot;
     const uint8_t* key_src[PATHS];
 #pragma unroll
     for (int path = 0; path < PATHS; ++path) {
@@ -261,7 +263,8 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
                 constexpr int L = S::K_LANES;
                 const int row = S::SUB * S::head_row(path);  // pieces of a KV head's run
                 const uint8_t* src = key_src[path];
-                const uint32_t dst = slot + S::key_at(path) + k_run * kStep * row + 16 * k_lane;
+                const uint32_t dst = slot + S::key_at(path) + k_run * S::STAGE_POS * S::head_row(path) +
+                                     16 * k_lane;
 #pragma unroll
                 for (int r = 0; r < (S::SUB * S::head_row(path) + L - 1) / L; ++r) {
                     const int piece = k_lane + L * r;
@@ -282,8 +285,8 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
     auto slot = [&](int k) { return ring + (k % S::STAGES) * S::STAGE; };
     auto issue = [&](int k) {
         const int t0 = position(k);
-        if (k < run_steps && t0 + SP <= end) stage(std::true_type{}, slot(k), SP);
-        else if (k < run_steps) stage(std::false_type{}, slot(k), end - t0);
+        if (k < run_slots && t0 + SP <= end) stage(std::true_type{}, slot(k), SP);
+        else if (k < run_slots) stage(std::false_type{}, slot(k), end - t0);
         copies_commit();  // an empty group where nothing is left: the wait counts stay uniform
 #pragma unroll
         for (int path = 0; path < PATHS; ++path) key_src[path] += SP * S::key_pos(path);
@@ -447,7 +450,7 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
 
         // ---- sub-step u's online softmax over its scores s, then its values
         auto consume = [&](uint32_t slot, int u, int t0, float (&s)[NTW][4]) {
-            slot += u * kStep * S::V_TOKEN;  // the sub-step's value rows
+            slot += u * S::V_SUB;  // the sub-step's value rows
             // s[j][0..1] are row g, s[j][2..3] row g + 8
             if (t0 + kStep > end) {
 #pragma unroll
@@ -558,8 +561,8 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
             }
         };
 
-        // Step k's bytes are copied S::STAGES - 1 steps ahead of its use (the first ones above).
-        for (int k = 0; k < run_steps; ++k) {
+        // Slot k's bytes are copied S::STAGES - 1 slots ahead of their use (the first ones above).
+        for (int k = 0; k < run_slots; ++k) {
             copies_wait<S::STAGES - 2>();
             // Every team lane's pieces of step k are in; step k - 1's slot is free.
             if constexpr (S::TEAM == 1) __syncwarp();
