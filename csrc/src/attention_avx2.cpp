@@ -320,35 +320,43 @@ inline float hmax(__m256 v) {
 
 static_assert(kTileRows % 8 == 0, "the AVX2 softmax works on whole vectors of the tile");
 
-
 constexpr int kVecs = kTileRows / 8;
+
+// Vector j of a head's tile row: its scores in lanes t < n (`valid`), -inf past them.
+inline __m256 tile_scores(const float* row, int j, const __m256* valid) {
+    const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    return _mm256_blendv_ps(neg_inf, _mm256_loadu_ps(row + 8 * j), valid[j]);
+}
+
+// Lane-wise maximum of a head's tile row (vecs vectors).
+inline __m256 row_max(const float* row, int vecs, const __m256* valid) {
+    __m256 mx = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int j = 0; j < vecs; ++j) mx = _mm256_max_ps(mx, tile_scores(row, j, valid));
+    return mx;
+}
+
+// A head's tile row (vecs vectors) becomes exp(s - m_new) in place; returns the lane sums.
+inline __m256 exp_row(float* row, float m_new, int vecs, const __m256* valid) {
+    const __m256 vm = _mm256_set1_ps(m_new);
+    __m256 sum = _mm256_setzero_ps();
+    for (int j = 0; j < vecs; ++j) {
+        const __m256 p = exp_nonpositive(_mm256_sub_ps(tile_scores(row, j, valid), vm));
+        _mm256_storeu_ps(row + 8 * j, p);
+        sum = _mm256_add_ps(sum, p);
+    }
+    return sum;
+}
 
 // 8 heads at once: tile maxima and sums reduced together, alpha as one vector exp (the
 // per-head form below spent a horizontal max, a horizontal sum and a libm exp on each head).
 void softmax8(float* s, int64_t s_stride, int vecs, const __m256* valid, float* m, float* l, float* alpha) {
-    const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     __m256 v[8];
-    for (int h = 0; h < 8; ++h) {
-        const float* row = s + h * s_stride;
-        __m256 mx = neg_inf;
-        for (int j = 0; j < vecs; ++j) mx = _mm256_max_ps(mx, _mm256_blendv_ps(neg_inf, _mm256_loadu_ps(row + 8 * j), valid[j]));
-        v[h] = mx;
-    }
+    for (int h = 0; h < 8; ++h) v[h] = row_max(s + h * s_stride, vecs, valid);
     const __m256 m_old = _mm256_loadu_ps(m);
     const __m256 m_new = _mm256_max_ps(m_old, reduce8(v, vmax));
     alignas(32) float mn[8];
     _mm256_store_ps(mn, m_new);
-    for (int h = 0; h < 8; ++h) {
-        float* row = s + h * s_stride;
-        const __m256 vm = _mm256_set1_ps(mn[h]);
-        __m256 sum = _mm256_setzero_ps();
-        for (int j = 0; j < vecs; ++j) {
-            const __m256 p = exp_nonpositive(_mm256_sub_ps(_mm256_blendv_ps(neg_inf, _mm256_loadu_ps(row + 8 * j), valid[j]), vm));
-            _mm256_storeu_ps(row + 8 * j, p);
-            sum = _mm256_add_ps(sum, p);
-        }
-        v[h] = sum;
-    }
+    for (int h = 0; h < 8; ++h) v[h] = exp_row(s + h * s_stride, mn[h], vecs, valid);
     // m_old = -inf (the first tile) gives exp(-inf) = 0, as std::exp does.
     const __m256 a = exp_nonpositive(_mm256_sub_ps(m_old, m_new));
     _mm256_storeu_ps(alpha, a);
@@ -357,7 +365,6 @@ void softmax8(float* s, int64_t s_stride, int vecs, const __m256* valid, float* 
 }
 
 void softmax(float* s, int64_t s_stride, int n, int ng, float* m, float* l, float* alpha) {
-    const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     __m256 valid[kVecs];  // lanes t < n
     for (int j = 0; j < kVecs; ++j) {
         const __m256i idx = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 * j));
@@ -366,24 +373,11 @@ void softmax(float* s, int64_t s_stride, int n, int ng, float* m, float* l, floa
     const int vecs = (n + 7) / 8;
     int g0 = 0;
     for (; g0 + 8 <= ng; g0 += 8) softmax8(s + g0 * s_stride, s_stride, vecs, valid, m + g0, l + g0, alpha + g0);
-    for (int g = g0; g < ng; ++g) {
+    for (int g = g0; g < ng; ++g) {  // the last ng % 8 heads, one at a time
         float* row = s + g * s_stride;
-        __m256 x[kVecs];
-        __m256 mx = neg_inf;
-        for (int j = 0; j < vecs; ++j) {
-            x[j] = _mm256_blendv_ps(neg_inf, _mm256_loadu_ps(row + 8 * j), valid[j]);
-            mx = _mm256_max_ps(mx, x[j]);
-        }
-        const float m_new = std::max(m[g], hmax(mx));
-        const __m256 vm = _mm256_set1_ps(m_new);
-        __m256 sum = _mm256_setzero_ps();
-        for (int j = 0; j < vecs; ++j) {
-            const __m256 p = exp_nonpositive(_mm256_sub_ps(x[j], vm));
-            _mm256_storeu_ps(row + 8 * j, p);
-            sum = _mm256_add_ps(sum, p);
-        }
+        const float m_new = std::max(m[g], hmax(row_max(row, vecs, valid)));
         alpha[g] = std::exp(m[g] - m_new);
-        l[g] = l[g] * alpha[g] + hsum(sum);
+        l[g] = l[g] * alpha[g] + hsum(exp_row(row, m_new, vecs, valid));
         m[g] = m_new;
     }
 }
