@@ -56,8 +56,11 @@ def weights(name: str) -> np.ndarray:
     return x.reshape(-1, x.shape[-1])
 
 
+@cache
 def gguf_bytes(name: str, kind: str, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 weights, gguf's `kind` blocks of them), optionally only the first rows."""
+    """(float32 weights, gguf's `kind` blocks of them), optionally only the first rows. Cached:
+    the reference, C++ and Metal tests all compare against the same blocks (callers only read
+    them)."""
     x = weights(name) if rows is None else weights(name)[:rows]
     qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}[kind]
     return x, gguf.quants.quantize(x, qtype)
