@@ -603,30 +603,39 @@ const __m512i& reduce16_order() {
     return order;
 }
 
+// A head's tile row, two vectors: its scores in lanes t < n (masks k0, k1), -inf past them.
+inline __m512 tile_scores(const float* row, int j, __mmask16 k0, __mmask16 k1) {
+    const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    return _mm512_mask_loadu_ps(neg_inf, j ? k1 : k0, row + 16 * j);
+}
+
+// Lane-wise maximum of a head's tile row.
+inline __m512 row_max(const float* row, __mmask16 k0, __mmask16 k1) {
+    return _mm512_max_ps(tile_scores(row, 0, k0, k1), tile_scores(row, 1, k0, k1));
+}
+
+// A head's tile row becomes exp(s - m_new) in place; returns the lane sums.
+inline __m512 exp_row(float* row, float m_new, __mmask16 k0, __mmask16 k1) {
+    const __m512 vm = _mm512_set1_ps(m_new);
+    const __m512 p0 = exp_nonpositive(_mm512_sub_ps(tile_scores(row, 0, k0, k1), vm));
+    const __m512 p1 = exp_nonpositive(_mm512_sub_ps(tile_scores(row, 1, k0, k1), vm));
+    _mm512_storeu_ps(row, p0);
+    _mm512_storeu_ps(row + 16, p1);
+    return _mm512_add_ps(p0, p1);
+}
+
 // 16 heads at once: tile maxima and sums reduced together, alpha as one vector exp.
 void softmax16(float* s, int64_t s_stride, __mmask16 k0, __mmask16 k1, float* m, float* l, float* alpha) {
-    const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
     const __m512i order = reduce16_order();
     const auto vmax = [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); };
     const auto vadd = [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); };
     __m512 v[16];
-    for (int h = 0; h < 16; ++h) {
-        const float* row = s + h * s_stride;
-        v[h] = _mm512_max_ps(_mm512_mask_loadu_ps(neg_inf, k0, row), _mm512_mask_loadu_ps(neg_inf, k1, row + 16));
-    }
+    for (int h = 0; h < 16; ++h) v[h] = row_max(s + h * s_stride, k0, k1);
     const __m512 m_old = _mm512_loadu_ps(m);
     const __m512 m_new = _mm512_max_ps(m_old, _mm512_permutexvar_ps(order, reduce16(v, vmax)));
     alignas(64) float mn[16];
     _mm512_store_ps(mn, m_new);
-    for (int h = 0; h < 16; ++h) {
-        float* row = s + h * s_stride;
-        const __m512 vm = _mm512_set1_ps(mn[h]);
-        const __m512 p0 = exp_nonpositive(_mm512_sub_ps(_mm512_mask_loadu_ps(neg_inf, k0, row), vm));
-        const __m512 p1 = exp_nonpositive(_mm512_sub_ps(_mm512_mask_loadu_ps(neg_inf, k1, row + 16), vm));
-        _mm512_storeu_ps(row, p0);
-        _mm512_storeu_ps(row + 16, p1);
-        v[h] = _mm512_add_ps(p0, p1);
-    }
+    for (int h = 0; h < 16; ++h) v[h] = exp_row(s + h * s_stride, mn[h], k0, k1);
     // m_old = -inf (the first tile) gives exp(-inf) = 0, as std::exp does.
     const __m512 a = exp_nonpositive(_mm512_sub_ps(m_old, m_new));
     const __m512 sums = _mm512_permutexvar_ps(order, reduce16(v, vadd));
@@ -638,21 +647,13 @@ void softmax16(float* s, int64_t s_stride, __mmask16 k0, __mmask16 k1, float* m,
 void softmax(float* s, int64_t s_stride, int n, int ng, float* m, float* l, float* alpha) {
     const __mmask16 k0 = static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1);
     const __mmask16 k1 = static_cast<__mmask16>(n >= 32 ? 0xFFFF : (n > 16 ? (1u << (n - 16)) - 1 : 0));
-    const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
     int g0 = 0;
     for (; g0 + 16 <= ng; g0 += 16) softmax16(s + g0 * s_stride, s_stride, k0, k1, m + g0, l + g0, alpha + g0);
-    for (int g = g0; g < ng; ++g) {
+    for (int g = g0; g < ng; ++g) {  // the last ng % 16 heads, one at a time
         float* row = s + g * s_stride;
-        const __m512 x0 = _mm512_mask_loadu_ps(neg_inf, k0, row);
-        const __m512 x1 = _mm512_mask_loadu_ps(neg_inf, k1, row + 16);
-        const float m_new = std::max(m[g], _mm512_reduce_max_ps(_mm512_max_ps(x0, x1)));
-        const __m512 vm = _mm512_set1_ps(m_new);
-        const __m512 p0 = exp_nonpositive(_mm512_sub_ps(x0, vm));
-        const __m512 p1 = exp_nonpositive(_mm512_sub_ps(x1, vm));
-        _mm512_storeu_ps(row, p0);
-        _mm512_storeu_ps(row + 16, p1);
+        const float m_new = std::max(m[g], _mm512_reduce_max_ps(row_max(row, k0, k1)));
         alpha[g] = std::exp(m[g] - m_new);
-        l[g] = l[g] * alpha[g] + _mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
+        l[g] = l[g] * alpha[g] + _mm512_reduce_add_ps(exp_row(row, m_new, k0, k1));
         m[g] = m_new;
     }
 }
