@@ -27,6 +27,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -38,6 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from caramba.atomic import atomic_write_json
 from caramba.data.arrays import Batch
 from caramba.data.tokens import TokenData, TokenDatasetSource
 from caramba.errors import DataError, InputError
@@ -303,13 +305,13 @@ def distilled_draft(cfg: DraftConfig = DraftConfig(), *, teacher: nn.Module | No
              result.final_val_loss)
     if use_cache:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = weights.with_suffix(".tmp")
+        tmp = weights.with_name(f"{weights.name}.tmp-{os.getpid()}")  # per process: workers race
         save_file({**{k: v.contiguous() for k, v in model.state_dict().items()}, "keep": keep},
                   str(tmp))
         tmp.replace(weights)
-        (folder / "config.json").write_text(json.dumps(
-            {**asdict(cfg), "label_coverage": covered, "val_loss": result.final_val_loss,
-             "train_tokens_per_s": result.tokens_per_s}, indent=2) + "\n")
+        atomic_write_json(folder / "config.json", {
+            **asdict(cfg), "label_coverage": covered, "val_loss": result.final_val_loss,
+            "train_tokens_per_s": result.tokens_per_s})
     return _wrap(cfg, teacher, model.eval(), keep, vocab)
 
 

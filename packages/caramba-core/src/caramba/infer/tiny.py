@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -113,7 +114,7 @@ def tiny_model(cfg: TinyConfig = TinyConfig(), *, data: TokenData | None = None,
     train(model, data, cfg)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{id(model)}")
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # per process: test workers race
         save_model(model, str(tmp))
         tmp.replace(path)
     return model.eval()
