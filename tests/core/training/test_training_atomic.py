@@ -10,6 +10,7 @@ from caramba import atomic
 from caramba.atomic import (
     atomic_directory,
     atomic_write_bytes,
+    atomic_write_file,
     atomic_write_json,
     atomic_write_text,
     remove_stale_temporaries,
@@ -38,6 +39,29 @@ def test_failure_mid_write_keeps_old_file_and_leaves_no_temporary(
         atomic_write_bytes(target, b"new content that never lands")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_a_named_file_writer_lands_whole_and_its_failure_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "cache" / "w.safetensors"
+    names: list[str] = []
+
+    def write(name: str) -> None:
+        names.append(name)
+        Path(name).write_bytes(b"weights %d" % len(names))
+
+    atomic_write_file(target, write)
+    atomic_write_file(target, write)
+    assert target.read_bytes() == b"weights 2"
+    assert len(set(names)) == 2 and all(Path(n).parent == target.parent for n in names)
+
+    def half_then_crash(name: str) -> None:
+        Path(name).write_bytes(b"half")
+        raise RuntimeError("killed mid-save")
+
+    with pytest.raises(RuntimeError, match="mid-save"):
+        atomic_write_file(target, half_then_crash)
+    assert target.read_bytes() == b"weights 2"
+    assert [p.name for p in target.parent.iterdir()] == ["w.safetensors"]
 
 
 def test_unserialisable_json_never_touches_disk(tmp_path: Path) -> None:

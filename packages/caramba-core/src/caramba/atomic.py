@@ -13,7 +13,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,30 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
+
+    def write() -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
+
+    _publish(tmp, target, write)
+
+
+def atomic_write_file(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
+    """`write(name)` creates and fills a temporary sibling of `path` by its file name (for
+    writers that take one, such as safetensors' save_file), which then replaces `path` as in
+    atomic_write_bytes. The name is unique per call, so concurrent writers never share it."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = str(target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp")
+    _publish(tmp, target, lambda: write(tmp))
+
+
+def _publish(tmp: str, target: Path, write: Callable[[], None]) -> None:
+    """Run `write` (it fills `tmp`), fsync `tmp` and rename it over `target`; on any exception
+    `tmp` is removed and `target` untouched."""
+    try:
+        write()
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:

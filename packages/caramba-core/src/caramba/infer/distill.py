@@ -27,7 +27,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -39,7 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from caramba.atomic import atomic_write_json
+from caramba.atomic import atomic_write_file, atomic_write_json
 from caramba.data.arrays import Batch
 from caramba.data.tokens import TokenData, TokenDatasetSource
 from caramba.errors import DataError, InputError
@@ -304,11 +303,8 @@ def distilled_draft(cfg: DraftConfig = DraftConfig(), *, teacher: nn.Module | No
              "%.3f", cfg.key(), 100 * covered, time.perf_counter() - started,
              result.final_val_loss)
     if use_cache:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = weights.with_name(f"{weights.name}.tmp-{os.getpid()}")  # per process: workers race
-        save_file({**{k: v.contiguous() for k, v in model.state_dict().items()}, "keep": keep},
-                  str(tmp))
-        tmp.replace(weights)
+        tensors = {**{k: v.contiguous() for k, v in model.state_dict().items()}, "keep": keep}
+        atomic_write_file(weights, lambda name: save_file(tensors, name))
         atomic_write_json(folder / "config.json", {
             **asdict(cfg), "label_coverage": covered, "val_loss": result.final_val_loss,
             "train_tokens_per_s": result.tokens_per_s})

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
+from caramba.atomic import atomic_write_file
 from caramba.data.tokens import TokenData, TokenDatasetSource
 from caramba.layers.attention import AttentionLayer
 from caramba.layers.embedding import TokenEmbedder
@@ -113,10 +113,7 @@ def tiny_model(cfg: TinyConfig = TinyConfig(), *, data: TokenData | None = None,
     data = data or english(cfg.vocab_size)
     train(model, data, cfg)
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # per process: test workers race
-        save_model(model, str(tmp))
-        tmp.replace(path)
+        atomic_write_file(path, lambda name: save_model(model, name))
     return model.eval()
 
 
