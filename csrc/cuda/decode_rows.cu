@@ -253,7 +253,7 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
                 const int row = S::SUB * S::key_row(path);  // pieces of the slot's rows
                 const uint8_t* src = key_src[path];
 #pragma unroll
-                for (int r = 0; r < (S::SUB * S::key_row(path) + TL - 1) / TL; ++r) {
+                for (int r = 0; r < (row + TL - 1) / TL; ++r) {
                     const int piece = tl + TL * r;
                     if (TL * (r + 1) > row && piece >= row) break;
                     copy(slot + S::key_at(path) + 16 * piece, src + 16 * TL * r, piece, tl,
@@ -266,7 +266,7 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
                 const uint32_t dst = slot + S::key_at(path) + k_run * S::STAGE_POS * S::head_row(path) +
                                      16 * k_lane;
 #pragma unroll
-                for (int r = 0; r < (S::SUB * S::head_row(path) + L - 1) / L; ++r) {
+                for (int r = 0; r < (row + L - 1) / L; ++r) {
                     const int piece = k_lane + L * r;
                     if (L * (r + 1) > row && piece >= row) break;
                     copy(dst + 16 * L * r, src + 16 * L * r, piece, k_lane, n * S::head_row(path));
@@ -708,7 +708,6 @@ RowKernel instance(const caramba_cuda_decode_params& p, int dg) {
 // 255 registers a lane (two blocks an SM); 2 take 114-127 (four blocks). H200, batch 8 x 32k,
 // us, q4_0 / q8_0: 8 heads 55.2 / 87.7, 2 heads 47.6 / 78.1.
 constexpr int kStdHeads = 2;
-
 
 // Cached positions per call (batch * capacity) from which AUTO picks the row kernel for an
 // instance with one group of KV heads (a token row) unless every tensor is q4_0. Its blocks
