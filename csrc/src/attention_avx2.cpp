@@ -480,10 +480,164 @@ void token_score(const float* rows, int64_t row_pad, int n_rows, const float* q,
     }
 }
 
+// ---- token layout straight from quantized rows: transposed code words, no float tile --------
+//
+// As the AVX-512 kernel does with gathers, each column of 8 positions (element e of every
+// row's block) is decoded straight from the code bytes and FMA'd into the scores of the query
+// heads reading it, instead of dequantizing the tile's rows and transposing the floats. The 8
+// rows' code bytes are transposed as 32-bit words by unpacks: an 8-lane vpgatherdd costs 9-11
+// cycles on AMD Zen 3, more than the 12 shuffles that move 16 bytes of 8 rows. Same products
+// (q - 8) * d and q * d, in the same order, as the row tile: bitwise the same scores.
+
+// The 8 rows of a group of positions; rows past the tile repeat its last row (their scores
+// land in entries the softmax masks).
+struct Rows8 {
+    const uint8_t* row[8];
+    Rows8(const uint8_t* rows, int64_t row_stride, int first, int n) {
+        for (int i = 0; i < 8; ++i) row[i] = rows + std::min(first + i, n - 1) * row_stride;
+    }
+};
+
+inline __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+
+inline __m256i pair16(const uint8_t* lo, const uint8_t* hi) {
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(load16(lo)), load16(hi), 1);
+}
+
+// w[j], lane i = bytes 4j .. 4j+3 of the 16 at rows.row[i] + at.
+inline void transpose_words(const Rows8& rows, int64_t at, __m256i* w) {
+    const __m256i r0 = pair16(rows.row[0] + at, rows.row[4] + at), r1 = pair16(rows.row[1] + at, rows.row[5] + at);
+    const __m256i r2 = pair16(rows.row[2] + at, rows.row[6] + at), r3 = pair16(rows.row[3] + at, rows.row[7] + at);
+    const __m256i t0 = _mm256_unpacklo_epi32(r0, r1), t1 = _mm256_unpackhi_epi32(r0, r1);
+    const __m256i t2 = _mm256_unpacklo_epi32(r2, r3), t3 = _mm256_unpackhi_epi32(r2, r3);
+    w[0] = _mm256_unpacklo_epi64(t0, t2);
+    w[1] = _mm256_unpackhi_epi64(t0, t2);
+    w[2] = _mm256_unpacklo_epi64(t1, t3);
+    w[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+// The fp16 scale at rows.row[i] + at, as lane i.
+inline __m256 scales8(const Rows8& rows, int64_t at) {
+    uint16_t h[8];
+    for (int i = 0; i < 8; ++i) std::memcpy(&h[i], rows.row[i] + at, sizeof h[i]);
+    return _mm256_cvtph_ps(_mm_setr_epi16(static_cast<int16_t>(h[0]), static_cast<int16_t>(h[1]),
+                                          static_cast<int16_t>(h[2]), static_cast<int16_t>(h[3]),
+                                          static_cast<int16_t>(h[4]), static_cast<int16_t>(h[5]),
+                                          static_cast<int16_t>(h[6]), static_cast<int16_t>(h[7])));
+}
+
+// A block's 32 columns: column(e) is element e of every lane's block, times its scale.
+struct Q4Words {
+    static constexpr int kBytes = 18;
+    __m256 d;
+    __m256i w[4];  // code bytes 4j .. 4j+3, xor 0x88: elements 4j+k (low nibbles), 16+4j+k (high)
+    Q4Words(const Rows8& rows, int64_t blk) : d(scales8(rows, blk)) {
+        transpose_words(rows, blk + 2, w);
+        for (int j = 0; j < 4; ++j) w[j] = _mm256_xor_si256(w[j], _mm256_set1_epi32(static_cast<int>(0x88888888u)));
+    }
+    // nibble xor 8, sign-extended from its top bit, is the code minus 8
+    __m256 column(int e) const {
+        const int shift = e < 16 ? 8 * (e % 4) : 8 * (e % 4) + 4;
+        const __m256i x = w[(e % 16) / 4];
+        const __m256i c = _mm256_srai_epi32(shift == 28 ? x : _mm256_slli_epi32(x, 28 - shift), 28);
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(c), d);
+    }
+};
+
+struct Q8Words {
+    static constexpr int kBytes = 34;
+    __m256 d;
+    __m256i w[8];  // code bytes 4j .. 4j+3: elements 4j .. 4j+3
+    Q8Words(const Rows8& rows, int64_t blk) : d(scales8(rows, blk)) {
+        transpose_words(rows, blk + 2, w);
+        transpose_words(rows, blk + 18, w + 4);
+    }
+    __m256 column(int e) const {  // byte e % 4 of each lane, sign-extended
+        const __m256i x = w[e / 4];
+        const __m256i q = _mm256_srai_epi32(e % 4 == 3 ? x : _mm256_slli_epi32(x, 24 - 8 * (e % 4)), 24);
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
+    }
+};
+
+// G of the `group` query heads of every KV head, 8 positions: each column is FMA'd into the
+// scores of the G heads reading it as it is decoded (token_heads' arithmetic, same order).
+// (16 positions at a time, two FMA chains per head, measured slower: the registers run out.)
+template <class C, int G>
+void scores_from_words(const Rows8& rows, int64_t blocks, const float* q, int64_t q_stride,
+                       int group, int64_t dim, float scale, float* s, int64_t s_stride, bool accumulate) {
+    __m256 acc[G];
+    for (int h = 0; h < G; ++h) acc[h] = _mm256_setzero_ps();
+    int64_t i = 0;     // the column's index within its KV head
+    int64_t head = 0;  // first query head reading it
+    for (int64_t b = 0; b < blocks; ++b) {
+        const C cols(rows, b * C::kBytes);
+#pragma GCC unroll 32
+        for (int e = 0; e < 32; ++e) {
+            const __m256 k = cols.column(e);
+            for (int h = 0; h < G; ++h) {
+                acc[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(q + (head + h) * q_stride + i), k, acc[h]);
+            }
+            if (++i < dim) continue;
+            const __m256 sc = _mm256_set1_ps(scale);
+            for (int h = 0; h < G; ++h) {
+                float* dst = s + (head + h) * s_stride;
+                const __m256 x = _mm256_mul_ps(acc[h], sc);
+                _mm256_storeu_ps(dst, accumulate ? _mm256_add_ps(_mm256_loadu_ps(dst), x) : x);
+                acc[h] = _mm256_setzero_ps();
+            }
+            i = 0;
+            head += group;
+        }
+    }
+}
+
+// Heads per pass over the columns: up to 6 keep their scores in registers (measured on Zen 3:
+// faster than the row tile up to 6 heads per KV head, even at 7, slower at 8); larger groups
+// take passes of up to 4, each decoding the columns again.
+constexpr int kWordsOnePass = 6, kWordsPass = 4;
+
+using WordsFn = void (*)(const Rows8&, int64_t, const float*, int64_t, int, int64_t, float, float*,
+                         int64_t, bool);
+
+template <class C, size_t... I>
+constexpr std::array<WordsFn, kWordsOnePass> make_words(std::index_sequence<I...>) {
+    return {&scores_from_words<C, int(I) + 1>...};
+}
+
+template <class C>
+void token_score_words(const uint8_t* rows, int64_t row_stride, int n_rows, const float* q,
+                       int64_t q_stride, int nh, int group, int64_t dim, float scale, float* s,
+                       int64_t s_stride, bool accumulate) {
+    static const std::array<WordsFn, kWordsOnePass> fns = make_words<C>(std::make_index_sequence<kWordsOnePass>{});
+    const int64_t blocks = (nh / group) * dim / 32;  // q8_0 and q4_0: 32 values per block
+    const int pass = group <= kWordsOnePass ? group : kWordsPass;
+    for (int first = 0; first < n_rows; first += 8) {
+        const Rows8 lanes(rows, row_stride, first, n_rows);
+        for (int h0 = 0; h0 < group; h0 += pass) {
+            fns[std::min(pass, group - h0) - 1](lanes, blocks, q + h0 * q_stride, q_stride, group, dim, scale,
+                                                s + h0 * s_stride + first, s_stride, accumulate);
+        }
+    }
+}
+
+bool token_score_quant(caramba_format format, const uint8_t* rows, int64_t row_stride, int n_rows,
+                       const float* q, int64_t q_stride, int nh, int group, int64_t dim, float scale,
+                       float* s, int64_t s_stride, bool accumulate, float*) {
+    switch (format) {
+        case CARAMBA_FORMAT_Q4_0:
+            token_score_words<Q4Words>(rows, row_stride, n_rows, q, q_stride, nh, group, dim, scale, s, s_stride, accumulate);
+            return true;
+        case CARAMBA_FORMAT_Q8_0:
+            token_score_words<Q8Words>(rows, row_stride, n_rows, q, q_stride, nh, group, dim, scale, s, s_stride, accumulate);
+            return true;
+        default: return false;
+    }
+}
+
 }  // namespace
 
 const AttentionKernels* avx2_attention_kernels() {
-    static const AttentionKernels kernels{score, value, softmax, token_score, nullptr};
+    static const AttentionKernels kernels{score, value, softmax, token_score, token_score_quant};
     return &kernels;
 }
 
