@@ -22,7 +22,7 @@ all CPUs (torch.get_num_threads(), the backend's default thread count).
 
     python benchmarks/kernels_cpu.py [--contexts 1024,2048,...] [--quick]
 
-Writes benchmarks/results/kernels_cpu.json and kernels_cpu.md.
+Writes benchmarks/results/kernels_cpu.json and kernels_cpu.md (--name picks another stem).
 """
 
 from __future__ import annotations
@@ -251,6 +251,10 @@ def main() -> None:
     parser.add_argument("--contexts", default="1024,2048,4096,8192,16384,32768")
     parser.add_argument("--quick", action="store_true", help="1k and 4k only")
     parser.add_argument(
+        "--name", default="kernels_cpu",
+        help="results file stem under benchmarks/results/ (another host's run keeps its own)",
+    )  # fmt: skip
+    parser.add_argument(
         "--layouts", default=",".join([*LAYOUTS, DBA_LAYOUT]),
         help="comma-separated subset of: " + ", ".join([*LAYOUTS, DBA_LAYOUT]),
     )  # fmt: skip
@@ -330,11 +334,11 @@ def main() -> None:
         "per_core_compute": ceilings,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "kernels_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "kernels_cpu.md").write_text(markdown(result))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(markdown(result))
     print(
         f"memcpy {memcpy / 1e9:.2f} GB/s (after: {memcpy_after / 1e9:.2f}); "
-        f"wrote {RESULTS}/kernels_cpu.{{json,md}}"
+        f"wrote {RESULTS}/{args.name}.{{json,md}}"
     )
 
 
