@@ -322,25 +322,30 @@ static_assert(kTileRows % 8 == 0, "the AVX2 softmax works on whole vectors of th
 
 constexpr int kVecs = kTileRows / 8;
 
-// Vector j of a head's tile row: its scores in lanes t < n (`valid`), -inf past them.
+// Vector j of a head's tile row: its scores in lanes t < n (`valid`), -inf past them; a full
+// tile (kFull) has no lanes past n.
+template <bool kFull>
 inline __m256 tile_scores(const float* row, int j, const __m256* valid) {
+    if (kFull) return _mm256_loadu_ps(row + 8 * j);
     const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     return _mm256_blendv_ps(neg_inf, _mm256_loadu_ps(row + 8 * j), valid[j]);
 }
 
 // Lane-wise maximum of a head's tile row (vecs vectors).
+template <bool kFull>
 inline __m256 row_max(const float* row, int vecs, const __m256* valid) {
     __m256 mx = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-    for (int j = 0; j < vecs; ++j) mx = _mm256_max_ps(mx, tile_scores(row, j, valid));
+    for (int j = 0; j < vecs; ++j) mx = _mm256_max_ps(mx, tile_scores<kFull>(row, j, valid));
     return mx;
 }
 
 // A head's tile row (vecs vectors) becomes exp(s - m_new) in place; returns the lane sums.
+template <bool kFull>
 inline __m256 exp_row(float* row, float m_new, int vecs, const __m256* valid) {
     const __m256 vm = _mm256_set1_ps(m_new);
     __m256 sum = _mm256_setzero_ps();
     for (int j = 0; j < vecs; ++j) {
-        const __m256 p = exp_nonpositive(_mm256_sub_ps(tile_scores(row, j, valid), vm));
+        const __m256 p = exp_nonpositive(_mm256_sub_ps(tile_scores<kFull>(row, j, valid), vm));
         _mm256_storeu_ps(row + 8 * j, p);
         sum = _mm256_add_ps(sum, p);
     }
@@ -349,14 +354,16 @@ inline __m256 exp_row(float* row, float m_new, int vecs, const __m256* valid) {
 
 // 8 heads at once: tile maxima and sums reduced together, alpha as one vector exp (the
 // per-head form below spent a horizontal max, a horizontal sum and a libm exp on each head).
+template <bool kFull>
 void softmax8(float* s, int64_t s_stride, int vecs, const __m256* valid, float* m, float* l, float* alpha) {
+    if (kFull) vecs = kVecs;
     __m256 v[8];
-    for (int h = 0; h < 8; ++h) v[h] = row_max(s + h * s_stride, vecs, valid);
+    for (int h = 0; h < 8; ++h) v[h] = row_max<kFull>(s + h * s_stride, vecs, valid);
     const __m256 m_old = _mm256_loadu_ps(m);
     const __m256 m_new = _mm256_max_ps(m_old, reduce8(v, vmax));
     alignas(32) float mn[8];
     _mm256_store_ps(mn, m_new);
-    for (int h = 0; h < 8; ++h) v[h] = exp_row(s + h * s_stride, mn[h], vecs, valid);
+    for (int h = 0; h < 8; ++h) v[h] = exp_row<kFull>(s + h * s_stride, mn[h], vecs, valid);
     // m_old = -inf (the first tile) gives exp(-inf) = 0, as std::exp does.
     const __m256 a = exp_nonpositive(_mm256_sub_ps(m_old, m_new));
     _mm256_storeu_ps(alpha, a);
@@ -372,12 +379,13 @@ void softmax(float* s, int64_t s_stride, int n, int ng, float* m, float* l, floa
     }
     const int vecs = (n + 7) / 8;
     int g0 = 0;
-    for (; g0 + 8 <= ng; g0 += 8) softmax8(s + g0 * s_stride, s_stride, vecs, valid, m + g0, l + g0, alpha + g0);
+    const auto eight = n == kTileRows ? softmax8<true> : softmax8<false>;
+    for (; g0 + 8 <= ng; g0 += 8) eight(s + g0 * s_stride, s_stride, vecs, valid, m + g0, l + g0, alpha + g0);
     for (int g = g0; g < ng; ++g) {  // the last ng % 8 heads, one at a time
         float* row = s + g * s_stride;
-        const float m_new = std::max(m[g], hmax(row_max(row, vecs, valid)));
+        const float m_new = std::max(m[g], hmax(row_max<false>(row, vecs, valid)));
         alpha[g] = std::exp(m[g] - m_new);
-        l[g] = l[g] * alpha[g] + hsum(exp_row(row, m_new, vecs, valid));
+        l[g] = l[g] * alpha[g] + hsum(exp_row<false>(row, m_new, vecs, valid));
         m[g] = m_new;
     }
 }
