@@ -142,10 +142,66 @@ void score_plain(const uint8_t* rows, int64_t row_stride, int n_rows, const floa
     }
 }
 
+// 8 rows of a tile from `first`; rows past the tile repeat its last row, so reading them stays
+// in the cache (what comes of them lands in entries nothing reads).
+struct Rows8 {
+    const uint8_t* row[8];
+    Rows8(const uint8_t* rows, int64_t row_stride, int first, int n) {
+        for (int i = 0; i < 8; ++i) row[i] = rows + std::min(first + i, n - 1) * row_stride;
+    }
+};
+
+inline __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+
+inline __m256i pair16(const uint8_t* lo, const uint8_t* hi) {
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(load16(lo)), load16(hi), 1);
+}
+
+// w[j], lane i = bytes 4j .. 4j+3 of the 16 at rows.row[i] + at.
+inline void transpose_words(const Rows8& rows, int64_t at, __m256i* w) {
+    const __m256i r0 = pair16(rows.row[0] + at, rows.row[4] + at), r1 = pair16(rows.row[1] + at, rows.row[5] + at);
+    const __m256i r2 = pair16(rows.row[2] + at, rows.row[6] + at), r3 = pair16(rows.row[3] + at, rows.row[7] + at);
+    const __m256i t0 = _mm256_unpacklo_epi32(r0, r1), t1 = _mm256_unpackhi_epi32(r0, r1);
+    const __m256i t2 = _mm256_unpacklo_epi32(r2, r3), t3 = _mm256_unpackhi_epi32(r2, r3);
+    w[0] = _mm256_unpacklo_epi64(t0, t2);
+    w[1] = _mm256_unpackhi_epi64(t0, t2);
+    w[2] = _mm256_unpacklo_epi64(t1, t3);
+    w[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+// The fp16 scale at rows.row[i] + at, as lane i.
+inline __m256 scales8(const Rows8& rows, int64_t at) {
+    uint16_t h[8];
+    for (int i = 0; i < 8; ++i) std::memcpy(&h[i], rows.row[i] + at, sizeof h[i]);
+    return _mm256_cvtph_ps(_mm_setr_epi16(static_cast<int16_t>(h[0]), static_cast<int16_t>(h[1]),
+                                          static_cast<int16_t>(h[2]), static_cast<int16_t>(h[3]),
+                                          static_cast<int16_t>(h[4]), static_cast<int16_t>(h[5]),
+                                          static_cast<int16_t>(h[6]), static_cast<int16_t>(h[7])));
+}
+
 // Strips processed together in the value kernel: NG * SP accumulators stay in registers.
 template <int NG>
 constexpr int value_strips() {
     return NG <= 2 ? 4 : (NG <= 4 ? 2 : 1);
+}
+
+// The weights p[g][t] * d_t of a block's rows (d_t: row t's scale of block `b`), so the row loop
+// FMAs bare codes: 4 multiplies and the scale's decode a row fewer (DBA q4_0 on Zen 3: +3.5%).
+// The products (p d)(q - 8) round differently from p ((q - 8) d), as FMAs do from a
+// multiply and an add: within the same float32 error.
+template <class F, int NG>
+void block_weights(const uint8_t* rows, int64_t row_stride, int n_rows, int64_t b, const float* p,
+                   int64_t p_stride, float (*w)[kTileRows]) {
+    int t0 = 0;
+    for (; t0 + 8 <= n_rows; t0 += 8) {
+        const Rows8 lanes(rows + b * F::kBytes, row_stride, t0, n_rows);
+        const __m256 d = scales8(lanes, 0);
+        for (int g = 0; g < NG; ++g) _mm256_store_ps(w[g] + t0, _mm256_mul_ps(_mm256_loadu_ps(p + g * p_stride + t0), d));
+    }
+    for (int t = t0; t < n_rows; ++t) {
+        const float d = block_scale(rows + t * row_stride + b * F::kBytes);
+        for (int g = 0; g < NG; ++g) w[g][t] = p[g * p_stride + t] * d;
+    }
 }
 
 template <class F, int NG>
@@ -153,7 +209,9 @@ void value_quant(const uint8_t* rows, int64_t row_stride, int n_rows, const floa
                  int64_t p_stride, int64_t dim, float* acc, int64_t acc_stride) {
     constexpr int SP = value_strips<NG>();
     const int64_t nb = dim / F::kElems;
+    alignas(32) float w[NG][kTileRows];
     for (int64_t b = 0; b < nb; ++b) {
+        block_weights<F, NG>(rows, row_stride, n_rows, b, p, p_stride, w);
 #pragma GCC unroll 8
         for (int st0 = 0; st0 < F::kStrips; st0 += SP) {
             const int64_t col = b * F::kElems + 8 * st0;
@@ -162,11 +220,10 @@ void value_quant(const uint8_t* rows, int64_t row_stride, int n_rows, const floa
                 for (int j = 0; j < SP; ++j) a[g][j] = _mm256_loadu_ps(acc + g * acc_stride + col + 8 * j);
             for (int t = 0; t < n_rows; ++t) {
                 const uint8_t* blk = rows + t * row_stride + b * F::kBytes;
-                const __m256 d = _mm256_set1_ps(block_scale(blk));
                 for (int j = 0; j < SP; ++j) {
-                    const __m256 v = _mm256_mul_ps(F::strip(blk, st0 + j), d);
+                    const __m256 v = F::strip(blk, st0 + j);
                     for (int g = 0; g < NG; ++g) {
-                        a[g][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + g * p_stride + t), v, a[g][j]);
+                        a[g][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(w[g] + t), v, a[g][j]);
                     }
                 }
             }
@@ -496,43 +553,6 @@ void token_score(const float* rows, int64_t row_pad, int n_rows, const float* q,
 // rows' code bytes are transposed as 32-bit words by unpacks: an 8-lane vpgatherdd costs 9-11
 // cycles on AMD Zen 3, more than the 12 shuffles that move 16 bytes of 8 rows. Same products
 // (q - 8) * d and q * d, in the same order, as the row tile: bitwise the same scores.
-
-// The 8 rows of a group of positions; rows past the tile repeat its last row (their scores
-// land in entries the softmax masks).
-struct Rows8 {
-    const uint8_t* row[8];
-    Rows8(const uint8_t* rows, int64_t row_stride, int first, int n) {
-        for (int i = 0; i < 8; ++i) row[i] = rows + std::min(first + i, n - 1) * row_stride;
-    }
-};
-
-inline __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
-
-inline __m256i pair16(const uint8_t* lo, const uint8_t* hi) {
-    return _mm256_inserti128_si256(_mm256_castsi128_si256(load16(lo)), load16(hi), 1);
-}
-
-// w[j], lane i = bytes 4j .. 4j+3 of the 16 at rows.row[i] + at.
-inline void transpose_words(const Rows8& rows, int64_t at, __m256i* w) {
-    const __m256i r0 = pair16(rows.row[0] + at, rows.row[4] + at), r1 = pair16(rows.row[1] + at, rows.row[5] + at);
-    const __m256i r2 = pair16(rows.row[2] + at, rows.row[6] + at), r3 = pair16(rows.row[3] + at, rows.row[7] + at);
-    const __m256i t0 = _mm256_unpacklo_epi32(r0, r1), t1 = _mm256_unpackhi_epi32(r0, r1);
-    const __m256i t2 = _mm256_unpacklo_epi32(r2, r3), t3 = _mm256_unpackhi_epi32(r2, r3);
-    w[0] = _mm256_unpacklo_epi64(t0, t2);
-    w[1] = _mm256_unpackhi_epi64(t0, t2);
-    w[2] = _mm256_unpacklo_epi64(t1, t3);
-    w[3] = _mm256_unpackhi_epi64(t1, t3);
-}
-
-// The fp16 scale at rows.row[i] + at, as lane i.
-inline __m256 scales8(const Rows8& rows, int64_t at) {
-    uint16_t h[8];
-    for (int i = 0; i < 8; ++i) std::memcpy(&h[i], rows.row[i] + at, sizeof h[i]);
-    return _mm256_cvtph_ps(_mm_setr_epi16(static_cast<int16_t>(h[0]), static_cast<int16_t>(h[1]),
-                                          static_cast<int16_t>(h[2]), static_cast<int16_t>(h[3]),
-                                          static_cast<int16_t>(h[4]), static_cast<int16_t>(h[5]),
-                                          static_cast<int16_t>(h[6]), static_cast<int16_t>(h[7])));
-}
 
 // A block's 32 columns: column(e) is element e of every lane's block, times its scale.
 struct Q4Words {
