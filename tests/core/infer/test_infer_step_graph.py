@@ -14,11 +14,12 @@ from caramba.layers.base import ForwardContext
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def decode_pair(model, tokens, kind, steps, device="cpu"):
+def decode_pair(model, tokens, kind, steps, device="cpu", modes=(False, True)):
     """Greedy-decode `steps` tokens after `tokens` twice from one prefill state: eagerly and
-    through staged steps. Returns (eager logits, staged logits, eager spec, staged spec)."""
+    through staged steps (`modes`: which of the two). Returns ((logits, spec, context) of each
+    mode)."""
     runs = []
-    for staged in (False, True):
+    for staged in modes:
         spec = CacheSpec(kind=kind, capacity=tokens.shape[1] + steps + 1)
         ctx = spec.context()
         with torch.no_grad():
@@ -62,7 +63,14 @@ def test_staged_steps_equal_eager_steps(which, kind, val_tokens, request):
     assert torch.allclose(staged[:fill], eager[:fill], atol=1e-5, rtol=1e-5)
     if kind in ("fp32", "fp16"):
         assert torch.equal(staged, eager)
-    assert torch.allclose(staged, eager, atol=0.25)
+    else:
+        # "Differ by quantization error": no more than twice what quantizing the cache moves
+        # the logits by (against an fp32 cache) over the same run. A fixed bound would depend
+        # on the tiny model's weights, which differ from one CPU to another (on one Zen 3
+        # host: q4_0 gaps of 0.18-0.25 against the quantization's own 0.23-0.26).
+        ((exact, _, _),) = decode_pair(model, tokens, "fp32", 40, modes=(False,))
+        quantization = (eager - exact).abs().max()
+        assert (staged - eager).abs().max() <= 2 * quantization
     assert torch.equal(staged.argmax(-1), eager.argmax(-1))
 
 
