@@ -4,9 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.caramba-installed
 export CARAMBA_CACHE ?= $(CURDIR)/.caramba-cache
 # pytest-xdist workers for `make test`, each taking whole test files (a file's module fixtures,
-# such as the wheels test_packaging builds in the source tree, then run in one worker), in
-# collection order (tests/conftest.py puts the longest files first; xdist would otherwise
-# reorder files by their number of tests).
+# such as the wheels test_packaging builds in the source tree, then run in one worker).
 TEST_WORKERS ?= 2
 
 .PHONY: setup demo test bench clean
@@ -20,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/caramba run preset:standard_transformer
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py

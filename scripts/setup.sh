@@ -69,7 +69,7 @@ if [ "$(uname -s)" = "Linux" ]; then
 fi
 
 echo "==> installing test tools and the example plugin used by tests"
-$PIP install "pytest>=8" "pytest-xdist>=3.8" -e tests/plugins/caramba-example-plugin
+$PIP install "pytest>=8" "pytest-xdist>=3.5" -e tests/plugins/caramba-example-plugin
 if [ -n "${ZIG_WARM:-}" ]; then
   wait "$ZIG_WARM" || echo "==> zig could not build for aarch64 here: the NEON test will say why"
   rm -rf "$warm"

@@ -10,10 +10,9 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("CARAMBA_CACHE", str(REPO / ".caramba-cache"))
 
 # Files that take a minute or more alone (measured on a 2-core VM). `make test` runs whole files
-# in 2 xdist workers (`--dist loadfile --no-loadscope-reorder`), which hand files out in
-# collection order: a long file collected last runs alone while the other worker idles (4 of
-# the 19 minutes of a fresh clone's run on a Zen 3 VM). Collected first, they overlap with the
-# short files instead.
+# in 2 xdist workers (`--dist loadfile`), which hand files out in collection order: a long file
+# collected last runs alone while the other worker idles (4 of the 19 minutes of a fresh
+# clone's run on a Zen 3 VM). Collected first, they overlap with the short files instead.
 LONG_FILES = (
     "tests/e2e/test_upcycle.py",
     "tests/kernels/test_triton_decode.py",
