@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from caramba.errors import InputError
+from caramba.loaders.gguf import open_gguf
 from caramba.loaders.load import package_file
 
 try:
@@ -31,18 +32,19 @@ NAMES = [name for name, _ in TENSORS]
 
 @lru_cache(maxsize=1)
 def reader():
-    """The model's gguf.GGUFReader; skips the calling test where gguf or the model is absent."""
+    """The model's parsed GGUF (caramba's reader, which test_loader_gguf checks against
+    gguf.GGUFReader); skips the calling test where gguf or the model is absent."""
     if gguf is None:
         pytest.skip("gguf is not installed (pip install gguf): no GGML reference quantizer")
     try:
         path = package_file(MODEL)
     except InputError as exc:
         pytest.skip(f"SmolLM2 is not installed ({exc})")
-    return gguf.GGUFReader(path)
+    return open_gguf(path)
 
 
 def tensor(name: str):
-    """The model's tensor `name` (a gguf.ReaderTensor)."""
+    """The model's tensor `name` (a caramba.loaders.gguf_file.GGUFTensor)."""
     return next(t for t in reader().tensors if t.name == name)
 
 

@@ -8,6 +8,7 @@ import math
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +259,12 @@ def hub_cache(folder: Path, root: Path, repo_id: str, commit: str) -> Path:
 
 # --- an independent reference forward ---------------------------------------------------
 
+@cache
+def gguf_package_reader(path: Path) -> Any:
+    """The `gguf` package's own reader of `path` (independent of caramba's), read once."""
+    return gguf.GGUFReader(str(path))
+
+
 def interleaved_reference_logits(path: Path, tokens: list[int]) -> np.ndarray:
     """Logits (T, vocab) of a llama GGUF in float64 numpy, computed the way llama.cpp does:
     weights exactly as stored (Q/K rows permuted) and RoPE on adjacent pairs (2i, 2i+1).
@@ -265,7 +272,7 @@ def interleaved_reference_logits(path: Path, tokens: list[int]) -> np.ndarray:
     Shares nothing with caramba's layers, loaders or weight map, so agreement checks the
     un-permutation, the GQA grouping, RMSNorm, SwiGLU and the tied head all at once.
     """
-    reader = gguf.GGUFReader(str(path))
+    reader = gguf_package_reader(path)
     meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
     w = {}
     for t in reader.tensors:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from loader_fixtures import (
     TEACHER_REF,
+    gguf_package_reader,
     interleaved_reference_logits,
     perplexity,
     teacher_path,
@@ -23,6 +25,7 @@ from caramba.layers.glu import SwiGLULayer
 from caramba.layers.linear import LinearLayer
 from caramba.layers.norm import RMSNormLayer
 from caramba.loaders import Pretrained, load_pretrained, permute_qk
+from caramba.loaders.gguf import open_gguf
 from caramba.models.language_model import LanguageModel
 from caramba.topologies.nested import NestedTopology
 from caramba.topologies.residual import ResidualTopology
@@ -206,3 +209,18 @@ def test_logits_equal_an_independent_float64_reference_with_interleaved_rope(tea
     with torch.no_grad():
         ours = teacher.model(torch.tensor([ids]))[0].double().numpy()
     assert abs(ours - reference).max() < 1e-3
+
+
+def test_carambas_gguf_reader_equals_the_gguf_packages_on_the_teacher():
+    # caramba parses GGUF itself (caramba.loaders.gguf_file, ~10x faster to open): every key
+    # and value, every tensor's type, shape and bytes must be what gguf.GGUFReader reads.
+    ours, theirs = open_gguf(teacher_path()), gguf_package_reader(teacher_path())
+    expected = {k: f.contents() for k, f in theirs.fields.items() if not k.startswith("GGUF.")}
+    assert ours.metadata == expected
+    assert ours.version == theirs.fields["GGUF.version"].contents()
+    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+    for a, b in zip(ours.tensors, theirs.tensors, strict=True):
+        assert (a.tensor_type, a.shape) == (b.tensor_type, tuple(b.shape.tolist())), a.name
+        assert a.data.dtype == b.data.dtype and a.data.shape == b.data.shape, a.name
+        assert np.array_equal(a.data, b.data), a.name
+    assert {t.tensor_type.name for t in ours.tensors} == {"F32", "Q4_1", "Q8_0"}

@@ -12,7 +12,7 @@ from caramba.compiler.shape_check import build_on_meta
 from caramba.errors import CheckpointError
 from caramba.layers.attention import AttentionLayerConfig
 from caramba.loaders import LlamaArchitecture, model_config, model_definition
-from caramba.loaders.gguf import architecture, metadata, open_gguf
+from caramba.loaders.gguf import architecture, open_gguf
 from caramba.loaders.llama import caramba_name, expected_tensors, hf_name
 from caramba.manifest.load import load_manifest
 from caramba.preset_catalog import resolve_manifest_path
@@ -22,7 +22,7 @@ from caramba.preset_catalog import resolve_manifest_path
 def teacher_arch() -> LlamaArchitecture:
     """The teacher's architecture from its GGUF metadata alone (no weights dequantized)."""
     reader = open_gguf(teacher_path())
-    return architecture(metadata(reader), {t.name for t in reader.tensors}, teacher_path())
+    return architecture(reader.metadata, {t.name for t in reader.tensors}, teacher_path())
 
 
 def test_generated_config_is_the_documented_node_tree(teacher_arch):

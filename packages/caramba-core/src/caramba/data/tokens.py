@@ -177,10 +177,10 @@ def load_tokenizer(ref: str, base_dir: Path) -> Tokenizer:
             "hf://org/model or pkg:<package>/<file>."
         )
     if path.is_file() and _is_gguf(path):
-        from caramba.loaders.gguf import metadata, open_gguf
+        from caramba.loaders.gguf import open_gguf
         from caramba.loaders.gguf_tokenizer import tokenizer_from_gguf
 
-        return tokenizer_from_gguf(metadata(open_gguf(path)), str(path))
+        return tokenizer_from_gguf(open_gguf(path).metadata, str(path))
     return Tokenizer.load(path)
 
 

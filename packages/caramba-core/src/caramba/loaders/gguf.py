@@ -21,12 +21,19 @@ import numpy as np
 import torch
 
 from caramba.errors import CheckpointError, InputError
+from caramba.loaders.gguf_file import (
+    GGUF_MAGIC,
+    GGUFFile,
+    GGUFTensor,
+    HeaderError,
+    StringError,
+    read_gguf,
+)
 from caramba.loaders.gguf_tokenizer import special_ids, tokenizer_from_gguf
 from caramba.loaders.llama import LlamaArchitecture, check_tensors
 from caramba.loaders.pretrained import Pretrained, assemble
 from caramba.loaders.rope_scaling import ROPE_FREQS, from_gguf
 
-GGUF_MAGIC = b"GGUF"
 SUPPORTED_ARCHITECTURES = ("llama",)
 INSTALL_GGUF = "pip install gguf"
 
@@ -99,9 +106,10 @@ def _gguf_module() -> Any:
     return gguf
 
 
-def open_gguf(path: Path) -> Any:
-    """A `gguf.GGUFReader` for `path`; a missing, truncated or corrupt file is a
-    CheckpointError naming the file (and the tensor, when tensor data is cut off)."""
+def open_gguf(path: Path) -> GGUFFile:
+    """The parsed GGUF file at `path`; a missing, truncated or corrupt file is a
+    CheckpointError naming the file (and the tensor, when tensor data is cut off; the key,
+    when a metadata string is not UTF-8)."""
     gguf = _gguf_module()
     if not path.is_file():
         raise InputError(f"GGUF file {path} does not exist.")
@@ -112,74 +120,24 @@ def open_gguf(path: Path) -> Any:
         raise CheckpointError(
             f"{path} is not a GGUF file: it starts with {magic!r}, not {GGUF_MAGIC!r}."
         )
-
-    class _Reader(gguf.GGUFReader):  # type: ignore[misc, name-defined]
-        # The reader slices its np.memmap ~10^6 times while parsing the vocabulary; memmap's
-        # per-slice bookkeeping costs seconds. A plain ndarray view of the same mapping does not.
-        @property
-        def data(self) -> np.ndarray:
-            return self._plain_data
-
-        @data.setter
-        def data(self, value: np.ndarray) -> None:
-            self._plain_data = value.view(np.ndarray)
-
-        def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
-            try:
-                super()._build_tensors(start_offs, fields)
-            except ValueError:
-                _name_cut_off_tensor(path, size, start_offs, fields, gguf)
-                raise
-
     try:
-        return _Reader(str(path))
-    except CheckpointError:
-        raise
-    except (ValueError, IndexError, OverflowError, UnicodeDecodeError) as exc:
+        parsed, cut = read_gguf(path, gguf.GGMLQuantizationType, gguf.GGML_QUANT_SIZES)
+    except StringError as exc:
+        raise CheckpointError(
+            f"{path}: metadata key {exc.key!r} cannot be decoded ({exc}); the file is corrupt. "
+            "Copy or download it again."
+        ) from exc
+    except HeaderError as exc:
         raise CheckpointError(
             f"{path}: cannot read the GGUF header ({exc}); the file ({size:,} bytes) is "
             "truncated or corrupt. Copy or download it again."
         ) from exc
-
-
-def _name_cut_off_tensor(path: Path, size: int, start: int, fields: list[Any], gguf: Any) -> None:
-    """Raise a CheckpointError for the first tensor whose data runs past the end of the file."""
-    for field in fields:
-        try:
-            _n, name_data, _nd, dims, raw_type, offset = field.parts
-            name = bytes(name_data).decode("utf-8", "replace")
-            block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(raw_type[0]))]
-            end = start + int(offset[0]) + int(np.prod(dims)) * type_size // block
-        except Exception:  # noqa: BLE001 - a gguf version with another layout: plain message
-            return
-        if end > size:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} ends at byte {end:,} but the file has only "
-                f"{size:,} bytes: the file is truncated. Copy or download it again."
-            )
-
-
-def metadata(reader: Any, path: Path | str = "the GGUF file") -> dict[str, Any]:
-    """All key/value metadata as Python values (the `GGUF.*` header fields left out).
-
-    Strings are decoded here, not when the header is parsed, so a corrupt byte inside one
-    (GGUF strings are UTF-8) surfaces here, as a CheckpointError naming the key.
-    """
-    out = {}
-    for key, field in reader.fields.items():
-        if not hasattr(field, "contents"):  # gguf-py releases before ReaderField.contents()
-            raise InputError("the installed `gguf` package is too old to read metadata values.",
-                             hint="pip install -U 'gguf>=0.17'")
-        if key.startswith("GGUF."):
-            continue
-        try:
-            out[key] = field.contents()
-        except (UnicodeDecodeError, ValueError, IndexError) as exc:
-            raise CheckpointError(
-                f"{path}: metadata key {key!r} cannot be decoded ({exc}); the file is corrupt. "
-                "Copy or download it again."
-            ) from exc
-    return out
+    if cut:
+        raise CheckpointError(
+            f"{path}: tensor {cut[0].name!r} ends at byte {cut[0].end:,} but the file has only "
+            f"{size:,} bytes: the file is truncated. Copy or download it again."
+        )
+    return parsed
 
 
 def architecture(
@@ -257,7 +215,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> Pretraine
     path = Path(path)
     gguf = _gguf_module()
     reader = open_gguf(path)
-    meta = metadata(reader, path)
+    meta = reader.metadata
     by_name = {t.name: t for t in reader.tensors}
     rope_freqs = _dequantize(path, gguf, by_name[ROPE_FREQS]) if ROPE_FREQS in by_name else None
     arch = architecture(meta, set(by_name), path, rope_freqs)
@@ -311,7 +269,7 @@ def _dequantize(path: Path, gguf: Any, t: Any) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
-def _count_types(tensors: list[Any]) -> dict[str, int]:
+def _count_types(tensors: list[GGUFTensor]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for t in tensors:
         counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
