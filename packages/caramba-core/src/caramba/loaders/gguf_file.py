@@ -3,7 +3,7 @@ the tensor data.
 
 Why not `gguf.GGUFReader`: it makes a numpy view for every part of every field, about a
 million of them for a 49k-token vocabulary and its merges, and takes 1.3-1.8 s (more under
-load) to open SmolLM2-135M; this reads the same header in about 0.1 s. The `gguf` package
+load) to open SmolLM2-135M; this reads the same header in about 0.2 s. The `gguf` package
 stays the codec: its tensor type enum, block sizes and `gguf.quants.dequantize`.
 
 Layout (little-endian, GGUF v2/v3): magic "GGUF", u32 version, u64 tensor count, u64 key
