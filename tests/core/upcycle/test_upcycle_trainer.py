@@ -85,12 +85,22 @@ def test_convergence_mode_stops_each_block_at_its_target(tmp_path: Path,
     assert [b["steps"] for b in state["extra"]["blocks"]] == [10, 10]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, teacher_dir: Path
+                  ) -> tuple[Path, list[object], torch.nn.Module]:  # fmt: skip
+    """(run folder, results, model) of the run that both crash tests must reproduce: it is the
+    same run for both, so it is trained once."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    _, results, model = _train(run_dir, _runs(teacher_dir))
+    return run_dir, results, model
+
+
 @pytest.mark.parametrize("phase", ["blockwise", "global"])
 def test_crash_then_resume_matches_the_uninterrupted_run(tmp_path: Path, teacher_dir: Path,
                                                          monkeypatch: pytest.MonkeyPatch,
-                                                         phase: str) -> None:
+                                                         phase: str, uninterrupted) -> None:
     runs = _runs(teacher_dir)
-    _, reference, ref_model = _train(tmp_path / "ref", runs)
+    ref_dir, reference, ref_model = uninterrupted
 
     calls = 0
     if phase == "blockwise":  # dies in step 7 of 8: block 2, after the checkpoint at step 6
@@ -129,7 +139,7 @@ def test_crash_then_resume_matches_the_uninterrupted_run(tmp_path: Path, teacher
     for (name, a), b in zip(ref_model.state_dict().items(), model.state_dict().values(),
                             strict=True):
         assert torch.equal(a, b), name
-    ref_records = read_records(tmp_path / "ref" / "metrics.jsonl")
+    ref_records = read_records(ref_dir / "metrics.jsonl")
     records = read_records(tmp_path / "crash" / "metrics.jsonl")
     strip = lambda r: {k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_s")}  # noqa: E731
     assert sorted(map(json.dumps, map(strip, records))) == sorted(
