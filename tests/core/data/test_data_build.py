@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from caramba.build_lock import lock_path
 from caramba.data import build
 from caramba.data.build import (
     build_token_dataset,
@@ -159,4 +160,6 @@ def test_stale_partial_folders_of_killed_builds_are_swept(tmp_path, monkeypatch,
     os.utime(stale, (0, 0))
     built = ensure_corpus_dataset("kjv", 400, quiet=True)
     assert not stale.exists() and fresh.exists()
-    assert sorted(p.name for p in datasets.iterdir()) == sorted([fresh.name, built.name])
+    # Left: the fresh partial (a live build), the dataset and the lock its build held.
+    assert sorted(p.name for p in datasets.iterdir()) == sorted(
+        [fresh.name, built.name, lock_path(built).name])

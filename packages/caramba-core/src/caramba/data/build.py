@@ -34,6 +34,7 @@ import numpy as np
 import tokenizers
 from rich.console import Console
 
+from caramba.build_lock import building
 from caramba.data.corpora import CORPORA, Corpus, load_corpus
 from caramba.data.tokenizer import Tokenizer, train_bpe
 from caramba.errors import CarambaError, DataError
@@ -125,9 +126,12 @@ def ensure_corpus_dataset(corpus: str, vocab_size: int = 8192, *,
     out_dir = corpus_dataset_dir(corpus, vocab_size, tokenizer)
     if (out_dir / "meta.json").is_file():
         return out_dir
-    _remove_stale_partials(out_dir.parent)
-    return build_token_dataset(corpus, out_dir, vocab_size, tokenizer=tokenizer,
-                               overwrite=out_dir.exists(), quiet=quiet)
+    with building(out_dir):  # a process building the same dataset meanwhile: wait for it
+        if (out_dir / "meta.json").is_file():
+            return out_dir
+        _remove_stale_partials(out_dir.parent)
+        return build_token_dataset(corpus, out_dir, vocab_size, tokenizer=tokenizer,
+                                   overwrite=out_dir.exists(), quiet=quiet)
 
 
 def tokenizer_digest(tokenizer: Tokenizer) -> str:

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from caramba.atomic import atomic_write_file
+from caramba.build_lock import building
 from caramba.data.tokens import TokenData, TokenDatasetSource
 from caramba.layers.attention import AttentionLayer
 from caramba.layers.embedding import TokenEmbedder
@@ -103,16 +104,18 @@ def tiny_model(cfg: TinyConfig = TinyConfig(), *, data: TokenData | None = None,
     """A TinyConfig model trained on the English corpus (weights cached on disk), in eval mode."""
     torch.manual_seed(cfg.seed)
     model = LanguageModelSystem.build(definition(cfg))
+    if not use_cache:
+        train(model, data or english(cfg.vocab_size), cfg)
+        return model.eval()
     path = cache_dir() / "tiny-models" / f"{cfg.mode}-{cfg.key()}.safetensors"
-    if use_cache and path.is_file():
-        try:
-            load_model(model, str(path))  # safetensors: no pickle, shared (tied) tensors handled
-            return model.eval()
-        except (RuntimeError, OSError, ValueError, SafetensorError) as exc:
-            log.warning("tiny model cache %s unreadable (%s); retraining", path, exc)
-    data = data or english(cfg.vocab_size)
-    train(model, data, cfg)
-    if use_cache:
+    with building(path):  # a process training the same model meanwhile: wait for its file
+        if path.is_file():
+            try:
+                load_model(model, str(path))  # safetensors: no pickle, tied tensors handled
+                return model.eval()
+            except (RuntimeError, OSError, ValueError, SafetensorError) as exc:
+                log.warning("tiny model cache %s unreadable (%s); retraining", path, exc)
+        train(model, data or english(cfg.vocab_size), cfg)
         atomic_write_file(path, lambda name: save_model(model, name))
     return model.eval()
 
