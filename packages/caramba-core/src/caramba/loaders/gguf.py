@@ -27,6 +27,7 @@ from caramba.loaders.gguf_file import (
     GGUFTensor,
     HeaderError,
     StringError,
+    TruncatedError,
     read_gguf,
 )
 from caramba.loaders.gguf_tokenizer import special_ids, tokenizer_from_gguf
@@ -121,7 +122,12 @@ def open_gguf(path: Path) -> GGUFFile:
             f"{path} is not a GGUF file: it starts with {magic!r}, not {GGUF_MAGIC!r}."
         )
     try:
-        parsed, cut = read_gguf(path, gguf.GGMLQuantizationType, gguf.GGML_QUANT_SIZES)
+        return read_gguf(path, gguf.GGMLQuantizationType, gguf.GGML_QUANT_SIZES)
+    except TruncatedError as exc:
+        raise CheckpointError(
+            f"{path}: tensor {exc.name!r} ends at byte {exc.end:,} but the file has only "
+            f"{size:,} bytes: the file is truncated. Copy or download it again."
+        ) from exc
     except StringError as exc:
         raise CheckpointError(
             f"{path}: metadata key {exc.key!r} cannot be decoded ({exc}); the file is corrupt. "
@@ -132,12 +138,6 @@ def open_gguf(path: Path) -> GGUFFile:
             f"{path}: cannot read the GGUF header ({exc}); the file ({size:,} bytes) is "
             "truncated or corrupt. Copy or download it again."
         ) from exc
-    if cut:
-        raise CheckpointError(
-            f"{path}: tensor {cut[0].name!r} ends at byte {cut[0].end:,} but the file has only "
-            f"{size:,} bytes: the file is truncated. Copy or download it again."
-        )
-    return parsed
 
 
 def architecture(

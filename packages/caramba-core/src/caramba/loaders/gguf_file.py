@@ -48,12 +48,12 @@ class StringError(ValueError):
         self.key = key
 
 
-@dataclass(frozen=True)
-class CutTensor:
-    """A tensor whose data runs past the end of the file."""
+class TruncatedError(ValueError):
+    """A tensor's data runs past the end of the file (the first such tensor is named)."""
 
-    name: str
-    end: int
+    def __init__(self, name: str, end: int) -> None:
+        super().__init__(f"tensor {name!r} ends at byte {end:,}")
+        self.name, self.end = name, end
 
 
 @dataclass(frozen=True)
@@ -126,14 +126,12 @@ class _Cursor:
         raise HeaderError(f"key {key!r} has unknown value type {kind}")
 
 
-def read_gguf(path: Path, types: Any, quant_sizes: dict[Any, tuple[int, int]]
-              ) -> tuple[GGUFFile, list[CutTensor]]:  # fmt: skip
+def read_gguf(path: Path, types: Any, quant_sizes: dict[Any, tuple[int, int]]) -> GGUFFile:
     """Parse `path` (whose magic the caller checked). `types` is gguf.GGMLQuantizationType,
-    `quant_sizes` gguf.GGML_QUANT_SIZES. Returns the file and the tensors cut off by its end
-    (their views are left out): the caller names the first in its error.
+    `quant_sizes` gguf.GGML_QUANT_SIZES.
 
-    Raises HeaderError for a header that cannot be parsed and StringError for a metadata
-    string that is not UTF-8.
+    Raises HeaderError for a header that cannot be parsed, StringError for a metadata string
+    that is not UTF-8 and TruncatedError for tensor data cut off by the end of the file.
     """
     with path.open("rb") as handle:
         buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
@@ -156,7 +154,7 @@ def read_gguf(path: Path, types: Any, quant_sizes: dict[Any, tuple[int, int]]
         raise HeaderError(f"general.alignment is {alignment}")
     start = -(-cursor.offset // alignment) * alignment
 
-    tensors, cut, seen = [], [], set()
+    tensors, seen = [], set()
     for name, dims, raw_type, offset in infos:
         if name in seen:
             raise HeaderError(f"tensor {name!r} appears twice")
@@ -170,8 +168,7 @@ def read_gguf(path: Path, types: Any, quant_sizes: dict[Any, tuple[int, int]]
         n_bytes = n * type_size // block
         first = start + offset
         if first + n_bytes > len(buffer):
-            cut.append(CutTensor(name, first + n_bytes))
-            continue
+            raise TruncatedError(name, first + n_bytes)
         shape = tuple(reversed(dims))  # numpy order, slowest first
         if raw_type in _PLAIN:
             data = np.frombuffer(buffer, _PLAIN[raw_type], n, first).reshape(shape)
@@ -179,4 +176,4 @@ def read_gguf(path: Path, types: Any, quant_sizes: dict[Any, tuple[int, int]]
             rows = shape[:-1] + (shape[-1] * type_size // block,) if shape else (n_bytes,)
             data = np.frombuffer(buffer, np.uint8, n_bytes, first).reshape(rows)
         tensors.append(GGUFTensor(name, kind, dims, data))
-    return GGUFFile(path, version, meta, tensors), cut
+    return GGUFFile(path, version, meta, tensors)
