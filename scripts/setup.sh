@@ -14,13 +14,30 @@ PY="$VENV/bin/python"
 PIP="$PY -m pip --disable-pip-version-check -q"
 
 # The NEON path's test (tests/kernels/test_neon_cross.py) cross-builds csrc/ for AArch64 with
-# zig (a pip wheel) and runs its ctest suite under QEMU's user-mode emulator, taken from
-# Debian's qemu-user-static package (`apt-get download` needs no root; only the one binary is
-# kept, in $VENV/cross). Linux x86-64 only; where either is missing, that test skips.
-if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
-  $PIP install "ziglang==0.17.*" || echo "==> ziglang unavailable here: the NEON test will skip"
-  CROSS="$VENV/cross"
-  if [ ! -x "$CROSS/qemu-aarch64-static" ] && command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then
+# Debian's cross g++ and runs its ctest suite under QEMU's user-mode emulator. Both come from
+# Debian packages fetched with `apt-get download` (no root) and unpacked into $VENV/cross: the
+# cross compiler's packages (names containing aarch64 or arm64-cross, sanitizer runtimes left
+# out) whole, and of qemu-user-static only the one binary. Linux x86-64 with apt only; where
+# either is missing, that test skips and says which.
+CROSS="$VENV/cross"
+if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && command -v apt-get >/dev/null &&
+   command -v dpkg-deb >/dev/null; then
+  if [ ! -x "$CROSS/usr/bin/aarch64-linux-gnu-g++" ]; then
+    echo "==> unpacking Debian's aarch64-linux-gnu cross g++ into $CROSS"
+    tmp=$(mktemp -d)
+    packages=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
+                 --no-breaks --no-replaces --no-enhances --no-pre-depends g++-aarch64-linux-gnu \
+                 2>/dev/null | grep -E '^[a-z0-9]' | grep -E 'aarch64|arm64-cross' |
+                 grep -v san | sort -u || true)
+    if [ -n "$packages" ] && (cd "$tmp" && apt-get download -qq $packages >/dev/null 2>&1); then
+      mkdir -p "$CROSS"
+      for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$CROSS"; done
+    else
+      echo "==> the cross g++ packages are unavailable here: the NEON test will skip"
+    fi
+    rm -rf "$tmp"
+  fi
+  if [ ! -x "$CROSS/qemu-aarch64-static" ]; then
     echo "==> unpacking qemu-aarch64-static (Debian qemu-user-static) into $CROSS"
     tmp=$(mktemp -d)
     if (cd "$tmp" && apt-get download -qq qemu-user-static >/dev/null 2>&1) &&
@@ -30,17 +47,6 @@ if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
       echo "==> qemu-user-static unavailable here: the NEON test will skip"
     fi
     rm -rf "$tmp"
-  fi
-  # zig builds musl and libc++ for the target on first use (a minute or two of CPU): start
-  # that now, beside the downloads and the extension build below, into the cache the test uses.
-  if "$PY" -c "import ziglang" 2>/dev/null; then
-    mkdir -p "$CROSS"
-    warm=$(mktemp -d)
-    echo 'int main() {}' > "$warm/warm.cpp"
-    ZIG_GLOBAL_CACHE_DIR="$CROSS/zig-cache" ZIG_LOCAL_CACHE_DIR="$warm" \
-      "$PY" -m ziglang c++ -target aarch64-linux-musl -static "$warm/warm.cpp" -o "$warm/warm" \
-      >/dev/null 2>&1 &
-    ZIG_WARM=$!
   fi
 fi
 
@@ -77,8 +83,4 @@ fi
 
 echo "==> installing test tools and the example plugin used by tests"
 $PIP install "pytest>=8" "pytest-xdist>=3.5" -e tests/plugins/caramba-example-plugin
-if [ -n "${ZIG_WARM:-}" ]; then
-  wait "$ZIG_WARM" || echo "==> zig could not build for aarch64 here: the NEON test will say why"
-  rm -rf "$warm"
-fi
 touch "$VENV/.caramba-installed"
