@@ -215,21 +215,22 @@ void value_quant(const uint8_t* rows, int64_t row_stride, int n_rows, const floa
         block_weights<F, NG>(rows, row_stride, n_rows, b, p, p_stride, w);
 #pragma GCC unroll 8
         for (int st0 = 0; st0 < F::kStrips; st0 += SP) {
-            const int64_t col = b * F::kElems + 8 * st0;
+            int64_t col[SP];  // strips in paired order: a pass shares its loads and widening
+            for (int j = 0; j < SP; ++j) col[j] = b * F::kElems + 8 * paired_strip<F>(st0 + j);
             __m256 a[NG][SP];
             for (int g = 0; g < NG; ++g)
-                for (int j = 0; j < SP; ++j) a[g][j] = _mm256_loadu_ps(acc + g * acc_stride + col + 8 * j);
+                for (int j = 0; j < SP; ++j) a[g][j] = _mm256_loadu_ps(acc + g * acc_stride + col[j]);
             for (int t = 0; t < n_rows; ++t) {
                 const uint8_t* blk = rows + t * row_stride + b * F::kBytes;
                 for (int j = 0; j < SP; ++j) {
-                    const __m256 v = F::strip(blk, st0 + j);
+                    const __m256 v = F::strip(blk, paired_strip<F>(st0 + j));
                     for (int g = 0; g < NG; ++g) {
                         a[g][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(w[g] + t), v, a[g][j]);
                     }
                 }
             }
             for (int g = 0; g < NG; ++g)
-                for (int j = 0; j < SP; ++j) _mm256_storeu_ps(acc + g * acc_stride + col + 8 * j, a[g][j]);
+                for (int j = 0; j < SP; ++j) _mm256_storeu_ps(acc + g * acc_stride + col[j], a[g][j]);
         }
     }
 }

@@ -35,24 +35,38 @@ inline __m128i load8_bytes(const uint8_t* p) {
 // strip<S>(blk) returns the unscaled values of strip S (multiply by block_scale(blk)).
 struct Q8 {
     static constexpr int kElems = CARAMBA_QK8_0, kBytes = 34, kStrips = 4;
+    static constexpr bool kNibbles = false;
     static __m256 strip(const uint8_t* blk, int s) {
         return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(load8_bytes(blk + 2 + 8 * s)));
     }
 };
 
+// The low or high 4-bit codes of the widened bytes w (0..255); a high nibble is w >> 4 whole,
+// with no mask.
+inline __m256i nibbles(__m256i w, bool high) {
+    return high ? _mm256_srli_epi32(w, 4) : _mm256_and_si256(w, _mm256_set1_epi32(0x0F));
+}
+
+// Strip order for kernels that decode a few strips at a time: a nibble format's strips s and
+// s + kStrips/2 read the same bytes, so taking them together loads and widens those once.
+template <class F>
+constexpr int paired_strip(int i) {
+    return F::kNibbles ? i / 2 + (i % 2) * (F::kStrips / 2) : i;
+}
+
 struct Q4 {
     static constexpr int kElems = CARAMBA_QK4_0, kBytes = 18, kStrips = 4;
+    static constexpr bool kNibbles = true;
     // strips 0,1: low nibbles of bytes 0-7, 8-15; strips 2,3: high nibbles of the same bytes.
     static __m256 strip(const uint8_t* blk, int s) {
-        __m256i w = _mm256_cvtepu8_epi32(load8_bytes(blk + 2 + 8 * (s & 1)));
-        w = _mm256_srl_epi32(w, _mm_cvtsi32_si128(4 * (s >> 1)));
-        w = _mm256_sub_epi32(_mm256_and_si256(w, _mm256_set1_epi32(0x0F)), _mm256_set1_epi32(8));
-        return _mm256_cvtepi32_ps(w);
+        const __m256i w = _mm256_cvtepu8_epi32(load8_bytes(blk + 2 + 8 * (s & 1)));
+        return _mm256_cvtepi32_ps(_mm256_sub_epi32(nibbles(w, s >= 2), _mm256_set1_epi32(8)));
     }
 };
 
 struct NF4 {
     static constexpr int kElems = CARAMBA_QKNF4, kBytes = 34, kStrips = 8;
+    static constexpr bool kNibbles = true;
     static __m256 lookup(__m256i idx) {
         const __m256 lo = _mm256_loadu_ps(kNf4Codebook);
         const __m256 hi = _mm256_loadu_ps(kNf4Codebook + 8);
@@ -63,9 +77,8 @@ struct NF4 {
     }
     // strips 0-3: low nibbles of bytes 0-31; strips 4-7: high nibbles.
     static __m256 strip(const uint8_t* blk, int s) {
-        __m256i w = _mm256_cvtepu8_epi32(load8_bytes(blk + 2 + 8 * (s & 3)));
-        w = _mm256_srl_epi32(w, _mm_cvtsi32_si128(4 * (s >> 2)));
-        return lookup(_mm256_and_si256(w, _mm256_set1_epi32(0x0F)));
+        const __m256i w = _mm256_cvtepu8_epi32(load8_bytes(blk + 2 + 8 * (s & 3)));
+        return lookup(nibbles(w, s >= 4));
     }
 };
 
