@@ -46,6 +46,7 @@ from caramba.training.data_order import batch_generator
 from caramba.training.evaluate import evaluate, perplexity
 from caramba.training.metrics import MetricsWriter
 from caramba.training.optim import build_adamw
+from caramba.training.pending_losses import PendingLosses
 from caramba.training.progress import ProgressDisplay, make_progress
 from caramba.training.rng import capture_rng_state, restore_rng_state, seed_everything
 from caramba.training.schedule import lr_at
@@ -230,7 +231,7 @@ class TrainLoop:
         self.recent: deque[float] = deque(state.extra.get("recent_losses", []),
                                           maxlen=RECENT_LOSSES)
         self.last_val: float | None = state.extra.get("last_val_loss")
-        self.pending: list[torch.Tensor] = []  # step losses not yet read back from the device
+        self.pending = PendingLosses(device)  # step losses not yet read back from the device
         self.result: RunResult | None = None  # set by the final save
         self.forward = model
         if self.cfg.compile:
@@ -338,9 +339,8 @@ class TrainLoop:
         """One device sync for all steps since the last read; NaN/inf stops the run here."""
         if not self.pending:
             return
-        values = torch.stack(self.pending).tolist()
+        values = self.pending.take()
         first_step = self.step - len(values) + 1
-        self.pending.clear()
         for offset, value in enumerate(values):
             if not math.isfinite(value):
                 raise TrainingError(

@@ -40,6 +40,7 @@ from caramba.training.data_order import batch_generator
 from caramba.training.evaluate import evaluate, perplexity
 from caramba.training.metrics import MetricsWriter
 from caramba.training.optim import build_adamw
+from caramba.training.pending_losses import PendingLosses
 from caramba.training.progress import make_progress
 from caramba.training.rng import capture_rng_state, seed_everything
 from caramba.training.schedule import lr_at
@@ -196,7 +197,7 @@ class _BlockLoop:
         self.prior_train_s = float(state.extra.get("train_s", state.elapsed_s))
         self.resumed_from = state.step if state.step > 0 else None
         self.position = position
-        self.pending: list[torch.Tensor] = []
+        self.pending = PendingLosses(device)
         self.last_val: float | None = None
 
     def train(self) -> RunResult:
@@ -274,8 +275,7 @@ class _BlockLoop:
     def _read_back(self) -> None:
         if not self.pending:
             return
-        values = torch.stack(self.pending).tolist()
-        self.pending.clear()
+        values = self.pending.take()
         for value in values:
             if not math.isfinite(value):
                 raise TrainingError(
