@@ -22,7 +22,7 @@ PIP="$PY -m pip --disable-pip-version-check -q"
 CROSS="$VENV/cross"
 if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && command -v apt-get >/dev/null &&
    command -v dpkg-deb >/dev/null; then
-  if [ ! -x "$CROSS/usr/bin/aarch64-linux-gnu-g++" ]; then
+  if [ ! -x "$CROSS/bin/aarch64-linux-gnu-g++" ]; then
     echo "==> unpacking Debian's aarch64-linux-gnu cross g++ into $CROSS"
     tmp=$(mktemp -d)
     packages=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
@@ -30,15 +30,22 @@ if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && command -v apt-get >/dev/nu
                  2>/dev/null | grep -E '^[a-z0-9]' | grep -E 'aarch64|arm64-cross' |
                  grep -v san | sort -u || true)
     if [ -n "$packages" ] && (cd "$tmp" && apt-get download -qq $packages >/dev/null 2>&1); then
-      mkdir -p "$CROSS"
+      mkdir -p "$CROSS/bin"
       for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$CROSS"; done
+      # The unpacked binutils find their arm64 libraries (libbfd, libopcodes) only through
+      # LD_LIBRARY_PATH: $CROSS/bin holds gcc and g++ wrappers that set it, for any caller.
+      for driver in gcc g++; do
+        printf '#!/bin/sh\nexport LD_LIBRARY_PATH="%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"\nexec "%s" "$@"\n' \
+          "$(cd "$CROSS" && pwd)/usr/lib/x86_64-linux-gnu" \
+          "$(cd "$CROSS" && pwd)/usr/bin/aarch64-linux-gnu-$driver" > "$CROSS/bin/aarch64-linux-gnu-$driver"
+        chmod +x "$CROSS/bin/aarch64-linux-gnu-$driver"
+      done
       # It runs on the host's own libraries (gmp, mpfr, isl...): a host without them gets a
       # skipped test, not a failing one.
       echo 'int main() {}' > "$tmp/probe.cpp"
-      if ! LD_LIBRARY_PATH="$CROSS/usr/lib/x86_64-linux-gnu" "$CROSS/usr/bin/aarch64-linux-gnu-g++" \
-           -static "$tmp/probe.cpp" -o "$tmp/probe" 2>"$tmp/probe.log"; then
+      if ! "$CROSS/bin/aarch64-linux-gnu-g++" -static "$tmp/probe.cpp" -o "$tmp/probe" 2>"$tmp/probe.log"; then
         echo "==> the cross g++ does not run here ($(head -c 300 "$tmp/probe.log")): the NEON test will skip"
-        rm -rf "$CROSS/usr"
+        rm -rf "$CROSS/usr" "$CROSS/bin"
       fi
     else
       echo "==> the cross g++ packages are unavailable here: the NEON test will skip"

@@ -26,14 +26,11 @@ CROSS = Path(sys.prefix) / "cross"  # where scripts/setup.sh unpacks the cross t
 TARGET = "aarch64-linux-gnu"
 
 
-def _cross_gxx() -> tuple[str, dict[str, str]] | None:
-    """The aarch64-linux-gnu g++ and the environment it needs: the unpacked one finds its
-    binutils' shared libraries (libbfd, libopcodes for arm64) through LD_LIBRARY_PATH."""
-    bundled = CROSS / "usr" / "bin" / f"{TARGET}-g++"
-    if bundled.exists():
-        return str(bundled), {"LD_LIBRARY_PATH": str(CROSS / "usr" / "lib" / "x86_64-linux-gnu")}
-    system = shutil.which(f"{TARGET}-g++")
-    return (system, {}) if system else None
+def _cross_gxx() -> str | None:
+    """The aarch64-linux-gnu g++: scripts/setup.sh's wrapper (which sets the library path its
+    unpacked binutils need), else one on PATH. Its gcc sits beside it."""
+    bundled = CROSS / "bin" / f"{TARGET}-g++"
+    return str(bundled) if bundled.exists() else shutil.which(f"{TARGET}-g++")
 
 
 def _qemu() -> str | None:
@@ -43,23 +40,15 @@ def _qemu() -> str | None:
     return shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
 
 
-def _toolchain(tmp: Path, gxx: str, gxx_env: dict[str, str], qemu: str) -> Path:
-    """A CMake toolchain file: the cross gcc and g++ (through wrappers that set their
-    environment), static links, and the emulator that ctest runs the test executables under."""
-    exports = "".join(f'export {k}="{v}${{{k}:+:${k}}}"\n' for k, v in gxx_env.items())
-    wrappers = {}
-    for lang, driver in (("C", "gcc"), ("CXX", "g++")):
-        path = tmp / f"cross-{driver}"
-        compiler = gxx[: -len("g++")] + driver
-        path.write_text(f'#!/bin/sh\n{exports}exec "{compiler}" "$@"\n')
-        path.chmod(0o755)
-        wrappers[lang] = path
+def _toolchain(tmp: Path, gxx: str, qemu: str) -> Path:
+    """A CMake toolchain file: the cross gcc and g++, static links, and the emulator that ctest
+    runs the test executables under."""
     toolchain = tmp / "aarch64.cmake"
     toolchain.write_text(
         "set(CMAKE_SYSTEM_NAME Linux)\n"
         "set(CMAKE_SYSTEM_PROCESSOR aarch64)\n"
-        f"set(CMAKE_C_COMPILER {wrappers['C']})\n"
-        f"set(CMAKE_CXX_COMPILER {wrappers['CXX']})\n"
+        f"set(CMAKE_C_COMPILER {gxx[: -len('g++')]}gcc)\n"
+        f"set(CMAKE_CXX_COMPILER {gxx})\n"
         "set(CMAKE_EXE_LINKER_FLAGS_INIT -static)\n"
         f"set(CMAKE_CROSSCOMPILING_EMULATOR {qemu})\n"
     )
@@ -85,7 +74,7 @@ def test_ctest_suite_passes_on_aarch64_with_neon(tmp_path: Path) -> None:
     env.setdefault("CARAMBA_CPP_FUZZ", "200")
     build = tmp_path / "build"
     run(cmake, "-S", ROOT / "csrc", "-B", build, *generator(),
-        f"-DCMAKE_TOOLCHAIN_FILE={_toolchain(tmp_path, *gxx, qemu)}",
+        f"-DCMAKE_TOOLCHAIN_FILE={_toolchain(tmp_path, gxx, qemu)}",
         "-DCMAKE_BUILD_TYPE=Release", "-DCARAMBA_KERNELS_BUILD_TESTS=ON",
         "-DCARAMBA_KERNELS_CUDA=OFF", "-DCARAMBA_KERNELS_INSTALL=OFF", env=env)  # fmt: skip
     run(cmake, "--build", build, "--parallel", str(os.cpu_count() or 2), env=env)
