@@ -34,10 +34,11 @@ if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && command -v apt-get >/dev/nu
       for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$CROSS"; done
       # The unpacked binutils find their arm64 libraries (libbfd, libopcodes) only through
       # LD_LIBRARY_PATH: $CROSS/bin holds gcc and g++ wrappers that set it, for any caller.
+      root=$(cd "$CROSS" && pwd)
       for driver in gcc g++; do
         printf '#!/bin/sh\nexport LD_LIBRARY_PATH="%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"\nexec "%s" "$@"\n' \
-          "$(cd "$CROSS" && pwd)/usr/lib/x86_64-linux-gnu" \
-          "$(cd "$CROSS" && pwd)/usr/bin/aarch64-linux-gnu-$driver" > "$CROSS/bin/aarch64-linux-gnu-$driver"
+          "$root/usr/lib/x86_64-linux-gnu" "$root/usr/bin/aarch64-linux-gnu-$driver" \
+          > "$CROSS/bin/aarch64-linux-gnu-$driver"
         chmod +x "$CROSS/bin/aarch64-linux-gnu-$driver"
       done
       # It runs on the host's own libraries (gmp, mpfr, isl...): a host without them gets a
