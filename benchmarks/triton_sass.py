@@ -1,0 +1,150 @@
+"""Compile the Triton all-heads decode kernel for an NVIDIA GPU without one; print what it costs.
+
+For the DBA cache of benchmarks/kernels_gpu.py (Llama-3.2-1B widths, keys in the token layout,
+values in the head layout) and the launch that ops.TUNING gives it, this compiles
+`fused_decode_kernel` for the chosen architecture (ptxas and cuobjdump come with triton's
+wheel) and prints the registers a thread takes, the bytes it spills to its stack, and the
+SASS instructions of the main loop (one step of BLOCK_N positions, per warp), by opcode.
+
+The main loop is issue-bound on an H100 (benchmarks/results/decode_rows_slots.md): fewer
+instructions a position, and registers low enough for one more program per SM, are what a
+change must show before it is worth a GPU run. A static count is not a timing: latency,
+memory and the pipes each opcode uses decide the time, so a change still needs
+kernels_gpu.py on the GPU.
+
+    python benchmarks/triton_sass.py [--format q4_0] [--block-n 128] [--num-warps 4]
+                                     [--maxnreg N] [--arch 90] [--sass FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "packages/caramba-kernels/src"))
+os.environ.pop("TRITON_INTERPRET", None)  # a real compile, not the interpreter
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from caramba_kernels.triton import fused, ops  # noqa: E402
+
+DBA = dict(Hq=32, Hkv=8, Ds=4, Dg=8, Dv=32)  # kernels_gpu.DBA (that module needs CUDA)
+POINTERS = {"q1_ptr": "*fp16", "q2_ptr": "*fp16", "len_ptr": "*i32", "m_ptr": "*fp32",
+            "l_ptr": "*fp32", "o_ptr": "*fp32", "lse_ptr": "*fp32"}  # fmt: skip
+FORMAT_CODES = {"f16": 1, "q8_0": 2, "q4_0": 3}
+INSTRUCTION = re.compile(r"\s+/\*([0-9a-f]+)\*/\s+(.*?)\s*;")
+BRANCH_BACK = re.compile(r"BRA\b.*?0x([0-9a-f]+)")
+
+
+def constexprs(kind: str, block_n: int) -> dict[str, object]:
+    """The kernel's compile-time arguments as ops._launch_fused picks them for the DBA cache."""
+    Hkv = DBA["Hkv"]
+    keys = [SimpleNamespace(kind=kind, d=DBA["Ds"]), SimpleNamespace(kind=kind, d=DBA["Dg"])]
+    v = SimpleNamespace(kind=kind, d=DBA["Dv"])
+    groups = int(ops.TUNING["fused_head_groups"])
+    groups = groups if Hkv % groups == 0 else 1
+    grouped = ops._grouped(Hkv, v, groups)
+    code = FORMAT_CODES[kind]
+    return dict(
+        HQ=ops._pad(DBA["Hq"] // groups), C1=ops._window(keys[0], Hkv, groups),
+        C2=ops._window(keys[1], Hkv, groups), CV=ops._window(v, Hkv, groups), HKV=Hkv,
+        DVP=ops._pow2(v.d), K1_FMT=code, K2_FMT=code, V_FMT=code, GROUPED=grouped,
+        FOLDV=grouped and kind != "f16" and v.d == 32, PREFETCH=bool(ops.TUNING["fused_prefetch"]),
+        WIDE=False, DBA=True, BLOCK_N=block_n, SINGLE=False, RETURN_LSE=False,
+    )  # fmt: skip
+
+
+def compile_kernel(kind: str, block_n: int, options: dict[str, int], arch: int):
+    """The compiled kernel (its cubin in .asm["cubin"])."""
+    fn = fused.fused_decode_kernel
+    const = constexprs(kind, block_n)
+    storage = "*fp16" if kind == "f16" else "*u8"
+    signature = {}
+    for name in fn.arg_names:
+        if name in const:
+            signature[name] = "constexpr"
+        elif name in POINTERS or name.endswith("_ptr"):
+            signature[name] = POINTERS.get(name, storage)
+        else:
+            signature[name] = "fp32" if name.startswith("scale") else "i32"
+    source = ASTSource(
+        fn=fn,
+        signature=signature,
+        constexprs={(fn.arg_names.index(k),): v for k, v in const.items()},
+    )
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def cuobjdump(cubin: bytes, flag: str) -> str:
+    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run(
+            [str(tool), flag, f.name], capture_output=True, text=True, check=True
+        ).stdout
+
+
+def main_loop(sass: str) -> list[str]:
+    """Instructions of the longest backward branch's body: the loop over positions."""
+    instructions = [(int(m.group(1), 16), m.group(2)) for m in INSTRUCTION.finditer(sass)]
+    index = {address: i for i, (address, _) in enumerate(instructions)}
+    best: list[str] = []
+    for i, (address, text) in enumerate(instructions):
+        m = BRANCH_BACK.search(text)
+        target = int(m.group(1), 16) if m else None
+        if target is not None and target < address and target in index:
+            body = [t for _, t in instructions[index[target] : i + 1]]
+            best = body if len(body) > len(best) else best
+    return best
+
+
+def opcode(text: str) -> str:
+    return re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--format", choices=sorted(FORMAT_CODES), default="q4_0")
+    parser.add_argument("--block-n", type=int, default=int(ops.TUNING["fused_block_n"]))
+    parser.add_argument("--num-warps", type=int, default=int(ops.TUNING["fused_num_warps"]))
+    parser.add_argument("--maxnreg", type=int, default=None, help="register cap a thread")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, 90: H100/H200")
+    parser.add_argument("--sass", type=Path, help="also write the whole SASS listing here")
+    args = parser.parse_args()
+    options = {"num_warps": args.num_warps}
+    if args.maxnreg:
+        options["maxnreg"] = args.maxnreg
+    kernel = compile_kernel(args.format, args.block_n, options, args.arch)
+    cubin = kernel.asm["cubin"]
+    usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", cuobjdump(cubin, "-res-usage"))
+    sass = cuobjdump(cubin, "-sass")
+    if args.sass:
+        args.sass.write_text(sass)
+    loop = main_loop(sass)
+    mix = collections.Counter(opcode(t) for t in loop).most_common(16)
+    cap = f", maxnreg {args.maxnreg}" if args.maxnreg else ""
+    print(f"triton {triton.__version__}, sm_{args.arch}, DBA {args.format}, "
+          f"BLOCK_N {args.block_n}, {args.num_warps} warps{cap}")  # fmt: skip
+    if usage:
+        regs, stack, shared = map(int, usage.groups())
+        print(
+            f"registers a thread {regs}, stack (spills) {stack} bytes, static shared {shared} bytes"
+        )
+    per_position = len(loop) * args.num_warps / args.block_n
+    print(f"main loop: {len(loop)} instructions a warp a step ({per_position:.1f} a position)")
+    print("  " + ", ".join(f"{name} {count}" for name, count in mix))
+
+
+if __name__ == "__main__":
+    main()
