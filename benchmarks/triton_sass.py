@@ -44,6 +44,7 @@ POINTERS = {"q1_ptr": "*fp16", "q2_ptr": "*fp16", "len_ptr": "*i32", "m_ptr": "*
 FORMAT_CODES = {"f16": 1, "q8_0": 2, "q4_0": 3}
 INSTRUCTION = re.compile(r"\s+/\*([0-9a-f]+)\*/\s+(.*?)\s*;")
 BRANCH_BACK = re.compile(r"BRA\b.*?0x([0-9a-f]+)")
+TENSOR_CORE_OPS = ("HMMA", "HGMMA")  # mma.sync; Hopper's warpgroup wgmma
 
 
 def constexprs(kind: str, block_n: int) -> dict[str, object]:
@@ -144,6 +145,11 @@ def main() -> None:
     per_position = len(loop) * args.num_warps / args.block_n
     print(f"main loop: {len(loop)} instructions a warp a step ({per_position:.1f} a position)")
     print("  " + ", ".join(f"{name} {count}" for name, count in mix))
+    mma = collections.Counter(op for op in map(opcode, loop) if op in TENSOR_CORE_OPS)
+    print(
+        "tensor-core instructions in the loop: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(mma.items())) or "none")
+    )
 
 
 if __name__ == "__main__":
