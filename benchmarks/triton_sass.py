@@ -1,7 +1,8 @@
 """Compile the Triton all-heads decode kernel for an NVIDIA GPU without one; print what it costs.
 
 For the DBA cache of benchmarks/kernels_gpu.py (Llama-3.2-1B widths, keys in the token layout,
-values in the head layout) and the launch that ops.TUNING gives it, this compiles
+values in the head layout), or its standard attention (`--attention std`: head layout, 32/8
+heads of 64), and the launch that ops.TUNING gives it, this compiles
 `fused_decode_kernel` for the chosen architecture (ptxas and cuobjdump come with triton's
 wheel) and prints the registers a thread takes, the bytes it spills to its stack, and the
 SASS instructions of the main loop (one step of BLOCK_N positions, per warp), by opcode.
@@ -12,8 +13,8 @@ change must show before it is worth a GPU run. A static count is not a timing: l
 memory and the pipes each opcode uses decide the time, so a change still needs
 kernels_gpu.py on the GPU.
 
-    python benchmarks/triton_sass.py [--format q4_0] [--block-n 128] [--num-warps 4]
-                                     [--maxnreg N] [--arch 90] [--sass FILE]
+    python benchmarks/triton_sass.py [--attention dba|std] [--format q4_0] [--block-n 128]
+                                     [--num-warps 4] [--maxnreg N] [--arch 90] [--sass FILE]
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from caramba_kernels.triton import fused, ops  # noqa: E402
 
-DBA = dict(Hq=32, Hkv=8, Ds=4, Dg=8, Dv=32)  # kernels_gpu.DBA (that module needs CUDA)
+DBA = dict(Hq=32, Hkv=8, Ds=4, Dg=8, Dv=32)  # kernels_gpu.DBA and STD (that module needs CUDA)
+STD = dict(Hq=32, Hkv=8, D=64)
 POINTERS = {"q1_ptr": "*fp16", "q2_ptr": "*fp16", "len_ptr": "*i32", "m_ptr": "*fp32",
             "l_ptr": "*fp32", "o_ptr": "*fp32", "lse_ptr": "*fp32"}  # fmt: skip
 FORMAT_CODES = {"f16": 1, "q8_0": 2, "q4_0": 3}
@@ -47,28 +49,47 @@ BRANCH_BACK = re.compile(r"BRA\b.*?0x([0-9a-f]+)")
 TENSOR_CORE_OPS = ("HMMA", "HGMMA")  # mma.sync; Hopper's warpgroup wgmma
 
 
-def constexprs(kind: str, block_n: int) -> dict[str, object]:
-    """The kernel's compile-time arguments as ops._launch_fused picks them for the DBA cache."""
-    Hkv = DBA["Hkv"]
-    keys = [SimpleNamespace(kind=kind, d=DBA["Ds"]), SimpleNamespace(kind=kind, d=DBA["Dg"])]
-    v = SimpleNamespace(kind=kind, d=DBA["Dv"])
-    groups = int(ops.TUNING["fused_head_groups"])
-    groups = groups if Hkv % groups == 0 else 1
+def shape(attention: str, kind: str) -> tuple[dict[str, int], list[SimpleNamespace], int]:
+    """(head counts, the caches as ops sees them: keys then values, KV-head groups)."""
+    if attention == "dba":  # keys in the token layout: TUNING's head groups
+        heads = dict(Hq=DBA["Hq"], Hkv=DBA["Hkv"])
+        widths = [DBA["Ds"], DBA["Dg"], DBA["Dv"]]
+        groups = int(ops.TUNING["fused_head_groups"])
+        groups = groups if heads["Hkv"] % groups == 0 else 1
+    else:  # head layout only: one KV head a program
+        heads = dict(Hq=STD["Hq"], Hkv=STD["Hkv"])
+        widths = [STD["D"], STD["D"]]
+        groups = heads["Hkv"]
+    return heads, [SimpleNamespace(kind=kind, d=d) for d in widths], groups
+
+
+def default_block_n(attention: str, kind: str) -> int:
+    """Positions a step as ops.plan_fused picks them (fewer for wide tiles)."""
+    heads, caches, groups = shape(attention, kind)
+    columns = sum(ops._window(c, heads["Hkv"], groups) for c in caches)
+    fit = max(16, ops.FUSED_MAX_TILE // columns)
+    return min(int(ops.TUNING["fused_block_n"]), 1 << (fit.bit_length() - 1))
+
+
+def constexprs(attention: str, kind: str, block_n: int) -> dict[str, object]:
+    """The kernel's compile-time arguments as ops._launch_fused picks them."""
+    heads, caches, groups = shape(attention, kind)
+    Hkv, keys, v = heads["Hkv"], caches[:-1], caches[-1]
     grouped = ops._grouped(Hkv, v, groups)
     code = FORMAT_CODES[kind]
     return dict(
-        HQ=ops._pad(DBA["Hq"] // groups), C1=ops._window(keys[0], Hkv, groups),
-        C2=ops._window(keys[1], Hkv, groups), CV=ops._window(v, Hkv, groups), HKV=Hkv,
+        HQ=ops._pad(heads["Hq"] // groups), C1=ops._window(keys[0], Hkv, groups),
+        C2=ops._window(keys[-1], Hkv, groups), CV=ops._window(v, Hkv, groups), HKV=Hkv,
         DVP=ops._pow2(v.d), K1_FMT=code, K2_FMT=code, V_FMT=code, GROUPED=grouped,
         FOLDV=grouped and kind != "f16" and v.d == 32, PREFETCH=bool(ops.TUNING["fused_prefetch"]),
-        WIDE=False, DBA=True, BLOCK_N=block_n, SINGLE=False, RETURN_LSE=False,
+        WIDE=False, DBA=attention == "dba", BLOCK_N=block_n, SINGLE=False, RETURN_LSE=False,
     )  # fmt: skip
 
 
-def compile_kernel(kind: str, block_n: int, options: dict[str, int], arch: int):
+def compile_kernel(attention: str, kind: str, block_n: int, options: dict[str, int], arch: int):
     """The compiled kernel (its cubin in .asm["cubin"])."""
     fn = fused.fused_decode_kernel
-    const = constexprs(kind, block_n)
+    const = constexprs(attention, kind, block_n)
     storage = "*fp16" if kind == "f16" else "*u8"
     signature = {}
     for name in fn.arg_names:
@@ -116,8 +137,14 @@ def opcode(text: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--attention",
+        choices=("dba", "std"),
+        default="dba",
+        help="the DBA cache or standard attention's (head layout, d64)",
+    )
     parser.add_argument("--format", choices=sorted(FORMAT_CODES), default="q4_0")
-    parser.add_argument("--block-n", type=int, default=int(ops.TUNING["fused_block_n"]))
+    parser.add_argument("--block-n", type=int, help="positions a step (default: as ops plans)")
     parser.add_argument("--num-warps", type=int, default=int(ops.TUNING["fused_num_warps"]))
     parser.add_argument("--maxnreg", type=int, default=None, help="register cap a thread")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, 90: H100/H200")
@@ -126,7 +153,8 @@ def main() -> None:
     options = {"num_warps": args.num_warps}
     if args.maxnreg:
         options["maxnreg"] = args.maxnreg
-    kernel = compile_kernel(args.format, args.block_n, options, args.arch)
+    block_n = args.block_n or default_block_n(args.attention, args.format)
+    kernel = compile_kernel(args.attention, args.format, block_n, options, args.arch)
     cubin = kernel.asm["cubin"]
     usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", cuobjdump(cubin, "-res-usage"))
     sass = cuobjdump(cubin, "-sass")
@@ -135,14 +163,14 @@ def main() -> None:
     loop = main_loop(sass)
     mix = collections.Counter(opcode(t) for t in loop).most_common(16)
     cap = f", maxnreg {args.maxnreg}" if args.maxnreg else ""
-    print(f"triton {triton.__version__}, sm_{args.arch}, DBA {args.format}, "
-          f"BLOCK_N {args.block_n}, {args.num_warps} warps{cap}")  # fmt: skip
+    print(f"triton {triton.__version__}, sm_{args.arch}, {args.attention} {args.format}, "
+          f"BLOCK_N {block_n}, {args.num_warps} warps{cap}")  # fmt: skip
     if usage:
         regs, stack, shared = map(int, usage.groups())
         print(
             f"registers a thread {regs}, stack (spills) {stack} bytes, static shared {shared} bytes"
         )
-    per_position = len(loop) * args.num_warps / args.block_n
+    per_position = len(loop) * args.num_warps / block_n
     print(f"main loop: {len(loop)} instructions a warp a step ({per_position:.1f} a position)")
     print("  " + ", ".join(f"{name} {count}" for name, count in mix))
     mma = collections.Counter(op for op in map(opcode, loop) if op in TENSOR_CORE_OPS)

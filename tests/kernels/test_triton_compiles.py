@@ -3,9 +3,10 @@
 The other Triton tests run the kernels under TRITON_INTERPRET=1 on a CPU-only machine, which
 never lowers them to PTX: a change that interprets correctly but does not compile for a GPU
 would pass them. benchmarks/triton_sass.py compiles the kernel with triton's own ptxas for the
-DBA cache of kernels_gpu.py; this runs it (in a subprocess, where the interpreter is off) and
-checks the build: the scores and values are tensor-core products (HMMA, or Hopper's warpgroup
-HGMMA, in the main loop), and a thread fits the register file.
+DBA cache of kernels_gpu.py and for its standard attention (head layout); this runs it (in a
+subprocess, where the interpreter is off) and checks the build: the scores and values are
+tensor-core products (HMMA, or Hopper's warpgroup HGMMA, in the main loop), and a thread fits
+the register file.
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ SCRIPT = Path(__file__).parents[2] / "benchmarks" / "triton_sass.py"
 
 
 @pytest.mark.parametrize("kind", ["f16", "q8_0", "q4_0"])
-def test_fused_kernel_compiles_for_sm90_on_tensor_cores(kind: str) -> None:
+@pytest.mark.parametrize("attention", ["dba", "std"])
+def test_fused_kernel_compiles_for_sm90_on_tensor_cores(attention: str, kind: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--format", kind, "--arch", "90"],
+        [sys.executable, str(SCRIPT), "--attention", attention, "--format", kind, "--arch", "90"],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
-    assert run.returncode == 0, f"triton_sass.py --format {kind} failed:\n{run.stderr[-3000:]}"
+    assert run.returncode == 0, (
+        f"triton_sass.py --attention {attention} --format {kind} failed:\n{run.stderr[-3000:]}"
+    )
     registers = re.search(r"registers a thread (\d+)", run.stdout)
     loop = re.search(r"main loop: (\d+) instructions", run.stdout)
     assert registers and loop, f"unexpected output:\n{run.stdout}"
