@@ -153,11 +153,16 @@ def test_mixed_layouts_with_lse_match_float64(formats) -> None:
         check(formats, draw(gen, formats), num_splits=[None, 1, 3][case % 3])
 
 
-@pytest.mark.parametrize("head_groups", [1, 4])
-def test_llama_dba_layout_matches_float64(head_groups, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "head_groups, grouped", [(1, False), (4, False), (1, True)], ids=["1", "4", "1-grouped"]
+)
+def test_llama_dba_layout_matches_float64(head_groups, grouped, monkeypatch) -> None:
     """The Llama-3.2-1B DBA cache: 8 KV heads, sem 4 / geo 8 token layout, v 32 head layout;
-    the all-heads kernel with every KV head in one program, or 2 per program."""
+    the all-heads kernel with every KV head in one program, or 2 per program; and TUNING's
+    fused_grouped (one row per token and KV head in the value product, block scales on the
+    weights), which only one program per sequence and split can take."""
     monkeypatch.setitem(ops.TUNING, "fused_head_groups", head_groups)
+    monkeypatch.setitem(ops.TUNING, "fused_grouped", grouped)
     gen = torch.Generator().manual_seed(5)
     B, Hkv, group, S = 2, 8, 4 if ON_GPU else 2, 300 if ON_GPU else 70
     lengths = torch.tensor([S, S // 3], dtype=torch.int32)
@@ -166,6 +171,10 @@ def test_llama_dba_layout_matches_float64(head_groups, monkeypatch) -> None:
         v = store(kind, torch.randn(B, Hkv, S, 32, generator=gen), False)
         qs = [torch.randn(B, Hkv * group, d, generator=gen) for d in (4, 8)]
         problem = (qs, ks, v, lengths, [0.5, 0.35], [4, 8, 32], Hkv)
+        if grouped:  # the case must really take the grouped value product
+            keys = [(k.to(DEVICE), f"k{i}", kind, f"f{i}") for i, k in enumerate(ks)]
+            _, vview, _, _ = backend._views([q.to(DEVICE) for q in qs], keys, v.to(DEVICE), kind)
+            assert ops._grouped(Hkv, vview, head_groups)
         check((kind, kind, kind), problem, num_splits=None)
         check((kind, kind, kind), problem, num_splits=5)
 
