@@ -154,10 +154,23 @@ def main() -> None:
     if args.maxnreg:
         options["maxnreg"] = args.maxnreg
     block_n = args.block_n or default_block_n(args.attention, args.format)
-    kernel = compile_kernel(args.attention, args.format, block_n, options, args.arch)
-    cubin = kernel.asm["cubin"]
-    usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", cuobjdump(cubin, "-res-usage"))
-    sass = cuobjdump(cubin, "-sass")
+    if block_n < 16 or block_n & (block_n - 1):
+        sys.exit(f"--block-n {block_n}: expected a power of two >= 16 (tl.dot's smallest tile).")
+    try:
+        kernel = compile_kernel(args.attention, args.format, block_n, options, args.arch)
+        cubin = kernel.asm["cubin"]
+        usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", cuobjdump(cubin, "-res-usage"))
+        sass = cuobjdump(cubin, "-sass")
+    except subprocess.CalledProcessError as exc:
+        sys.exit(f"triton's cuobjdump could not read the sm_{args.arch} kernel: "
+                 f"{exc.stderr.strip() or exc}")  # fmt: skip
+    except OSError as exc:
+        sys.exit(f"triton's cuobjdump did not run ({exc}): this needs a triton wheel with the "
+                 "NVIDIA backend tools (Linux x86-64 or aarch64).")  # fmt: skip
+    except Exception as exc:  # triton's compile errors carry the kernel source position
+        sys.exit(f"triton {triton.__version__} could not compile fused_decode_kernel for "
+                 f"sm_{args.arch} ({args.attention} {args.format}, BLOCK_N {block_n}, "
+                 f"{options}): {type(exc).__name__}: {str(exc)[-2000:]}")  # fmt: skip
     if args.sass:
         args.sass.write_text(sass)
     loop = main_loop(sass)
