@@ -154,15 +154,21 @@ def test_mixed_layouts_with_lse_match_float64(formats) -> None:
 
 
 @pytest.mark.parametrize(
-    "head_groups, grouped", [(1, False), (4, False), (1, True)], ids=["1", "4", "1-grouped"]
+    "head_groups, grouped, prefetch",
+    [(1, False, False), (4, False, False), (1, True, False), (4, False, True)],
+    ids=["1", "4", "1-grouped", "4-prefetch"],
 )
-def test_llama_dba_layout_matches_float64(head_groups, grouped, monkeypatch) -> None:
+def test_llama_dba_layout_matches_float64(head_groups, grouped, prefetch, monkeypatch) -> None:
     """The Llama-3.2-1B DBA cache: 8 KV heads, sem 4 / geo 8 token layout, v 32 head layout;
-    the all-heads kernel with every KV head in one program, or 2 per program; and TUNING's
+    the all-heads kernel with every KV head in one program, or 2 per program; TUNING's
     fused_grouped (one row per token and KV head in the value product, block scales on the
-    weights), which only one program per sequence and split can take."""
+    weights), which only one program per sequence and split can take; and fused_prefetch (the
+    next step's tiles loaded before this step computes)."""
     monkeypatch.setitem(ops.TUNING, "fused_head_groups", head_groups)
     monkeypatch.setitem(ops.TUNING, "fused_grouped", grouped)
+    monkeypatch.setitem(ops.TUNING, "fused_prefetch", prefetch)
+    if prefetch:  # steps of 16 positions, so a split holds several and the prefetch matters
+        monkeypatch.setitem(ops.TUNING, "fused_block_n", 16)
     gen = torch.Generator().manual_seed(5)
     B, Hkv, group, S = 2, 8, 4 if ON_GPU else 2, 300 if ON_GPU else 70
     lengths = torch.tensor([S, S // 3], dtype=torch.int32)
