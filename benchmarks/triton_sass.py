@@ -29,8 +29,7 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "packages/caramba-kernels/src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packages/caramba-kernels/src"))
 os.environ.pop("TRITON_INTERPRET", None)  # a real compile, not the interpreter
 
 import triton  # noqa: E402
@@ -38,12 +37,11 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from caramba_kernels.triton import fused, ops  # noqa: E402
+from caramba_kernels.triton.kernels import FORMAT_CODES  # noqa: E402
+from kernels_gpu import DBA, STD  # noqa: E402  (the benchmark's shapes)
 
-DBA = dict(Hq=32, Hkv=8, Ds=4, Dg=8, Dv=32)  # kernels_gpu.DBA and STD (that module needs CUDA)
-STD = dict(Hq=32, Hkv=8, D=64)
 POINTERS = {"q1_ptr": "*fp16", "q2_ptr": "*fp16", "len_ptr": "*i32", "m_ptr": "*fp32",
             "l_ptr": "*fp32", "o_ptr": "*fp32", "lse_ptr": "*fp32"}  # fmt: skip
-FORMAT_CODES = {"f16": 1, "q8_0": 2, "q4_0": 3}
 INSTRUCTION = re.compile(r"\s+/\*([0-9a-f]+)\*/\s+(.*?)\s*;")
 BRANCH_BACK = re.compile(r"BRA\b.*?0x([0-9a-f]+)")
 TENSOR_CORE_OPS = ("HMMA", "HGMMA")  # mma.sync; Hopper's warpgroup wgmma
@@ -143,7 +141,7 @@ def main() -> None:
         default="dba",
         help="the DBA cache or standard attention's (head layout, d64)",
     )
-    parser.add_argument("--format", choices=sorted(FORMAT_CODES), default="q4_0")
+    parser.add_argument("--format", choices=sorted(ops.FUSED_FORMATS), default="q4_0")
     parser.add_argument("--block-n", type=int, help="positions a step (default: as ops plans)")
     parser.add_argument("--num-warps", type=int, default=int(ops.TUNING["fused_num_warps"]))
     parser.add_argument("--maxnreg", type=int, default=None, help="register cap a thread")

@@ -21,9 +21,9 @@ triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
 from caramba_kernels.triton.fused import _unpack  # noqa: E402
-from caramba_kernels.triton.kernels import _columns  # noqa: E402
+from caramba_kernels.triton.kernels import FORMAT_CODES, _columns  # noqa: E402
 
-FORMATS = {"q8_0": (2, 16), "q4_0": (3, 8)}  # name -> (format code, 16-bit words a block)
+WORDS = {"q8_0": 16, "q4_0": 8}  # 16-bit words of a block's codes
 
 
 @triton.jit
@@ -55,7 +55,7 @@ def codes_in_tile_order(kind: str, words: torch.Tensor) -> torch.Tensor:
     else:
         logical = torch.cat([b & 15, b >> 4], dim=1)
     columns = torch.empty(32, dtype=torch.int32, device=DEVICE)
-    columns_kernel[(1,)](columns, FMT=FORMATS[kind][0])
+    columns_kernel[(1,)](columns, FMT=FORMAT_CODES[kind])
     return logical[:, columns.cpu().long()]
 
 
@@ -67,9 +67,9 @@ def finite_fp16_scales(n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("scaled", [True, False], ids=["scaled", "codes"])
-@pytest.mark.parametrize("kind", sorted(FORMATS))
+@pytest.mark.parametrize("kind", sorted(WORDS))
 def test_unpack_matches_float32_conversion_bitwise(kind: str, scaled: bool) -> None:
-    fmt, W = FORMATS[kind]
+    fmt, W = FORMAT_CODES[kind], WORDS[kind]
     words = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)  # every word once
     N = words.numel() // W
     words = words.reshape(N, W)
