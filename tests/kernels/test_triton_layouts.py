@@ -109,12 +109,19 @@ def tolerances(sigma: float, vmax: float, D: int, S: int, fp16: bool) -> tuple[f
     return tol, 2 * (eps + (S + 4) * U + 2**-20) * 2
 
 
-def kernels_for(formats, qs, ks, v) -> list[bool]:
-    """[False] (per-KV-head kernel), plus True when the all-heads kernel takes this call."""
+def views(formats, qs, ks, v):
+    """(key views, value view) of a call, as the backend describes its tensors."""
     keys = [(k, f"k{i}", f, f"f{i}") for i, (k, f) in enumerate(zip(ks, formats, strict=False))]
     keys = [(k.to(DEVICE), *rest) for k, *rest in keys]
-    qs = [q.to(DEVICE) for q in qs]
-    kviews, vview, _, _ = backend._views(qs, keys, v.to(DEVICE), formats[-1])
+    kviews, vview, _, _ = backend._views(
+        [q.to(DEVICE) for q in qs], keys, v.to(DEVICE), formats[-1]
+    )
+    return kviews, vview
+
+
+def kernels_for(formats, qs, ks, v) -> list[bool]:
+    """[False] (per-KV-head kernel), plus True when the all-heads kernel takes this call."""
+    kviews, vview = views(formats, qs, ks, v)
     return [False, True] if ops.fused_applies(qs[0].shape[1], kviews, vview) else [False]
 
 
@@ -178,9 +185,7 @@ def test_llama_dba_layout_matches_float64(head_groups, grouped, prefetch, monkey
         qs = [torch.randn(B, Hkv * group, d, generator=gen) for d in (4, 8)]
         problem = (qs, ks, v, lengths, [0.5, 0.35], [4, 8, 32], Hkv)
         if grouped:  # the case must really take the grouped value product
-            keys = [(k.to(DEVICE), f"k{i}", kind, f"f{i}") for i, k in enumerate(ks)]
-            _, vview, _, _ = backend._views([q.to(DEVICE) for q in qs], keys, v.to(DEVICE), kind)
-            assert ops._grouped(Hkv, vview, head_groups)
+            assert ops._grouped(Hkv, views((kind, kind, kind), qs, ks, v)[1], head_groups)
         check((kind, kind, kind), problem, num_splits=None)
         check((kind, kind, kind), problem, num_splits=5)
 
