@@ -37,7 +37,6 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from caramba_kernels.triton import fused, ops  # noqa: E402
-from caramba_kernels.triton.kernels import FORMAT_CODES  # noqa: E402
 from kernels_gpu import DBA, STD  # noqa: E402  (the benchmark's shapes)
 
 POINTERS = {"q1_ptr": "*fp16", "q2_ptr": "*fp16", "len_ptr": "*i32", "m_ptr": "*fp32",
@@ -48,39 +47,33 @@ TENSOR_CORE_OPS = ("HMMA", "HGMMA")  # mma.sync; Hopper's warpgroup wgmma
 
 
 def shape(attention: str, kind: str) -> tuple[dict[str, int], list[SimpleNamespace], int]:
-    """(head counts, the caches as ops sees them: keys then values, KV-head groups)."""
-    if attention == "dba":  # keys in the token layout: TUNING's head groups
+    """(head counts, the caches as ops sees them: keys then values, KV-head groups).
+
+    The caches are stand-ins with the fields ops reads to pick the kernel's instance (kind,
+    width, layout): DBA keys in the token layout and values in the head layout; standard
+    attention's caches all in the head layout."""
+    if attention == "dba":
         heads = dict(Hq=DBA["Hq"], Hkv=DBA["Hkv"])
-        widths = [DBA["Ds"], DBA["Dg"], DBA["Dv"]]
-        groups = int(ops.TUNING["fused_head_groups"])
-        groups = groups if heads["Hkv"] % groups == 0 else 1
-    else:  # head layout only: one KV head a program
+        caches = [(DBA["Ds"], True), (DBA["Dg"], True), (DBA["Dv"], False)]
+    else:
         heads = dict(Hq=STD["Hq"], Hkv=STD["Hkv"])
-        widths = [STD["D"], STD["D"]]
-        groups = heads["Hkv"]
-    return heads, [SimpleNamespace(kind=kind, d=d) for d in widths], groups
+        caches = [(STD["D"], False), (STD["D"], False)]
+    views = [SimpleNamespace(kind=kind, d=d, token=token) for d, token in caches]
+    return heads, views, ops._head_groups(heads["Hkv"], views)
 
 
 def default_block_n(attention: str, kind: str) -> int:
     """Positions a step as ops.plan_fused picks them (fewer for wide tiles)."""
     heads, caches, groups = shape(attention, kind)
-    columns = sum(ops._window(c, heads["Hkv"], groups) for c in caches)
-    fit = max(16, ops.FUSED_MAX_TILE // columns)
-    return min(int(ops.TUNING["fused_block_n"]), 1 << (fit.bit_length() - 1))
+    return ops.fused_block_n(ops._fused_columns(heads["Hkv"], caches[:-1], caches[-1], groups))
 
 
 def constexprs(attention: str, kind: str, block_n: int) -> dict[str, object]:
     """The kernel's compile-time arguments as ops._launch_fused picks them."""
     heads, caches, groups = shape(attention, kind)
-    Hkv, keys, v = heads["Hkv"], caches[:-1], caches[-1]
-    grouped = ops._grouped(Hkv, v, groups)
-    code = FORMAT_CODES[kind]
-    return dict(
-        HQ=ops._pad(heads["Hq"] // groups), C1=ops._window(keys[0], Hkv, groups),
-        C2=ops._window(keys[-1], Hkv, groups), CV=ops._window(v, Hkv, groups), HKV=Hkv,
-        DVP=ops._pow2(v.d), K1_FMT=code, K2_FMT=code, V_FMT=code, GROUPED=grouped,
-        FOLDV=grouped and kind != "f16" and v.d == 32, PREFETCH=bool(ops.TUNING["fused_prefetch"]),
-        WIDE=False, DBA=attention == "dba", BLOCK_N=block_n, SINGLE=False, RETURN_LSE=False,
+    return ops.fused_constexprs(
+        heads["Hq"], heads["Hkv"], caches[:-1], caches[-1], groups, block_n,
+        single=False, return_lse=False, wide=False,
     )  # fmt: skip
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from caramba_kernels import cuda
-from caramba_kernels.triton.layout import CacheView, key_heads, value_heads
+from caramba_kernels.triton.layout import BLOCKS, CacheView, key_heads, value_heads
 
 LOG2E = 1.4426950408889634
 
@@ -412,6 +412,36 @@ def _fused_columns(Hkv: int, keys: list[CacheView], v: CacheView, groups: int) -
     return sum(_window(x, Hkv, groups) for x in (*keys, v))
 
 
+def fused_block_n(columns: int) -> int:
+    """Positions a loop step of the all-heads kernel: TUNING's, fewer (a power of two, at least
+    16) where a step's tiles, `columns` values a token, would pass FUSED_MAX_TILE."""
+    fit = max(16, FUSED_MAX_TILE // columns)
+    return min(int(TUNING["fused_block_n"]), 1 << (fit.bit_length() - 1))
+
+
+def fused_constexprs(
+    Hq: int, Hkv: int, keys: list[CacheView], v: CacheView, groups: int, block_n: int, *,
+    single: bool, return_lse: bool, wide: bool,
+) -> dict[str, object]:  # fmt: skip
+    """The all-heads kernel's compile-time arguments for these caches and launch.
+
+    One place for them: the launch and benchmarks/triton_sass.py (which compiles the kernel for
+    a GPU it does not have) must build the same instance. Only `kind` and `d` of the views are
+    read, so the benchmark passes stand-ins without tensors; `wide` (a row stride past int32
+    element offsets) needs the tensors and so comes from the caller.
+    """
+    codes = _kernels().FORMAT_CODES
+    grouped = _grouped(Hkv, v, groups)
+    return dict(
+        HQ=_pad(Hq // groups), C1=_window(keys[0], Hkv, groups), C2=_window(keys[-1], Hkv, groups),
+        CV=_window(v, Hkv, groups),
+        K1_FMT=codes[keys[0].kind], K2_FMT=codes[keys[-1].kind], V_FMT=codes[v.kind],
+        HKV=Hkv, DVP=_pow2(v.d), GROUPED=grouped, PREFETCH=bool(TUNING["fused_prefetch"]),
+        WIDE=wide, FOLDV=grouped and v.kind != "f16" and v.d == BLOCKS[v.kind][0],
+        DBA=len(keys) == 2, BLOCK_N=block_n, SINGLE=single, RETURN_LSE=return_lse,
+    )  # fmt: skip
+
+
 def plan_fused(
     B: int, S_max: int, device: torch.device, num_splits: int | None, groups: int, columns: int
 ) -> DecodePlan:
@@ -420,8 +450,7 @@ def plan_fused(
     Tokens per loop step are TUNING's, fewer where a step's tiles (`columns` values per token)
     would pass FUSED_MAX_TILE: wide heads (128, 256 values) otherwise run out of shared memory.
     """
-    fit = max(16, FUSED_MAX_TILE // columns)
-    block_n = min(int(TUNING["fused_block_n"]), 1 << (fit.bit_length() - 1))
+    block_n = fused_block_n(columns)
     target = int(TUNING["fused_waves"]) * _sm_count(device)
     split_len, n_splits = _splits(B * groups, S_max, block_n, target, num_splits)
     return DecodePlan(
@@ -784,8 +813,6 @@ class TritonBackend:
         q2, k2 = (qs[1], kviews[1]) if dba else (q, k1)
         Hkv = _kv_heads(k1)
         parts = self._partials(B, Hq, Dv, plan, out, q.device)
-        codes = _kernels().FORMAT_CODES
-        grouped = _grouped(Hkv, vview, groups)
 
         def tensor_args(view: CacheView) -> list[int]:
             x = view.x
@@ -798,15 +825,12 @@ class TritonBackend:
             q.stride(0), q.stride(1), q2.stride(0), q2.stride(1),
             *tensor_args(k1), *tensor_args(k2), *tensor_args(vview),
             Hq, Hq // Hkv, k1.x.shape[2], plan.split_len, plan.n_splits, Hkv // groups,
-            HQ=_pad(Hq // groups), C1=_window(k1, Hkv, groups), C2=_window(k2, Hkv, groups),
-            CV=_window(vview, Hkv, groups),
-            K1_FMT=codes[k1.kind], K2_FMT=codes[k2.kind], V_FMT=codes[vview.kind],
-            HKV=Hkv, DVP=_pow2(vview.d), GROUPED=grouped,
-            PREFETCH=bool(TUNING["fused_prefetch"]),
-            WIDE=any(x.stride(0) >= 2**31 // 4 for x in (k1.x, k2.x, vview.x)),
-            FOLDV=grouped and vview.kind != "f16" and vview.d == vview.block,
-            DBA=dba, BLOCK_N=plan.block_n, SINGLE=plan.n_splits == 1, RETURN_LSE=return_lse,
             num_warps=plan.num_warps, **_launch_options(),
+            **fused_constexprs(
+                Hq, Hkv, kviews, vview, groups, plan.block_n, single=plan.n_splits == 1,
+                return_lse=return_lse,
+                wide=any(x.stride(0) >= 2**31 // 4 for x in (k1.x, k2.x, vview.x)),
+            ),
         )  # fmt: skip
         self._merge(B, Hq, Dv, plan.n_splits, parts, out, lse, return_lse)
 
