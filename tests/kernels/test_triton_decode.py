@@ -20,44 +20,14 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels module is imported
-pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+from caramba.kernels import dispatch, reference
+from caramba.kernels.formats import FORMATS
+from triton_backend import DEVICE, ON_GPU, backend, ops
 
-from caramba.kernels import dispatch, reference  # noqa: E402
-from caramba.kernels.formats import FORMATS  # noqa: E402
-
-
-def _load_backend():
-    try:
-        from caramba_kernels.triton import backend
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).parents[2] / "packages/caramba-kernels/src"))
-        try:
-            from caramba_kernels.triton import backend
-        except ImportError as exc:
-            reason = f"caramba_kernels.triton cannot be imported: {exc}"
-            pytest.skip(reason, allow_module_level=True)
-    return backend
-
-
-backend = _load_backend()
-
-
-def backend_ops():
-    from caramba_kernels.triton import ops
-
-    return ops
-
-
-ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 # Fuzzed problems per format set. A GPU compiles a kernel for each new shape class (1-3 s on an
 # H100, cached in ~/.triton/cache for later runs), the interpreter runs it in numpy: about as slow
 # per problem, so both take the same default.
@@ -239,7 +209,7 @@ ATOL = {False: 1e-5, True: 2e-3}
 
 @pytest.mark.parametrize("fused", [False, True])
 def test_slots_past_the_length_are_never_read(fused, monkeypatch) -> None:
-    monkeypatch.setitem(backend_ops().TUNING, "fused", fused)
+    monkeypatch.setitem(ops.TUNING, "fused", fused)
     q = torch.randn(2, 4, 64)
     k = reference.quantize("q8_0", torch.randn(2, 2, 40, 64))
     v = torch.randn(2, 2, 40, 32).to(torch.float16)
@@ -256,7 +226,7 @@ def test_slots_past_the_length_are_never_read(fused, monkeypatch) -> None:
 @pytest.mark.parametrize("fused", [False, True])
 def test_cache_views_with_strides_are_read_in_place(fused, monkeypatch) -> None:
     """K/V as slices of a larger preallocated buffer (capacity > S_max, more heads)."""
-    monkeypatch.setitem(backend_ops().TUNING, "fused", fused)
+    monkeypatch.setitem(ops.TUNING, "fused", fused)
     gen = torch.Generator().manual_seed(11)
     kbuf = reference.quantize("q4_0", torch.randn(2, 3, 50, 64, generator=gen))
     vbuf = torch.randn(2, 3, 50, 32, generator=gen).half()

@@ -6,39 +6,16 @@ Runs on CUDA when a GPU is present, otherwise on the CPU under TRITON_INTERPRET=
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from caramba.kernels import reference
 from codec_cases import check_codecs_against_reference
 from real_weights import NAMES, gguf_bytes
+from triton_backend import DEVICE, backend
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels module is imported
-pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
-
-from caramba.kernels import reference  # noqa: E402
-
-
-def _load_backend():
-    try:
-        from caramba_kernels.triton import backend
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).parents[2] / "packages/caramba-kernels/src"))
-        try:
-            from caramba_kernels.triton import backend
-        except ImportError as exc:
-            pytest.skip(
-                f"caramba_kernels.triton cannot be imported: {exc}", allow_module_level=True
-            )
-    return backend
-
-
-backend = _load_backend()
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 QUANTIZED = ["q8_0", "q4_0", "nf4"]
 # Random shapes per format for the codec fuzz: the interpreter takes ~0.2 s a shape
 # (CARAMBA_TRITON_FUZZ=1000 here: about 10 minutes), a GPU a few ms.
