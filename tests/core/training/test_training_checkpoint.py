@@ -26,14 +26,7 @@ from caramba.training.rng import capture_rng_state, restore_rng_state
 sys.path.insert(0, str(Path(__file__).parent))
 from training_worker import ByteData, make_model  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy machine does not stall them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
 

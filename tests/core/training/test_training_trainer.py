@@ -15,14 +15,7 @@ from caramba.training.standard import StandardTrainer
 sys.path.insert(0, str(Path(__file__).parent))
 from training_worker import ByteData, make_context, make_model, make_run  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy machine does not stall them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(run_dir: Path, steps: int = 20, *, run_kwargs: dict | None = None, **ctx_kwargs):
