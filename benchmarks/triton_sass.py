@@ -5,7 +5,8 @@ values in the head layout), or its standard attention (`--attention std`: head l
 heads of 64), and the launch that ops.TUNING gives it, this compiles
 `fused_decode_kernel` for the chosen architecture (ptxas and cuobjdump come with triton's
 wheel) and prints the registers a thread takes, the bytes it spills to its stack, and the
-SASS instructions of the main loop (one step of BLOCK_N positions, per warp), by opcode.
+SASS instructions of the main loop (one step of BLOCK_N positions, per warp), by opcode, and
+how many programs an SM holds at once (registers, warps, shared memory).
 
 The main loop is issue-bound on an H100 (benchmarks/results/decode_rows_slots.md): fewer
 instructions a position, and registers low enough for one more program per SM, are what a
@@ -44,6 +45,29 @@ POINTERS = {"q1_ptr": "*fp16", "q2_ptr": "*fp16", "len_ptr": "*i32", "m_ptr": "*
 INSTRUCTION = re.compile(r"\s+/\*([0-9a-f]+)\*/\s+(.*?)\s*;")
 BRANCH_BACK = re.compile(r"BRA\b.*?0x([0-9a-f]+)")
 TENSOR_CORE_OPS = ("HMMA", "HGMMA")  # mma.sync; Hopper's warpgroup wgmma
+
+
+# Per-SM limits of the compute capabilities this script targets (CUDA C++ Programming Guide,
+# "Technical Specifications per Compute Capability"): registers, warps, resident blocks, shared
+# memory bytes an SM. Registers go to a warp in units of 256; each block also takes 1 KiB of
+# shared memory for the system.
+SM_LIMITS = {80: (65536, 64, 32, 164 * 1024), 86: (65536, 48, 16, 100 * 1024),
+             89: (65536, 48, 24, 100 * 1024), 90: (65536, 64, 32, 228 * 1024)}  # fmt: skip
+
+
+def programs_per_sm(arch: int, regs: int, shared: int, warps: int) -> dict[str, int] | None:
+    """Resident programs an SM as each limit allows (None for an architecture not in SM_LIMITS):
+    the smallest decides how many programs hide each other's latency."""
+    if arch not in SM_LIMITS:
+        return None
+    register_file, max_warps, max_blocks, shared_bytes = SM_LIMITS[arch]
+    warp_registers = -(-regs * 32 // 256) * 256
+    return {
+        "registers": register_file // warp_registers // warps,
+        "warps": max_warps // warps,
+        "shared memory": shared_bytes // (shared + 1024),
+        "blocks": max_blocks,
+    }
 
 
 def shape(attention: str, kind: str) -> tuple[dict[str, int], list[SimpleNamespace], int]:
@@ -174,6 +198,12 @@ def main() -> None:
         print(
             f"registers a thread {regs}, stack (spills) {stack} bytes, static shared {shared} bytes"
         )
+        limits = programs_per_sm(args.arch, regs, kernel.metadata.shared, args.num_warps)
+        if limits:
+            binding = min(limits, key=limits.get)
+            print(f"programs an SM {limits[binding]} (bound by {binding}; "
+                  + ", ".join(f"{k} {v}" for k, v in limits.items())
+                  + f"; shared {kernel.metadata.shared} bytes a program)")  # fmt: skip
     per_position = len(loop) * args.num_warps / block_n
     print(f"main loop: {len(loop)} instructions a warp a step ({per_position:.1f} a position)")
     print("  " + ", ".join(f"{name} {count}" for name, count in mix))

@@ -23,7 +23,8 @@ import pytest
 # find_spec, not importorskip: importing triton here, before the interpreter tests' modules set
 # TRITON_INTERPRET=1, would leave their kernels compiled for a GPU in this process.
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None, reason="triton is not installed (pip install triton)"
+    importlib.util.find_spec("triton") is None,
+    reason="triton is not installed (pip install triton)",
 )
 
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "triton_sass.py"
@@ -44,6 +45,8 @@ def test_fused_kernel_compiles_for_sm90_on_tensor_cores(attention: str, kind: st
     loop = re.search(r"main loop: (\d+) instructions", run.stdout)
     assert registers and loop, f"unexpected output:\n{run.stdout}"
     assert int(registers.group(1)) <= 255
+    programs = re.search(r"programs an SM (\d+) \(bound by", run.stdout)
+    assert programs and int(programs.group(1)) >= 1, f"no program fits an SM:\n{run.stdout}"
     assert int(loop.group(1)) > 0
     mma = re.search(r"tensor-core instructions in the loop: (.*)", run.stdout)
     assert mma and mma.group(1) != "none", f"no tensor-core products in the loop:\n{run.stdout}"
