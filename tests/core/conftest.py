@@ -23,6 +23,16 @@ def tiny_models_on_one_thread(request):
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def one_thread():
+    """For a test of tiny models or thousands of tiny ops, where a second intra-op thread only
+    adds synchronisation (and a busy machine's stalls)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def english():
     return tiny.english()

@@ -114,15 +114,6 @@ def run_reference(kind: str, qs, ks_stored, v_stored, lengths, scales, splits):
     )  # fmt: skip
 
 
-@pytest.fixture
-def one_thread():
-    """Thousands of tiny ops: a second intra-op thread only adds synchronisation."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("dba", [False, True], ids=["standard", "dba"])
 @pytest.mark.parametrize("kind", FORMAT_NAMES)
