@@ -4,25 +4,12 @@ a test asks for them. Those two folders' modules run on one intra-op thread: the
 tiny, and on a shared machine a second OpenMP thread costs far more in synchronisation than it
 computes."""
 
-import contextlib
-
 import pytest
-import torch
+from intra_op import torch_threads
 
 from caramba.infer import tiny
 
 ONE_THREAD_FOLDERS = {"cache", "infer"}
-
-
-@contextlib.contextmanager
-def _intra_op_threads(n: int):
-    """torch's intra-op threads set to n inside, restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -30,7 +17,7 @@ def tiny_models_on_one_thread(request):
     if request.path.parent.name not in ONE_THREAD_FOLDERS:
         yield
         return
-    with _intra_op_threads(1):
+    with torch_threads(1):
         yield
 
 
@@ -38,7 +25,7 @@ def tiny_models_on_one_thread(request):
 def one_thread():
     """For a test of tiny models or thousands of tiny ops, where a second intra-op thread only
     adds synchronisation (and a busy machine's stalls)."""
-    with _intra_op_threads(1):
+    with torch_threads(1):
         yield
 
 

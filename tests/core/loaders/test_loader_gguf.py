@@ -8,13 +8,13 @@ import re
 import numpy as np
 import pytest
 import torch
+from intra_op import torch_threads
 from loader_fixtures import (
     TEACHER_REF,
     gguf_package_reader,
     interleaved_reference_logits,
     perplexity,
     teacher_path,
-    torch_threads,
     windows_of,
 )
 

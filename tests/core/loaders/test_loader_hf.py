@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from loader_fixtures import TEACHER_REF, torch_threads, windows_of
+from intra_op import torch_threads
+from loader_fixtures import TEACHER_REF, windows_of
 from safetensors import safe_open
 
 from caramba.data.corpora import load_corpus

@@ -14,13 +14,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from intra_op import torch_threads
 from loader_fixtures import (
     TEACHER_REF,
     llama_cpp_rope_freqs,
     teacher_path,
     tiny_hf_weights,
     tiny_vocab,
-    torch_threads,
     write_tiny_gguf,
 )
 
