@@ -445,11 +445,8 @@ def fused_constexprs(
 def plan_fused(
     B: int, S_max: int, device: torch.device, num_splits: int | None, groups: int, columns: int
 ) -> DecodePlan:
-    """Split-K plan of the all-heads kernel: (batch, split, head group) programs filling the GPU.
-
-    Tokens per loop step are TUNING's, fewer where a step's tiles (`columns` values per token)
-    would pass FUSED_MAX_TILE: wide heads (128, 256 values) otherwise run out of shared memory.
-    """
+    """Split-K plan of the all-heads kernel: (batch, split, head group) programs filling the GPU,
+    `fused_block_n(columns)` positions a loop step (wide heads would run out of shared memory)."""
     block_n = fused_block_n(columns)
     target = int(TUNING["fused_waves"]) * _sm_count(device)
     split_len, n_splits = _splits(B * groups, S_max, block_n, target, num_splits)
