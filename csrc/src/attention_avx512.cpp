@@ -511,14 +511,22 @@ bool token_score_quant(caramba_format format, const uint8_t* rows, int64_t row_s
 // lanes: a shift, permute or sign extension and a scale multiply per column, shared by the ng
 // heads) than from rows (values in the lanes, whose every row and head ends in a horizontal
 // sum). Rows win where many blocks share each row's sums and few heads share each column.
-// One-thread rate, GB/s, rows -> columns, 2k positions: q4_0 d32 g4 2.8 -> 4.1, d64 g2 6.1 ->
-// 7.0, d64 g4 3.9 -> 5.2, d128 g2 7.2 -> 7.2, d128 g4 5.0 -> 5.5, d128 g8 2.5 -> 3.2, d256 g4
-// 5.9 -> 5.7; q8_0 d32 g2 7.6 -> 9.3, d64 g2 9.9 -> 9.8, d64 g3 7.9 -> 8.6, d64 g4 6.8 -> 7.7,
-// d128 g4 9.2 -> 8.2, d128 g6 5.9 -> 6.1, d128 g8 4.2 -> 4.9, d256 g4 9.4 -> 8.1.
+// One-thread rate, GB/s, rows -> columns, 2k positions, Xeon VM: q4_0 d32 g4 2.8 -> 4.1, d64 g2
+// 6.1 -> 7.0, d64 g4 3.9 -> 5.2, d128 g2 7.2 -> 7.2, d128 g4 5.0 -> 5.5, d128 g8 2.5 -> 3.2,
+// d256 g4 5.9 -> 5.7; q8_0 d32 g2 7.6 -> 9.3, d64 g2 9.9 -> 9.8, d64 g3 7.9 -> 8.6, d64 g4 6.8
+// -> 7.7, d128 g4 9.2 -> 8.2, d128 g6 5.9 -> 6.1, d128 g8 4.2 -> 4.9, d256 g4 9.4 -> 8.1.
+// AMD's gathers cost more, and far more on lines that come from DRAM, which prefetching them
+// further ahead did not change. Zen 5 (EPYC), one thread, GQA, ns per KV-head position at 32k
+// positions (DRAM) / 2k, columns vs rows: q4_0 d32 g2 5.8 vs 5.0 / 4.4 vs 5.2, d32 g4 6.3 vs 8.0
+// / 6.1 vs 8.2, d32 g8 12.2 vs 18.3, d64 g4 15.7 vs 10.3 / 9.8 vs 10.4, d64 g8 22.8 vs 27.0,
+// d128 g4 28.8 vs 16.3 / 17.6 vs 16.1, d128 g8 43.6 vs 44.5 / 30.9 vs 43.5, d256 g4 75.9 vs 30.5;
+// q8_0 d32 g4 12.3 vs 8.8, d32 g8 18.4 vs 18.3 / 11.1 vs 18.7, d128 g4 68.4 vs 17.7, d128 g8
+// 83.9 vs 46.9 / 39.1 vs 42.3. There columns take 4 (q4_0) or 8 (q8_0) heads a block.
 bool columns_win(caramba_format format, int ng, int64_t dim) {
     const int64_t blocks = dim / 32;
-    if (format == CARAMBA_FORMAT_Q4_0) return ng >= blocks;
-    if (format == CARAMBA_FORMAT_Q8_0) return 2 * ng >= 3 * blocks;
+    const bool amd = amd_cpu();
+    if (format == CARAMBA_FORMAT_Q4_0) return ng >= (amd ? 4 : 1) * blocks;
+    if (format == CARAMBA_FORMAT_Q8_0) return amd ? ng >= 8 * blocks : 2 * ng >= 3 * blocks;
     return false;
 }
 

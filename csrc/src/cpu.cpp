@@ -44,6 +44,18 @@ bool avx512_cpu_supported() {
 #endif
 }
 
+bool amd_cpu() {
+#ifdef CARAMBA_X86_DISPATCH
+    static const bool amd = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_is("amd") != 0;
+    }();
+    return amd;
+#else
+    return false;
+#endif
+}
+
 namespace {
 
 bool has(caramba_path path) {

@@ -200,5 +200,7 @@ const AttentionKernels* avx512_attention_kernels();
 bool avx512_cpu_supported();
 const AttentionKernels* neon_attention_kernels();
 bool avx2_cpu_supported();
+// An AMD processor (its gathers cost more than Intel's: attention_avx512.cpp, columns_win).
+bool amd_cpu();
 
 }  // namespace caramba::detail
