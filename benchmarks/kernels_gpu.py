@@ -21,7 +21,9 @@ same run
 (bytes read + written). Ratios are SDPA's time over each kernel's time (> 1: faster than SDPA).
 The read_dba_* rows are a floor, not a kernel: a plain streaming read (a Triton kernel that loads
 and XORs 32-bit words, the fastest of a few launch shapes) of as many bytes as the DBA cache of
-that format holds, timed the same way. No decode kernel can read its cache faster than that.
+that format holds, timed the same way. It is not the hardware's floor: on an H100 a CUDA read
+with 16-byte streaming loads took 9% less (benchmarks/results/decode_rows_slots.md, "H100
+profile").
 
     python benchmarks/kernels_gpu.py [--batches 1 8] [--contexts 4096 ... 65536] [--out DIR]
     python benchmarks/kernels_gpu.py --sweep   # launch-parameter sweep, printed only
