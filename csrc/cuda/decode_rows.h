@@ -8,10 +8,10 @@ namespace caramba_cuda {
 
 using DecodeKernel = void (*)(caramba_cuda_decode_params);
 
-// A block (one per sequence, split and head group) cuts its split into kRowRuns contiguous
-// runs of 16-position steps, each taken by a team of 1 or 2 warps.
+// A block (one per sequence, split and head group) runs kRowRuns teams of 1 or 2 warps; a
+// sequence's slots of 16-position steps go to the teams of all its blocks in turn.
 constexpr int kRowRuns = 4;
-constexpr int kRowPositions = 32 * kRowRuns;  // split granularity: two 16-position steps a run
+constexpr int kRowPositions = 32 * kRowRuns;  // split plan granularity: two steps a team
 
 // A row kernel instance, the dynamic shared memory it launches with (its per-team rings of
 // staged steps), its blocks per (sequence, split) and its warps per block.

@@ -11,9 +11,13 @@
  * sum exp2(...) * v_i; an empty split has m = -inf, l = 0, o = 0. Merging the splits by
  * log-sum-exp (caramba_kernels' merge kernel) gives the attention output.
  *
- * Split s of sequence b covers positions [s * n, min((s + 1) * n, length)) where
- * n = max(32, min(split_len, 32 * ceil(ceil(length / n_splits) / 32))) and
- * length = clamp(lengths[b], 0, s_max).
+ * The splits of sequence b share out its positions [0, length), length = clamp(lengths[b], 0,
+ * s_max); which positions a split holds depends on the kernel that serves the call (the merge
+ * does not care). The per-KV-head kernel: split s covers [s * n, min((s + 1) * n, length)),
+ * n = max(32, min(split_len, 32 * ceil(ceil(length / n_splits) / 32))). The row kernel: runs of
+ * 16 or 32 positions dealt out in turn to the 4 teams of warps of each split (run i to team
+ * i mod (4 n_splits), teams numbered 4 s + t), so they read the cache side by side; split_len
+ * is not used.
  */
 #ifndef CARAMBA_CUDA_H
 #define CARAMBA_CUDA_H
