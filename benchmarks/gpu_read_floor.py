@@ -8,7 +8,9 @@ kernels_gpu.py), each the best of a few launch shapes:
   linear     one pass over the bytes, 16-byte `__ldcs` loads, 4 a thread
   row order  the row kernel's order: blocks of 4 teams of 64 threads, a sequence's 16-position
              slots of the three tensors dealt to its 4 x splits teams in turn, one or two slots
-             in flight a team, 16-byte `__ldcs` loads into registers (no shared memory)
+             in flight a team, 16-byte `__ldcs` loads into registers (no shared memory);
+             again with `__ldcg` (L2's normal eviction policy, which the kernel's cp.async
+             copies have)
 
 and, in the same run, SDPA fp16 decode (the fastest backend that runs) and the CUDA kernel
 as dispatched (cuda_dba_*), timed as kernels_gpu.py times them (CUDA graphs over enough input
@@ -50,7 +52,8 @@ extern "C" __global__ void read_linear(const uint4* __restrict__ x, unsigned* si
 """
 
 # XR0..XR2: bytes a position of each tensor (so a 16-position slot is XR0 + XR1 + XR2 16-byte
-# pieces); XU: slots whose loads a team issues before it uses any.
+# pieces); XU: slots whose loads a team issues before it uses any; XLOAD: __ldcs (L2 evicts
+# the lines first) or __ldcg (L2's normal policy, as cp.async.cg and bulk copies have).
 ROW_ORDER = r"""
 extern "C" __global__ void read_rows(const unsigned char* t0, const unsigned char* t1,
                                      const unsigned char* t2, unsigned* sink, int S, int nsplit) {
@@ -72,7 +75,7 @@ extern "C" __global__ void read_rows(const unsigned char* t0, const unsigned cha
                     const uint4* src = i < XR0 ? (const uint4*)(t0 + pos * XR0) + i
                                      : i < XR0 + XR1 ? (const uint4*)(t1 + pos * XR1) + (i - XR0)
                                      : (const uint4*)(t2 + pos * XR2) + (i - XR0 - XR1);
-                    v[u][j] = __ldcs(src);
+                    v[u][j] = XLOAD(src);
                 }
             }
         }
@@ -107,7 +110,8 @@ def reads(B: int, S: int, kind: str, l2: int) -> dict[str, float]:
     sink = torch.zeros(1, dtype=torch.int32, device="cuda")
     sets = [[torch.ones(B * S * r // 4, dtype=torch.int32, device="cuda") for r in rows]
             for _ in range(copies)]  # fmt: skip
-    best = {"linear": float("inf"), "row order": float("inf")}
+    best = {"linear": float("inf"), "row order": float("inf"),
+            "row order, __ldcg": float("inf")}  # fmt: skip
     # The linear read takes the three tensors one after the other (3 launches a pass).
     fn = cp.RawModule(code=LINEAR).get_function("read_linear")
     for threads in (256, 512, 1024):
@@ -121,9 +125,10 @@ def reads(B: int, S: int, kind: str, l2: int) -> dict[str, float]:
                 )  # fmt: skip
                 calls.append(lambda launch=launch, t=t: launch(t))
         best["linear"] = min(best["linear"], kg.time_per_call(calls) * len(sets[0]))
-    for unroll in (1, 2):
+    for unroll, load, row in ((1, "__ldcs", "row order"), (2, "__ldcs", "row order"),
+                              (1, "__ldcg", "row order, __ldcg")):  # fmt: skip
         mod = cp.RawModule(code=ROW_ORDER, options=(
-            f"-DXU={unroll}", *(f"-DXR{i}={r}" for i, r in enumerate(rows))))  # fmt: skip
+            f"-DXU={unroll}", f"-DXLOAD={load}", *(f"-DXR{i}={r}" for i, r in enumerate(rows))))
         fn = mod.get_function("read_rows")
         for nsplit in (32, 64, 128):
             if S % (16 * 4 * nsplit):
@@ -131,7 +136,7 @@ def reads(B: int, S: int, kind: str, l2: int) -> dict[str, float]:
             launch = _launcher(cp, fn, B * nsplit, 256, lambda ts, nsplit=nsplit: (
                 *(t.data_ptr() for t in ts), sink.data_ptr(), cp.int32(S), cp.int32(nsplit)))
             calls = [lambda launch=launch, ts=ts: launch(ts) for ts in sets]
-            best["row order"] = min(best["row order"], kg.time_per_call(calls))
+            best[row] = min(best[row], kg.time_per_call(calls))
     del sets
     torch.cuda.empty_cache()
     return best
