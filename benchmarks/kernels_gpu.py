@@ -23,7 +23,7 @@ The read_dba_* rows are a floor, not a kernel: a plain streaming read (a Triton 
 and XORs 32-bit words, the fastest of a few launch shapes) of as many bytes as the DBA cache of
 that format holds, timed the same way. It is not the hardware's floor: on an H100 a CUDA read
 with 16-byte streaming loads took 9% less (benchmarks/results/decode_rows_slots.md, "H100
-profile").
+profile"; benchmarks/gpu_read_floor.py times it).
 
     python benchmarks/kernels_gpu.py [--batches 1 8] [--contexts 4096 ... 65536] [--out DIR]
     python benchmarks/kernels_gpu.py --sweep   # launch-parameter sweep, printed only
