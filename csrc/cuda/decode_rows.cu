@@ -24,10 +24,11 @@
 // through each head's sum of weights. A sequence's slots of steps are dealt out in turn to the
 // teams (1 or 2 warps) of all its blocks (slot i to team i mod (kRowRuns n_splits)), so every
 // team at work on a sequence reads near the others (see `position`); a block's teams merge
-// through shared memory into one partial per head. In a team of 2 both warps copy the run's steps into one ring and each computes half
-// of the KV heads (their n-tiles read disjoint k-steps of a row, so no key block is decoded
-// twice): the seed's DBA cache needs 162-168 registers a warp for all 8 KV heads (12 warps an
-// SM) and 120-127 for 4 (16 warps an SM), which H200 decode prefers (below, at row_kernel).
+// through shared memory into one partial per head. In a team of 2 both warps copy the team's
+// slots into one ring and each computes half of the KV heads (their n-tiles read disjoint
+// k-steps of a row, so no key block is decoded twice): the seed's DBA cache needs 162-168
+// registers a warp for all 8 KV heads (12 warps an SM) and 120-127 for 4 (16 warps an SM),
+// which H200 decode prefers (below, at row_kernel).
 //
 // Standard attention's head-layout caches take the same path: each KV head's 16 key rows of
 // a step are staged as one run (as head-layout values are), and the warp reads them as the
@@ -579,7 +580,7 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
 #pragma unroll
             for (int u = 0; u < S::SUB; ++u) {
                 const int t0 = static_cast<int>(position(k)) + u * kStep;
-                if (S::SUB > 1 && t0 >= end) break;  // a split's last slot, partly filled
+                if (S::SUB > 1 && t0 >= end) break;  // the sequence's last slot, partly filled
                 float s[NTW][4];
                 scores(slot(k), u, s);
                 consume(slot(k), u, t0, s);
