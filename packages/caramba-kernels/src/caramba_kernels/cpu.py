@@ -58,6 +58,11 @@ def _array(x: object, name: str, view: bool = True) -> Any:
     if isinstance(x, np.ndarray):
         return x
     if _is_torch(x):
+        if view:
+            try:  # one C call where it works (0.6 us against 1.4 for the checks below)
+                return x.numpy()
+            except (RuntimeError, TypeError):  # grad, not CPU, a sign or conj bit, no numpy dtype
+                pass
         x = x.detach() if getattr(x, "requires_grad", False) else x
         if x.is_neg() or x.is_conj():  # DLPack and numpy see raw memory, not a pending sign
             x = x.resolve_neg().resolve_conj()
