@@ -32,7 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernels_gpu as kg  # noqa: E402
 
-ROW_BYTES = {"q8_0": (34, 68, 272), "q4_0": (18, 36, 144)}  # k_sem, k_geo, v per position
+# The row-order reads timed: (slots in flight a team, load, row name).
+ROW_READS = ((1, "__ldcs", "row order"), (2, "__ldcs", "row order"),
+             (1, "__ldcg", "row order, __ldcg"))  # fmt: skip
 
 LINEAR = r"""
 extern "C" __global__ void read_linear(const uint4* __restrict__ x, unsigned* sink, long long n16) {
@@ -104,14 +106,13 @@ def reads(B: int, S: int, kind: str, l2: int) -> dict[str, float]:
     """Best µs of the linear and the row-order read of B x S positions of `kind` rows."""
     import cupy as cp
 
-    rows = ROW_BYTES[kind]
+    rows = kg.dba_row_bytes(kind)
     moved = B * S * sum(rows)
     copies = max(1, -(-3 * l2 // moved))
     sink = torch.zeros(1, dtype=torch.int32, device="cuda")
     sets = [[torch.ones(B * S * r // 4, dtype=torch.int32, device="cuda") for r in rows]
             for _ in range(copies)]  # fmt: skip
-    best = {"linear": float("inf"), "row order": float("inf"),
-            "row order, __ldcg": float("inf")}  # fmt: skip
+    best = dict.fromkeys(("linear", *(row for *_, row in ROW_READS)), float("inf"))
     # The linear read takes the three tensors one after the other (3 launches a pass).
     fn = cp.RawModule(code=LINEAR).get_function("read_linear")
     for threads in (256, 512, 1024):
@@ -125,8 +126,7 @@ def reads(B: int, S: int, kind: str, l2: int) -> dict[str, float]:
                 )  # fmt: skip
                 calls.append(lambda launch=launch, t=t: launch(t))
         best["linear"] = min(best["linear"], kg.time_per_call(calls) * len(sets[0]))
-    for unroll, load, row in ((1, "__ldcs", "row order"), (2, "__ldcs", "row order"),
-                              (1, "__ldcg", "row order, __ldcg")):  # fmt: skip
+    for unroll, load, row in ROW_READS:
         mod = cp.RawModule(code=ROW_ORDER, options=(
             f"-DXU={unroll}", f"-DXLOAD={load}", *(f"-DXR{i}={r}" for i, r in enumerate(rows))))
         fn = mod.get_function("read_rows")
@@ -167,7 +167,7 @@ def main() -> None:
         for S in args.contexts:
             base = min(kg.measure(b, B, S, l2, 1.0)["us"] for b in sdpa)  # the fastest
             for kind in ("q8_0", "q4_0"):
-                moved = B * S * sum(ROW_BYTES[kind])
+                moved = B * S * kg.dba_bytes_per_token(kind)
                 timed = {**reads(B, S, kind, l2),
                          f"cuda_dba_{kind}": kg.measure(f"cuda_dba_{kind}", B, S, l2, 1.0)["us"]}
                 for read, us in timed.items():

@@ -140,9 +140,14 @@ def dba_tensors(B: int, S: int, kind: str, gen: torch.Generator):
     return qs, qg, ks, kg, v, lengths
 
 
-def dba_bytes_per_token(kind: str) -> int:
+def dba_row_bytes(kind: str) -> tuple[int, int, int]:
+    """Bytes a position of the DBA cache's k_sem, k_geo and v rows (every KV head)."""
     Hkv = DBA["Hkv"]
-    return sum(row_bytes(kind, Hkv * d) for d in (DBA["Ds"], DBA["Dg"], DBA["Dv"]))
+    return tuple(row_bytes(kind, Hkv * DBA[d]) for d in ("Ds", "Dg", "Dv"))
+
+
+def dba_bytes_per_token(kind: str) -> int:
+    return sum(dba_row_bytes(kind))
 
 
 def make_problem(name: str, B: int, S: int, gen: torch.Generator):

@@ -6,27 +6,19 @@ a device run; nvcc here catches it first, for every define set the script passes
 
 from __future__ import annotations
 
-import ast
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "gpu_read_floor.py"
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+import gpu_read_floor  # noqa: E402
+import kernels_gpu  # noqa: E402
+
 NVCC = shutil.which("nvcc")
-
-
-def kernel_sources() -> dict[str, str]:
-    """The module-level CUDA source strings of the script, read without importing it (it
-    imports torch and the benchmark helpers)."""
-    tree = ast.parse(SCRIPT.read_text())
-    return {
-        node.targets[0].id: node.value.value
-        for node in tree.body
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-        and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
-    }  # fmt: skip
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed here")
 
 
 def compile_cuda(source: str, defines: list[str], tmp_path: Path) -> None:
@@ -39,24 +31,21 @@ def compile_cuda(source: str, defines: list[str], tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed here")
+@needs_nvcc
 def test_linear_read_compiles(tmp_path: Path) -> None:
-    compile_cuda(kernel_sources()["LINEAR"], [], tmp_path)
+    compile_cuda(gpu_read_floor.LINEAR, [], tmp_path)
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed here")
-@pytest.mark.parametrize("rows", [(34, 68, 272), (18, 36, 144)])
-@pytest.mark.parametrize("unroll,load", [(1, "__ldcs"), (2, "__ldcs"), (1, "__ldcg")])
-def test_row_order_read_compiles(rows, unroll, load, tmp_path: Path) -> None:
+@needs_nvcc
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("unroll,load", sorted({(u, ld) for u, ld, _ in gpu_read_floor.ROW_READS}))
+def test_row_order_read_compiles(kind, unroll, load, tmp_path: Path) -> None:
+    rows = kernels_gpu.dba_row_bytes(kind)
     defines = [f"-DXU={unroll}", f"-DXLOAD={load}", *(f"-DXR{i}={r}" for i, r in enumerate(rows))]
-    compile_cuda(kernel_sources()["ROW_ORDER"], defines, tmp_path)
+    compile_cuda(gpu_read_floor.ROW_ORDER, defines, tmp_path)
 
 
-def test_the_script_passes_the_formats_it_compiles_here() -> None:
-    """The row widths above are the script's: a change there must show up here."""
-    tree = ast.parse(SCRIPT.read_text())
-    widths = next(
-        ast.literal_eval(node.value) for node in tree.body
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "ROW_BYTES"
-    )  # fmt: skip
-    assert widths == {"q8_0": (34, 68, 272), "q4_0": (18, 36, 144)}
+def test_the_dba_rows_are_the_seed_caches() -> None:
+    """k_sem, k_geo and v bytes a position at Llama-3.2-1B widths (kernels_gpu.py's docstring)."""
+    assert kernels_gpu.dba_row_bytes("q8_0") == (34, 68, 272)
+    assert kernels_gpu.dba_row_bytes("q4_0") == (18, 36, 144)
