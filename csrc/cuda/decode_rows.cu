@@ -213,9 +213,10 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
     const int teams = kRowRuns * p.n_splits, team = split * kRowRuns + run;
     const int slots = end / SP + (end % SP > 0);
     const int run_slots = slots > team ? (slots - 1 - team) / teams + 1 : 0;
-    // The first position of the team's k-th slot (k <= run_slots: past the last, `end`).
+    // The first position of the team's k-th slot (past the last, `end`: in range for any
+    // split count, where the product would not be).
     auto position = [&](int k) {
-        return k < run_slots ? SP * (team + int64_t(teams) * k) : int64_t(end);
+        return k < run_slots ? static_cast<int>(SP * (team + int64_t(teams) * k)) : end;
     };
     const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) +
                           run * S::STAGES * S::STAGE;
@@ -293,7 +294,7 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
     };
     auto slot = [&](int k) { return ring + (k % S::STAGES) * S::STAGE; };
     auto issue = [&](int k) {
-        const int t0 = static_cast<int>(position(k));
+        const int t0 = position(k);
         if (k < run_slots && t0 + SP <= end) stage(std::true_type{}, slot(k), SP);
         else if (k < run_slots) stage(std::false_type{}, slot(k), end - t0);
         copies_commit();  // an empty group where nothing is left: the wait counts stay uniform
@@ -579,7 +580,7 @@ __global__ void __launch_bounds__(S::WARPS * 32, S::MIN_BLOCKS) decode_rows_kern
             issue(k + S::STAGES - 1);
 #pragma unroll
             for (int u = 0; u < S::SUB; ++u) {
-                const int t0 = static_cast<int>(position(k)) + u * kStep;
+                const int t0 = position(k) + u * kStep;
                 if (S::SUB > 1 && t0 >= end) break;  // the sequence's last slot, partly filled
                 float s[NTW][4];
                 scores(slot(k), u, s);
