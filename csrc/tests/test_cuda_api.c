@@ -92,21 +92,28 @@ int main(void) {
         ++failures;
     }
 
-    /* Which kernel serves the call: rows for this narrow-head cache, by request or (AUTO) from
-     * 64k cached positions per call; the per-KV-head kernel otherwise. */
+    /* Which kernel serves the call: rows (4 teams of 2 warps) for this narrow-head cache, by
+     * request, or (AUTO) always where every tensor is q4_0 and otherwise from 64k cached
+     * positions per call; the per-KV-head kernel (a warp per KV head) otherwise. */
     p = llama_dba(dummy);
     p.kernel = CARAMBA_CUDA_KERNEL_ROWS;
-    expect_shape(&p, 4, 128, "rows asked for");
+    expect_shape(&p, 8, 128, "rows asked for");
     p.kernel = CARAMBA_CUDA_KERNEL_HEADS;
     expect_shape(&p, 8, 32, "heads asked for");
     p.kernel = CARAMBA_CUDA_KERNEL_AUTO;
-    expect_shape(&p, 8, 32, "auto, 1024 positions");
+    expect_shape(&p, 8, 128, "auto, q4_0, 1024 positions");
+    p.k_sem.format = p.k_geo.format = p.v.format = CARAMBA_FORMAT_Q8_0;
+    p.k_sem.token_stride = 34;
+    p.k_geo.token_stride = 68;
+    p.v.token_stride = 34;
+    p.v.head_stride = 34 * 1024;
+    expect_shape(&p, 8, 32, "auto, q8_0, 1024 positions");
     p.s_max = 32768;
-    p.v.head_stride = 18 * 32768;
-    expect_shape(&p, 8, 32, "auto, 32768 positions");
+    p.v.head_stride = 34 * 32768;
+    expect_shape(&p, 8, 32, "auto, q8_0, 32768 positions");
     p.batch = 2;
-    expect_shape(&p, 4, 128, "auto, 2 x 32768 positions");
-    p.k_sem.token_stride = 20; /* rows with gaps: no contiguous runs to copy */
+    expect_shape(&p, 8, 128, "auto, q8_0, 2 x 32768 positions");
+    p.k_sem.token_stride = 36; /* rows with gaps: no contiguous runs to copy */
     expect_shape(&p, 8, 32, "auto, sparse key rows");
     p = llama_dba(dummy);
     p.kernel = 7;
