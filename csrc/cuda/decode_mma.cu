@@ -48,6 +48,9 @@ constexpr int kMaxKeySteps = 4;
 template <int KFMT, int VFMT, int NBV, int KS>
 __global__ void __launch_bounds__(kWarps * 32, min_blocks<VFMT, NBV, KS>())
     decode_mma_kernel(const caramba_cuda_decode_params p) {
+    // The merge grid may start as soon as every warp here has (H100, DBA q8_0, batch 1 x 4k:
+    // 9.5 -> 8.8 us a call with the merge a dependent launch).
+    allow_dependent_launch();
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2;  // mma groupID: token row / value row / query head
     const int c = lane & 3;   // mma thread in group: column pair

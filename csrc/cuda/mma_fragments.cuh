@@ -14,6 +14,16 @@ namespace caramba_cuda {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
+// Lets the grid queued after this one (the split merge, launched as a programmatic dependent)
+// start its blocks as this grid's finish, instead of after all of them: the merge waits for
+// this grid's writes itself (griddepcontrol.wait). A no-op before sm_90 and for launches that
+// are not programmatic dependents.
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "

@@ -236,6 +236,25 @@ def test_llama_dba_cache_with_long_context_and_many_splits(launches) -> None:
 
 
 @gpu
+@pytest.mark.parametrize("kernel", ["rows", "heads"])
+def test_merge_as_a_dependent_launch_gives_the_same_bits(launches, monkeypatch, kernel) -> None:
+    """The split merge launched as a programmatic dependent of the kernel (sm_90+: it starts
+    while the kernel's last blocks run and waits for their partials in the kernel) computes
+    exactly what a plain launch after the kernel does, over many splits."""
+    monkeypatch.setitem(ops.TUNING, "cuda_kernel", kernel)
+    gen = torch.Generator().manual_seed(21)
+    for dba in (True, False):
+        formats, problem = draw_rows(gen, dba)
+        S = problem[2].shape[2]
+        got = {}
+        for pdl in (False, True):
+            monkeypatch.setitem(ops.TUNING, "merge_pdl", pdl)
+            got[pdl] = [x.cpu() for x in call(formats, problem, num_splits=max(2, S // 64))]
+        assert all(torch.equal(a, b) for a, b in zip(got[False], got[True], strict=True))
+    assert launches[0] == 4
+
+
+@gpu
 def test_slots_past_the_length_are_never_read(launches) -> None:
     gen = torch.Generator().manual_seed(8)
     ks = [store("q4_0", torch.randn(2, 2, 70, d, generator=gen), False) for d in (32, 32)]

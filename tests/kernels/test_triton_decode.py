@@ -329,3 +329,22 @@ def test_merge_joins_split_partials_by_log_sum_exp(dv) -> None:
     assert (out[2].cpu() == 0).all()
     torch.testing.assert_close(lse.cpu().double().reshape(-1), want_lse, rtol=1e-6, atol=1e-5)
     assert torch.isneginf(lse[2].cpu()).all()
+
+
+def test_the_merge_is_a_dependent_launch_only_on_hopper_gpus(monkeypatch) -> None:
+    """The split merge asks for a programmatic dependent launch (and waits for the partials in
+    the kernel) on sm_90+ GPUs alone: never on the CPU, in the interpreter, on older GPUs, or
+    with TUNING merge_pdl off. test_cuda_decode checks on a GPU that both launches agree."""
+    gpu0 = torch.device("cuda", 0)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(ops, "_hopper_or_newer", lambda device: True)
+    assert ops._dependent_launch(gpu0) == {"WAIT_PRIOR": True, "launch_pdl": True}
+    assert ops._dependent_launch(torch.device("cpu")) == {}
+    monkeypatch.setitem(ops.TUNING, "merge_pdl", False)
+    assert ops._dependent_launch(gpu0) == {}
+    monkeypatch.setitem(ops.TUNING, "merge_pdl", True)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert ops._dependent_launch(gpu0) == {}
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(ops, "_hopper_or_newer", lambda device: False)
+    assert ops._dependent_launch(gpu0) == {}

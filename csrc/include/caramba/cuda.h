@@ -110,7 +110,11 @@ CARAMBA_API int caramba_cuda_decode_warps_per_sm(const caramba_cuda_decode_param
 CARAMBA_API caramba_status caramba_cuda_decode_split_shape(const caramba_cuda_decode_params* params,
                                                            int32_t* warps, int32_t* positions);
 
-/* Launch on `stream` (a cudaStream_t; NULL: the default stream). */
+/* Launch on `stream` (a cudaStream_t; NULL: the default stream). On sm_90+ the kernels allow a
+ * programmatic dependent launch (griddepcontrol.launch_dependents): a merge launched with
+ * cudaLaunchAttributeProgrammaticStreamSerialization starts while their last blocks run, and
+ * must wait for the partials itself (cudaGridDependencySynchronize / griddepcontrol.wait).
+ * A plain launch after them is ordered as usual. */
 CARAMBA_API caramba_status caramba_cuda_decode_partials(const caramba_cuda_decode_params* params,
                                                         void* stream);
 

@@ -262,13 +262,18 @@ def _pv(p, v, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
 def merge_kernel(
     m_ptr, l_ptr, o_ptr, out_ptr, lse_ptr, n_splits, DV,
     DV_PAD: tl.constexpr, P_BLOCK: tl.constexpr, RETURN_LSE: tl.constexpr,
+    WAIT_PRIOR: tl.constexpr = False,
 ):  # fmt: skip
     """One program per (batch, query head): log-sum-exp merge of its splits' partials.
 
     Partials are in the log2 domain; RETURN_LSE also writes ln(sum exp(score)). The merge is
     online over blocks of P_BLOCK splits (rescaling what it has when the maximum rises), so a
     plan of at most P_BLOCK splits loads m, l and o in one round trip, not a pass over m first.
+    WAIT_PRIOR: launched as a programmatic dependent of the kernel that writes the partials
+    (launch_pdl), so it first waits for that grid's writes (griddepcontrol.wait).
     """
+    if WAIT_PRIOR:
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     dv = tl.arange(0, DV_PAD)
     acc = tl.zeros([DV_PAD], tl.float32)

@@ -71,6 +71,9 @@ TUNING: dict[str, Any] = {
     "cuda": True,
     "cuda_kernel": "auto",  # "auto", "heads" or "rows" (caramba_kernels.cuda.KERNELS)
     "cuda_warps_per_sm": None,  # split-K target in warps per SM; None: what one SM holds
+    # The split merge as a programmatic dependent launch on sm_90+ (Hopper): it starts while the
+    # decode kernel's last blocks run and waits for their partials itself.
+    "merge_pdl": True,
 }
 TUNING_ENV = "CARAMBA_TRITON_TUNING"  # a JSON object of TUNING entries to override
 
@@ -154,6 +157,24 @@ def _cuda_kernel_runs(device: torch.device) -> bool:
     """Whether libcaramba_kernels_cuda is built and has code for this GPU (sm_80 and newer:
     mma.sync m16n8k16 and movmatrix); older GPUs keep the Triton kernels."""
     return cuda.load() is not None and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+@functools.cache
+def _hopper_or_newer(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+def _dependent_launch(device: torch.device) -> dict[str, bool]:
+    """Launch options of the split merge: on sm_90+ GPUs (TUNING merge_pdl) a programmatic
+    dependent launch of the decode kernel before it, which waits for the partials in the kernel
+    (griddepcontrol.wait), so its launch overlaps that kernel's last blocks, not follows them;
+    elsewhere (and in the CPU interpreter) a plain launch."""
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if not TUNING["merge_pdl"] or device.type != "cuda" or interpreted:
+        return {}
+    if not _hopper_or_newer(device):
+        return {}
+    return {"WAIT_PRIOR": True, "launch_pdl": True}
 
 
 def _pow2(n: int) -> int:
@@ -727,6 +748,7 @@ class TritonBackend:
             *parts, out, lse, n_splits, Dv,
             DV_PAD=dv_pad, P_BLOCK=p_block, RETURN_LSE=return_lse,
             num_warps=min(4, max(1, p_block * dv_pad // 2048)),
+            **_dependent_launch(out.device),
         )  # fmt: skip
 
     def _launch_cuda(self, qs, kviews, vview, scales, lengths, Hkv, num_splits, out, lse,
