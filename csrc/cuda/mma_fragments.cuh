@@ -15,9 +15,9 @@ namespace caramba_cuda {
 constexpr float kLog2e = 1.4426950408889634f;
 
 // Lets the grid queued after this one (the split merge, launched as a programmatic dependent)
-// start its blocks as this grid's finish, instead of after all of them: the merge waits for
-// this grid's writes itself (griddepcontrol.wait). A no-op before sm_90 and for launches that
-// are not programmatic dependents.
+// start its blocks while this grid's last blocks run, instead of after all of them: the merge
+// waits for this grid's writes itself (griddepcontrol.wait). A no-op before sm_90, and where
+// the next launch is not a programmatic dependent.
 __device__ __forceinline__ void allow_dependent_launch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");
