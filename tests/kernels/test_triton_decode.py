@@ -333,12 +333,17 @@ def test_merge_joins_split_partials_by_log_sum_exp(dv) -> None:
 
 def test_the_merge_is_a_dependent_launch_only_on_hopper_gpus(monkeypatch) -> None:
     """The split merge asks for a programmatic dependent launch (and waits for the partials in
-    the kernel) on sm_90+ GPUs alone: never on the CPU, in the interpreter, on older GPUs, or
-    with TUNING merge_pdl off. test_cuda_decode checks on a GPU that both launches agree."""
+    the kernel) on sm_90+ GPUs alone: never on the CPU, in the interpreter, on older GPUs, with
+    a triton that lacks launch_pdl, or with TUNING merge_pdl off. test_cuda_decode checks on a
+    GPU that both launches agree."""
     gpu0 = torch.device("cuda", 0)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(ops, "_hopper_or_newer", lambda device: True)
+    monkeypatch.setattr(ops, "_triton_launches_dependents", lambda: True)
     assert ops._dependent_launch(gpu0) == {"WAIT_PRIOR": True, "launch_pdl": True}
+    monkeypatch.setattr(ops, "_triton_launches_dependents", lambda: False)  # triton < 3.3
+    assert ops._dependent_launch(gpu0) == {}
+    monkeypatch.setattr(ops, "_triton_launches_dependents", lambda: True)
     assert ops._dependent_launch(torch.device("cpu")) == {}
     monkeypatch.setitem(ops.TUNING, "merge_pdl", False)
     assert ops._dependent_launch(gpu0) == {}

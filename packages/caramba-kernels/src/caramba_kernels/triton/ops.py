@@ -164,15 +164,30 @@ def _hopper_or_newer(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) >= (9, 0)
 
 
+@functools.cache
+def _triton_launches_dependents() -> bool:
+    """Whether this triton has programmatic dependent launches (the launch_pdl option and
+    gdc_wait: triton 3.3 and newer; the package takes triton >= 3.0)."""
+    try:
+        import dataclasses
+
+        import triton.language as tl
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return False
+    options = {field.name for field in dataclasses.fields(CUDAOptions)}
+    return "launch_pdl" in options and hasattr(tl.extra.cuda, "gdc_wait")
+
+
 def _dependent_launch(device: torch.device) -> dict[str, bool]:
     """Launch options of the split merge: on sm_90+ GPUs (TUNING merge_pdl) a programmatic
     dependent launch of the decode kernel before it, which waits for the partials in the kernel
     (griddepcontrol.wait), so its launch overlaps that kernel's last blocks, not follows them;
-    elsewhere (and in the CPU interpreter) a plain launch."""
+    elsewhere (older GPUs or triton, and the CPU interpreter) a plain launch."""
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     if not TUNING["merge_pdl"] or device.type != "cuda" or interpreted:
         return {}
-    if not _hopper_or_newer(device):
+    if not _hopper_or_newer(device) or not _triton_launches_dependents():
         return {}
     return {"WAIT_PRIOR": True, "launch_pdl": True}
 
