@@ -762,8 +762,8 @@ inline Lanes tile_lanes(int64_t row_stride, int first, int n) {
 // Dwords 0-3 of the 16 bytes at `at` of all 16 lanes' rows (every lane valid) as w[0..3], lane
 // r of w[j] being dword j of row r: 16 loads, three inserts a vector and a 4 x 4 transpose in
 // each 128-bit lane (vector k holds rows k, 4 + k, 8 + k, 12 + k, so the transpose leaves the
-// rows in lane order). The same bytes as four gather4 calls; AMD Zen 5 runs vpgatherdd slowly
-// (DBA, one thread, 8k: q4_0 220 -> 201 us and q8_0 253 -> 208 us with the code gathers gone).
+// rows in lane order). The same bytes as four gather4 calls, which AMD Zen 5 runs slowly: a
+// DBA call, one thread, 8k, us, gathers -> this: q4_0 216.7 -> 203.3, q8_0 252.4 -> 211.7.
 inline void load4_rows(const uint8_t* at, const Lanes& lanes, __m512i* w) {
     const uint8_t* row0 = at + lanes.first;
     const int64_t st = lanes.stride;
