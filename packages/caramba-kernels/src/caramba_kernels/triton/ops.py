@@ -184,8 +184,7 @@ def _dependent_launch(device: torch.device) -> dict[str, bool]:
     dependent launch of the decode kernel before it, which waits for the partials in the kernel
     (griddepcontrol.wait), so its launch overlaps that kernel's last blocks, not follows them;
     elsewhere (older GPUs or triton, and the CPU interpreter) a plain launch."""
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if not TUNING["merge_pdl"] or device.type != "cuda" or interpreted:
+    if not TUNING["merge_pdl"] or device.type != "cuda" or interpreting():
         return {}
     if not _hopper_or_newer(device) or not _triton_launches_dependents():
         return {}
