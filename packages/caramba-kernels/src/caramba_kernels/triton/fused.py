@@ -67,28 +67,44 @@ def _load_raw(base, t_off, tmask, s_h, DSUB, NVAL, col0, FMT: tl.constexpr, N: t
 
 
 @triton.jit
+def _halves(pairs):
+    """fp16 (..., 2): the values whose bits are the low and the high half of each int32."""
+    lo = (pairs & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+    hi = (pairs >> 16).to(tl.int16).to(tl.float16, bitcast=True)
+    return tl.join(lo, hi)
+
+
+@triton.jit
 def _unpack(w, d, FMT: tl.constexpr, N: tl.constexpr, C: tl.constexpr, SCALED: tl.constexpr):
-    """fp16 (N, C) tile: raw integers (q8_0: q, q4_0: n in 0..15) or, SCALED, the values."""
+    """fp16 (N, C) tile: raw integers (q8_0: q, q4_0: n in 0..15) or, SCALED, the values.
+
+    No integer-to-float conversions: each code lands in the mantissa of fp16 1024 (bits
+    0x6400, whose unit in the last place is 1), two codes to an int32, so 1024 + code (q8_0:
+    1152 + q, the sign bit flipped) comes from logic ops alone. Taking the offset off is exact,
+    and the one fp16 product with the block scale rounds as float32's product (exact: 8 by 11
+    significant bits) rounded to fp16 would, so the tiles are those of a float32 conversion bit
+    for bit (tests/kernels/test_triton_unpack.py).
+    """
     if FMT == 1:
         return w
     else:
         w = w.to(tl.int32)  # sign-extended
         if FMT == 2:
-            q = tl.join((w << 24) >> 24, w >> 8)
+            # bytes 0 and 1 of the word into the low bytes of the halves, 0x64 above each
+            x = _halves(((w & 0xFF) | ((w << 8) & 0xFF0000)) ^ 0x64806480)
+            offset: tl.constexpr = 1152.0
             if SCALED:
-                x = (q.to(tl.float32) * d.to(tl.float32)[:, :, None, None]).to(tl.float16)
+                x = (x - offset) * d[:, :, None, None]
             else:
-                x = q.to(tl.float16)
+                x = x - offset
         else:
-            b0 = w & 0xFF
-            b1 = (w >> 8) & 0xFF
-            q = tl.join(tl.join(b0 & 15, b1 & 15), tl.join(b0 >> 4, b1 >> 4))
+            byte = tl.join(w & 0xFF, (w >> 8) & 0xFF)
+            # a byte's low nibble (value j) and high nibble (value j + 16) side by side
+            x = _halves((byte & 0xF) | ((byte & 0xF0) << 12) | 0x64006400)
             if SCALED:
-                x = ((q - 8).to(tl.float32) * d.to(tl.float32)[:, :, None, None, None]).to(
-                    tl.float16
-                )
+                x = (x - 1032.0) * d[:, :, None, None, None]
             else:
-                x = q.to(tl.float16)
+                x = x - 1024.0
         return tl.reshape(x, (N, C))
 
 
@@ -119,6 +135,57 @@ def _block_diag_q(q_ptr, q_b, sq_h, heads, kvh, hmask, d, scale, col0, FMT: tl.c
 
 
 @triton.jit
+def _scores(q, k, ROWS: tl.constexpr):
+    """One step's scores: (positions, heads) with ROWS (q given as (C, HQ)), else (heads,
+    positions). Positions as the rows make the cache tile the large operand: Hopper runs the
+    products as warpgroup MMAs, and the queries stay put instead of being copied into each
+    MMA's operand registers (benchmarks/results/decode_rows_slots.md, session 27)."""
+    if ROWS:
+        s = tl.dot(k, q, out_dtype=tl.float32)
+    else:
+        s = tl.dot(q, tl.trans(k), out_dtype=tl.float32)
+    return s
+
+
+@triton.jit
+def _per_position(x, ROWS: tl.constexpr):
+    """A (positions,) vector broadcast against the scores."""
+    if ROWS:
+        y = x[:, None]
+    else:
+        y = x[None, :]
+    return y
+
+
+@triton.jit
+def _per_head(x, ROWS: tl.constexpr):
+    """A (heads,) vector broadcast against the scores (and the ROWS accumulator)."""
+    if ROWS:
+        y = x[None, :]
+    else:
+        y = x[:, None]
+    return y
+
+
+@triton.jit
+def _max_over_positions(s, ROWS: tl.constexpr):
+    if ROWS:
+        y = tl.max(s, axis=0)
+    else:
+        y = tl.max(s, axis=1)
+    return y
+
+
+@triton.jit
+def _sum_over_positions(p, ROWS: tl.constexpr):
+    if ROWS:
+        y = tl.sum(p, axis=0)
+    else:
+        y = tl.sum(p, axis=1)
+    return y
+
+
+@triton.jit
 def fused_decode_kernel(
     q1_ptr, q2_ptr, k1_ptr, k2_ptr, v_ptr, len_ptr,
     m_ptr, l_ptr, o_ptr, lse_ptr,
@@ -132,7 +199,8 @@ def fused_decode_kernel(
     HKV: tl.constexpr, DVP: tl.constexpr,
     K1_FMT: tl.constexpr, K2_FMT: tl.constexpr, V_FMT: tl.constexpr,
     GROUPED: tl.constexpr, FOLDV: tl.constexpr, PREFETCH: tl.constexpr, WIDE: tl.constexpr,
-    DBA: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, RETURN_LSE: tl.constexpr,
+    DBA: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
+    RETURN_LSE: tl.constexpr,
 ):  # fmt: skip
     """One program: one (batch, split) and the query heads of `kvp` KV heads (all of them by
     default; grid (B, splits, Hkv / kvp)); it reads only the blocks that hold its KV heads.
@@ -141,6 +209,9 @@ def fused_decode_kernel(
     Scores are in the log2 domain (scales arrive multiplied by log2 e). PREFETCH loads the
     next step's raw tiles before the current step is computed (more registers, loads in
     flight). Offsets inside one sequence's cache are int32 unless WIDE.
+
+    ROWS (ops.fused_constexprs: block-format tiles, not GROUPED) takes the products with the
+    positions as rows: scores (N, HQ) = K @ Qbd^T and the accumulator (CV, HQ) = V^T @ P^T.
 
     GROUPED (Hkv = HKV and dv = DVP powers of two, each KV head's values a contiguous range of
     the tile): the value tile (N, HKV*DVP) is viewed as (N*HKV, DVP) rows of one head each, and
@@ -169,11 +240,15 @@ def fused_decode_kernel(
     c2 = _window(kv0, d2, K2_FMT)
     cv = _window(kv0, dv, V_FMT)
     qbd1 = _block_diag_q(q1_ptr, b64 * sq1_b, sq1_h, heads, kvh, hmask, d1, scale1, c1, K1_FMT, C1)
+    if ROWS:
+        qbd1 = tl.trans(qbd1)
     base1 = k1_ptr + b64 * k1_b
     if DBA:
         qbd2 = _block_diag_q(
             q2_ptr, b64 * sq2_b, sq2_h, heads, kvh, hmask, d2, scale2, c2, K2_FMT, C2
         )
+        if ROWS:
+            qbd2 = tl.trans(qbd2)
         base2 = k2_ptr + b64 * k2_b
     base_v = v_ptr + b64 * v_b
 
@@ -183,6 +258,8 @@ def fused_decode_kernel(
     if GROUPED:
         acc = tl.zeros([HQ, DVP], tl.float32)
         own = kvh[:, None] == tl.arange(0, HKV)[None, :]  # (HQ, HKV)
+    elif ROWS:
+        acc = tl.zeros([CV, HQ], tl.float32)  # transposed: value columns as the rows
     else:
         acc = tl.zeros([HQ, CV], tl.float32)
 
@@ -217,15 +294,15 @@ def fused_decode_kernel(
                 w2, s2 = w2n, s2n
 
         k = _unpack(w1, s1, K1_FMT, BLOCK_N, C1, True)
-        s = tl.dot(qbd1, tl.trans(k), out_dtype=tl.float32)
+        s = _scores(qbd1, k, ROWS)
         if DBA:
             k = _unpack(w2, s2, K2_FMT, BLOCK_N, C2, True)
-            s += tl.dot(qbd2, tl.trans(k), out_dtype=tl.float32)
-        s = tl.where(tmask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            s += _scores(qbd2, k, ROWS)
+        s = tl.where(_per_position(tmask, ROWS), s, float("-inf"))
+        m_new = tl.maximum(m_i, _max_over_positions(s, ROWS))
         alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        p = tl.exp2(s - _per_head(m_new, ROWS))
+        l_i = l_i * alpha + _sum_over_positions(p, ROWS)
         x = _unpack(wv, sv, V_FMT, BLOCK_N, CV, not FOLDV)
         if GROUPED:
             if FOLDV:
@@ -238,6 +315,9 @@ def fused_decode_kernel(
                 off_i = off_i * alpha + tl.sum(pd.to(tl.float32), axis=1)
             xr = tl.reshape(x, (BLOCK_N * HKV, DVP))
             acc = acc * alpha[:, None] + tl.dot(pd, xr, out_dtype=tl.float32)
+        elif ROWS:
+            pv = tl.dot(tl.trans(x), p.to(tl.float16), out_dtype=tl.float32)
+            acc = acc * alpha[None, :] + pv
         else:
             acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), x, out_dtype=tl.float32)
         m_i = m_new
@@ -248,6 +328,8 @@ def fused_decode_kernel(
             if DBA:
                 w2, s2 = w2n, s2n
 
+    if ROWS:
+        acc = tl.trans(acc)
     row = b64 * Hq + heads
     if GROUPED:
         if FOLDV and V_FMT == 3:

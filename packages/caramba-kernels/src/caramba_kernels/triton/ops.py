@@ -467,13 +467,18 @@ def fused_constexprs(
     """
     codes = _kernels().FORMAT_CODES
     grouped = _grouped(Hkv, v, groups)
+    # Positions as the products' rows where every tile is unpacked from blocks: 4-6% faster on
+    # an H100. fp16 tiles keep the heads as rows: they gained nothing, and with odd head widths
+    # (dv 45, 65) that instance read out of bounds on the H100 under triton 3.6 (cause not
+    # found; benchmarks/results/decode_rows_slots.md, session 27).
+    rows = not grouped and all(x.kind in ("q8_0", "q4_0") for x in (*keys, v))
     return dict(
         HQ=_pad(Hq // groups), C1=_window(keys[0], Hkv, groups), C2=_window(keys[-1], Hkv, groups),
         CV=_window(v, Hkv, groups),
         K1_FMT=codes[keys[0].kind], K2_FMT=codes[keys[-1].kind], V_FMT=codes[v.kind],
         HKV=Hkv, DVP=_pow2(v.d), GROUPED=grouped, PREFETCH=bool(TUNING["fused_prefetch"]),
         WIDE=wide, FOLDV=grouped and v.kind != "f16" and v.d == BLOCKS[v.kind][0],
-        DBA=len(keys) == 2, BLOCK_N=block_n, SINGLE=single, RETURN_LSE=return_lse,
+        DBA=len(keys) == 2, ROWS=rows, BLOCK_N=block_n, SINGLE=single, RETURN_LSE=return_lse,
     )  # fmt: skip
 
 
