@@ -33,6 +33,7 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packages/caramba-kernels/src"))
 os.environ.pop("TRITON_INTERPRET", None)  # a real compile, not the interpreter
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
@@ -86,10 +87,14 @@ def shape(attention: str, kind: str) -> tuple[dict[str, int], list[SimpleNamespa
     return heads, views, ops._head_groups(heads["Hkv"], views)
 
 
-def default_block_n(attention: str, kind: str) -> int:
-    """Positions a step as ops.plan_fused picks them (fewer for wide tiles)."""
+def default_launch(attention: str, kind: str) -> tuple[int, dict[str, int]]:
+    """(positions a step, compile options) as ops.plan_fused picks them for these caches (fewer
+    positions for wide tiles; q4_0 caches take TUNING's fused_q4_0 entries)."""
     heads, caches, groups = shape(attention, kind)
-    return ops.fused_block_n(ops._fused_columns(heads["Hkv"], caches[:-1], caches[-1], groups))
+    tuning = ops.fused_tuning(caches)
+    columns = ops._fused_columns(heads["Hkv"], caches[:-1], caches[-1], groups)
+    plan = ops.plan_fused(1, 4096, torch.device("cpu"), None, groups, columns, tuning)
+    return plan.block_n, {"num_warps": plan.num_warps, **dict(plan.options)}
 
 
 def constexprs(attention: str, kind: str, block_n: int) -> dict[str, object]:
@@ -160,15 +165,17 @@ def main() -> None:
     )
     parser.add_argument("--format", choices=sorted(ops.FUSED_FORMATS), default="q4_0")
     parser.add_argument("--block-n", type=int, help="positions a step (default: as ops plans)")
-    parser.add_argument("--num-warps", type=int, default=int(ops.TUNING["fused_num_warps"]))
-    parser.add_argument("--maxnreg", type=int, default=None, help="register cap a thread")
+    parser.add_argument("--num-warps", type=int, help="warps a program (default: as ops plans)")
+    parser.add_argument("--maxnreg", type=int, help="register cap a thread (default: as ops plans)")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, 90: H100/H200")
     parser.add_argument("--sass", type=Path, help="also write the whole SASS listing here")
     args = parser.parse_args()
-    options = {"num_warps": args.num_warps}
+    planned_block_n, options = default_launch(args.attention, args.format)
+    if args.num_warps:
+        options["num_warps"] = args.num_warps
     if args.maxnreg:
         options["maxnreg"] = args.maxnreg
-    block_n = args.block_n or default_block_n(args.attention, args.format)
+    block_n = args.block_n or planned_block_n
     if block_n < 16 or block_n & (block_n - 1):
         sys.exit(f"--block-n {block_n}: expected a power of two >= 16 (tl.dot's smallest tile).")
     try:
@@ -190,21 +197,21 @@ def main() -> None:
         args.sass.write_text(sass)
     loop = main_loop(sass)
     mix = collections.Counter(opcode(t) for t in loop).most_common(16)
-    cap = f", maxnreg {args.maxnreg}" if args.maxnreg else ""
+    cap = f", maxnreg {options['maxnreg']}" if "maxnreg" in options else ""
     print(f"triton {triton.__version__}, sm_{args.arch}, {args.attention} {args.format}, "
-          f"BLOCK_N {block_n}, {args.num_warps} warps{cap}")  # fmt: skip
+          f"BLOCK_N {block_n}, {options['num_warps']} warps{cap}")  # fmt: skip
     if usage:
         regs, stack, shared = map(int, usage.groups())
         print(
             f"registers a thread {regs}, stack (spills) {stack} bytes, static shared {shared} bytes"
         )
-        limits = programs_per_sm(args.arch, regs, kernel.metadata.shared, args.num_warps)
+        limits = programs_per_sm(args.arch, regs, kernel.metadata.shared, options["num_warps"])
         if limits:
             binding = min(limits, key=limits.get)
             print(f"programs an SM {limits[binding]} (bound by {binding}; "
                   + ", ".join(f"{k} {v}" for k, v in limits.items())
                   + f"; shared {kernel.metadata.shared} bytes a program)")  # fmt: skip
-    per_position = len(loop) * args.num_warps / block_n
+    per_position = len(loop) * options["num_warps"] / block_n
     print(f"main loop: {len(loop)} instructions a warp a step ({per_position:.1f} a position)")
     print("  " + ", ".join(f"{name} {count}" for name, count in mix))
     mma = collections.Counter(op for op in map(opcode, loop) if op in TENSOR_CORE_OPS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -176,6 +177,7 @@ def test_llama_dba_layout_matches_float64(head_groups, grouped, prefetch, monkey
     monkeypatch.setitem(ops.TUNING, "fused_prefetch", prefetch)
     if prefetch:  # steps of 16 positions, so a split holds several and the prefetch matters
         monkeypatch.setitem(ops.TUNING, "fused_block_n", 16)
+        monkeypatch.setitem(ops.TUNING, "fused_q4_0", {})  # the q4_0 case too
     gen = torch.Generator().manual_seed(5)
     B, Hkv, group, S = 2, 8, 4 if ON_GPU else 2, 300 if ON_GPU else 70
     lengths = torch.tensor([S, S // 3], dtype=torch.int32)
@@ -312,3 +314,22 @@ def test_head_layout_caches_take_the_fused_kernel_one_kv_head_per_program() -> N
         assert plan.block_n * columns <= ops.FUSED_MAX_TILE
     kviews, vview = views(("nf4", "nf4"), 64, False)
     assert not ops.fused_applies(32, kviews, vview)  # nf4 stays on the per-KV-head kernel
+
+
+def test_all_q4_0_calls_take_their_own_launch(monkeypatch) -> None:
+    """TUNING["fused_q4_0"] replaces the launch keys where every tensor is q4_0, and only there;
+    the plan carries its compile options to the launch; a bad override names the key."""
+    q4 = [SimpleNamespace(kind="q4_0")] * 3
+    mixed = [SimpleNamespace(kind=kind) for kind in ("q4_0", "q8_0", "q4_0")]
+    monkeypatch.setitem(ops.TUNING, "fused_q4_0", {"fused_block_n": 32, "fused_maxnreg": 96})
+    tuning = ops.fused_tuning(q4)
+    assert tuning["fused_block_n"] == 32 and tuning["fused_maxnreg"] == 96
+    assert ops.fused_tuning(mixed)["fused_block_n"] == ops.TUNING["fused_block_n"]
+    assert ops.fused_tuning(mixed)["fused_maxnreg"] is ops.TUNING["fused_maxnreg"]
+    plan = ops.plan_fused(1, 4096, torch.device("cpu"), None, 2, 192, tuning)
+    assert plan.block_n == 32 and dict(plan.options) == {"maxnreg": 96}
+    assert ops.plan_fused(1, 4096, torch.device("cpu"), None, 2, 192).options == ()
+    monkeypatch.setitem(ops.TUNING, "fused_q4_0", {"block_n": 32})
+    with pytest.raises(ValueError, match=r'TUNING\["fused_q4_0"\]: expected an object of keys'):
+        ops.fused_tuning(q4)
+

@@ -64,6 +64,11 @@ TUNING: dict[str, Any] = {
     "fused_num_stages": None,  # None: triton's default software pipelining
     "fused_maxnreg": None,  # a register cap per thread (more programs per SM), None: none
     "fused_head_groups": 2,  # programs per (batch, split), each over Hkv / this KV heads
+    # fused_* entries that replace the ones above where every tensor of a call is q4_0 ({}: none).
+    # 64 positions a step under a 128-register cap fit 4 programs an SM: on an H100, DBA q4_0
+    # batch 8 x 32k 70.7 -> 66.2 us, batch 1 x 4k 18.6 -> 12.7, standard q4_0 32k 191 -> 175;
+    # q8_0 was slower that way (benchmarks/results/decode_rows_slots.md, session 27).
+    "fused_q4_0": {"fused_block_n": 64, "fused_waves": 4, "fused_maxnreg": 128},
     # The tensor-core CUDA kernels (caramba_kernels.cuda) for q8_0/q4_0 caches they serve, where
     # the package was built with them: the per-KV-head kernel (one warp per (batch, KV head,
     # split)) and the row kernel (one block per (batch, split, group of KV heads), every KV
@@ -322,6 +327,7 @@ class DecodePlan:
     precision: str
     g_pad: int
     packed: bool
+    options: tuple[tuple[str, int], ...] = ()  # triton compile options (num_stages, maxnreg)
 
 
 def plan_decode(
@@ -355,10 +361,29 @@ def plan_decode(
     )
 
 
-def _launch_options() -> dict[str, int]:
-    """The fused kernel's optional compile options that TUNING sets (none by default)."""
+_FUSED_LAUNCH_KEYS = {"fused_block_n", "fused_num_warps", "fused_waves", "fused_num_stages",
+                      "fused_maxnreg"}  # fmt: skip
+
+
+def fused_tuning(tensors: list[Any]) -> dict[str, Any]:
+    """TUNING as the all-heads kernel's launch for these caches reads it: with the entries of
+    TUNING["fused_q4_0"] in place where every tensor is q4_0 (`kind` is all that is read)."""
+    tuning = dict(TUNING)
+    if all(x.kind == "q4_0" for x in tensors):
+        override = TUNING["fused_q4_0"]
+        if not isinstance(override, dict) or not set(override) <= _FUSED_LAUNCH_KEYS:
+            raise ValueError(
+                f'TUNING["fused_q4_0"]: expected an object of keys from '
+                f"{sorted(_FUSED_LAUNCH_KEYS)}, got {override!r}"
+            )
+        tuning.update(override)
+    return tuning
+
+
+def _launch_options(tuning: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+    """The fused kernel's optional compile options that the tuning sets (none by default)."""
     names = {"fused_num_stages": "num_stages", "fused_maxnreg": "maxnreg"}
-    return {opt: int(TUNING[key]) for key, opt in names.items() if TUNING[key] is not None}
+    return tuple((opt, int(tuning[key])) for key, opt in names.items() if tuning[key] is not None)
 
 
 def _kv_heads(key: CacheView) -> int:
@@ -447,11 +472,12 @@ def _fused_columns(Hkv: int, keys: list[CacheView], v: CacheView, groups: int) -
     return sum(_window(x, Hkv, groups) for x in (*keys, v))
 
 
-def fused_block_n(columns: int) -> int:
-    """Positions a loop step of the all-heads kernel: TUNING's, fewer (a power of two, at least
-    16) where a step's tiles, `columns` values a token, would pass FUSED_MAX_TILE."""
+def fused_block_n(columns: int, tuning: dict[str, Any] | None = None) -> int:
+    """Positions a loop step of the all-heads kernel: the tuning's (TUNING's by default), fewer
+    (a power of two, at least 16) where a step's tiles, `columns` values a token, would pass
+    FUSED_MAX_TILE."""
     fit = max(16, FUSED_MAX_TILE // columns)
-    return min(int(TUNING["fused_block_n"]), 1 << (fit.bit_length() - 1))
+    return min(int((tuning or TUNING)["fused_block_n"]), 1 << (fit.bit_length() - 1))
 
 
 def fused_constexprs(
@@ -483,17 +509,20 @@ def fused_constexprs(
 
 
 def plan_fused(
-    B: int, S_max: int, device: torch.device, num_splits: int | None, groups: int, columns: int
-) -> DecodePlan:
+    B: int, S_max: int, device: torch.device, num_splits: int | None, groups: int, columns: int,
+    tuning: dict[str, Any] | None = None,
+) -> DecodePlan:  # fmt: skip
     """Split-K plan of the all-heads kernel: (batch, split, head group) programs filling the GPU,
-    `fused_block_n(columns)` positions a loop step (wide heads would run out of shared memory)."""
-    block_n = fused_block_n(columns)
-    target = int(TUNING["fused_waves"]) * _sm_count(device)
+    `fused_block_n(columns)` positions a loop step (wide heads would run out of shared memory),
+    launched as `tuning` (fused_tuning's for the call; TUNING by default) says."""
+    tuning = tuning or TUNING
+    block_n = fused_block_n(columns, tuning)
+    target = int(tuning["fused_waves"]) * _sm_count(device)
     split_len, n_splits = _splits(B * groups, S_max, block_n, target, num_splits)
     return DecodePlan(
         block_n=block_n, split_len=split_len, n_splits=n_splits,
-        num_warps=int(TUNING["fused_num_warps"]), use_dot=True, precision="fp16", g_pad=0,
-        packed=True,
+        num_warps=int(tuning["fused_num_warps"]), use_dot=True, precision="fp16", g_pad=0,
+        packed=True, options=_launch_options(tuning),
     )  # fmt: skip
 
 
@@ -689,7 +718,8 @@ class TritonBackend:
         if fused_applies(Hq, kviews, vview):
             groups = _head_groups(Hkv, [*kviews, vview])
             columns = _fused_columns(Hkv, kviews, vview, groups)
-            plan = plan_fused(B, S_max, q.device, num_splits, groups, columns)
+            tuning = fused_tuning([*kviews, vview])
+            plan = plan_fused(B, S_max, q.device, num_splits, groups, columns, tuning)
             self._launch_fused(qs, kviews, vview, scales, lengths, plan, groups, out, lse,
                                return_lse)
         else:
@@ -863,7 +893,7 @@ class TritonBackend:
             q.stride(0), q.stride(1), q2.stride(0), q2.stride(1),
             *tensor_args(k1), *tensor_args(k2), *tensor_args(vview),
             Hq, Hq // Hkv, k1.x.shape[2], plan.split_len, plan.n_splits, Hkv // groups,
-            num_warps=plan.num_warps, **_launch_options(),
+            num_warps=plan.num_warps, **dict(plan.options),
             **fused_constexprs(
                 Hq, Hkv, kviews, vview, groups, plan.block_n, single=plan.n_splits == 1,
                 return_lse=return_lse,
