@@ -333,3 +333,19 @@ def test_all_q4_0_calls_take_their_own_launch(monkeypatch) -> None:
     with pytest.raises(ValueError, match=r'TUNING\["fused_q4_0"\]: expected an object of keys'):
         ops.fused_tuning(q4)
 
+
+
+def test_positions_as_rows_only_where_every_tile_is_blocks() -> None:
+    """The all-heads kernel takes its products with positions as rows only for q8_0/q4_0 tiles:
+    fp16 tiles that way read out of bounds on an H100 (triton 3.6; decode_rows_slots.md,
+    session 27), which the interpreter does not show."""
+
+    def rows(kinds: tuple[str, ...]) -> bool:
+        caches = [SimpleNamespace(kind=k, d=d) for k, d in zip(kinds, (4, 8, 32), strict=True)]
+        return ops.fused_constexprs(
+            32, 8, caches[:-1], caches[-1], 2, 64, single=False, return_lse=False, wide=False
+        )["ROWS"]
+
+    assert rows(("q4_0", "q4_0", "q4_0")) and rows(("q8_0", "q4_0", "q8_0"))
+    assert not rows(("f16", "f16", "f16"))
+    assert not rows(("q8_0", "q8_0", "f16")) and not rows(("f16", "q4_0", "q4_0"))
