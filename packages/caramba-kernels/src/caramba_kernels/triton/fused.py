@@ -148,44 +148,6 @@ def _scores(q, k, ROWS: tl.constexpr):
 
 
 @triton.jit
-def _per_position(x, ROWS: tl.constexpr):
-    """A (positions,) vector broadcast against the scores."""
-    if ROWS:
-        y = x[:, None]
-    else:
-        y = x[None, :]
-    return y
-
-
-@triton.jit
-def _per_head(x, ROWS: tl.constexpr):
-    """A (heads,) vector broadcast against the scores (and the ROWS accumulator)."""
-    if ROWS:
-        y = x[None, :]
-    else:
-        y = x[:, None]
-    return y
-
-
-@triton.jit
-def _max_over_positions(s, ROWS: tl.constexpr):
-    if ROWS:
-        y = tl.max(s, axis=0)
-    else:
-        y = tl.max(s, axis=1)
-    return y
-
-
-@triton.jit
-def _sum_over_positions(p, ROWS: tl.constexpr):
-    if ROWS:
-        y = tl.sum(p, axis=0)
-    else:
-        y = tl.sum(p, axis=1)
-    return y
-
-
-@triton.jit
 def fused_decode_kernel(
     q1_ptr, q2_ptr, k1_ptr, k2_ptr, v_ptr, len_ptr,
     m_ptr, l_ptr, o_ptr, lse_ptr,
@@ -252,6 +214,7 @@ def fused_decode_kernel(
         base2 = k2_ptr + b64 * k2_b
     base_v = v_ptr + b64 * v_b
 
+    POS: tl.constexpr = 1 - ROWS  # the positions' axis of the scores
     m_i = tl.full([HQ], float("-inf"), tl.float32)
     l_i = tl.zeros([HQ], tl.float32)
     off_i = tl.zeros([HQ], tl.float32)  # sum of p * d, for q4_0's -8 (FOLDV)
@@ -298,11 +261,11 @@ def fused_decode_kernel(
         if DBA:
             k = _unpack(w2, s2, K2_FMT, BLOCK_N, C2, True)
             s += _scores(qbd2, k, ROWS)
-        s = tl.where(_per_position(tmask, ROWS), s, float("-inf"))
-        m_new = tl.maximum(m_i, _max_over_positions(s, ROWS))
+        s = tl.where(tl.expand_dims(tmask, 1 - POS), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=POS))
         alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - _per_head(m_new, ROWS))
-        l_i = l_i * alpha + _sum_over_positions(p, ROWS)
+        p = tl.exp2(s - tl.expand_dims(m_new, POS))
+        l_i = l_i * alpha + tl.sum(p, axis=POS)
         x = _unpack(wv, sv, V_FMT, BLOCK_N, CV, not FOLDV)
         if GROUPED:
             if FOLDV:
