@@ -9,7 +9,9 @@ per token and does a full round of address arithmetic for them. Here one program
 
 where Qbd is block-diagonal (query head h holds its values in the columns of KV head h // G,
 zeros elsewhere), so the tensor cores do the work on whole rows (fp16 operands, fp32
-accumulation). The weighted values P (Hq, N) @ V (N, Hkv*dv) are taken per (token, KV head)
+accumulation). Block-format caches take the same products transposed (ROWS: positions as the
+rows, scores (N, Hq) = K Qbd^T, values V^T P^T), which Hopper runs as warpgroup MMAs. The
+weighted values P (Hq, N) @ V (N, Hkv*dv) are taken per (token, KV head)
 row when the shapes allow (GROUPED in fused_decode_kernel), so the accumulator holds only
 (Hq, dv). Where each KV head's values are one block, the value blocks' scales ride on the
 weights (p * d) and the cache bytes only become fp16 integers in registers, never scaled per
