@@ -281,6 +281,12 @@ def test_tuning_override_from_the_environment(monkeypatch) -> None:
         monkeypatch.setenv(ops.TUNING_ENV, '{"cuda_kernel": "row"}')
         with pytest.raises(ValueError, match="cuda_kernel must be one of"):
             ops._tuning_from_env()
+        monkeypatch.setenv(ops.TUNING_ENV, '{"fused_q4_0": {"fused_block_n": 32}}')
+        ops._tuning_from_env()
+        assert ops.TUNING["fused_q4_0"] == {"fused_block_n": 32}
+        monkeypatch.setenv(ops.TUNING_ENV, '{"fused_q4_0": {"fused_head_groups": 1}}')
+        with pytest.raises(ValueError, match="CARAMBA_TRITON_TUNING fused_q4_0: expected an"):
+            ops._tuning_from_env()
     finally:
         ops.TUNING.clear()
         ops.TUNING.update(saved)

@@ -92,6 +92,17 @@ def _cuda_kernel_code(name: Any, source: str) -> int:
     return code
 
 
+_FUSED_LAUNCH_KEYS = {"fused_block_n", "fused_num_warps", "fused_waves", "fused_num_stages",
+                      "fused_maxnreg"}  # fmt: skip
+
+
+def _check_launch_override(value: Any, source: str) -> None:
+    """A ValueError naming `source` unless `value` is an object of all-heads launch keys."""
+    if not isinstance(value, dict) or not set(value) <= _FUSED_LAUNCH_KEYS:
+        raise ValueError(f"{source}: expected an object of keys from "
+                         f"{sorted(_FUSED_LAUNCH_KEYS)}, got {value!r}")  # fmt: skip
+
+
 def _tuning_from_env() -> None:
     """Apply CARAMBA_TRITON_TUNING (e.g. what benchmarks/kernels_gpu.py --autotune picked)."""
     raw = os.environ.get(TUNING_ENV)
@@ -106,6 +117,8 @@ def _tuning_from_env() -> None:
         raise ValueError(f"{TUNING_ENV}: expected an object of keys from {sorted(TUNING)}")
     if "cuda_kernel" in given:
         _cuda_kernel_code(given["cuda_kernel"], TUNING_ENV)
+    if "fused_q4_0" in given:
+        _check_launch_override(given["fused_q4_0"], f"{TUNING_ENV} fused_q4_0")
     TUNING.update(given)
 
 
@@ -361,21 +374,13 @@ def plan_decode(
     )
 
 
-_FUSED_LAUNCH_KEYS = {"fused_block_n", "fused_num_warps", "fused_waves", "fused_num_stages",
-                      "fused_maxnreg"}  # fmt: skip
-
-
 def fused_tuning(tensors: list[Any]) -> dict[str, Any]:
     """TUNING as the all-heads kernel's launch for these caches reads it: with the entries of
     TUNING["fused_q4_0"] in place where every tensor is q4_0 (`kind` is all that is read)."""
     tuning = dict(TUNING)
     if all(x.kind == "q4_0" for x in tensors):
         override = TUNING["fused_q4_0"]
-        if not isinstance(override, dict) or not set(override) <= _FUSED_LAUNCH_KEYS:
-            raise ValueError(
-                f'TUNING["fused_q4_0"]: expected an object of keys from '
-                f"{sorted(_FUSED_LAUNCH_KEYS)}, got {override!r}"
-            )
+        _check_launch_override(override, 'TUNING["fused_q4_0"]')
         tuning.update(override)
     return tuning
 
