@@ -299,8 +299,6 @@ def main() -> None:
     # GB/s on two threads, same buffers), so a row's own memcpy may be the slow one. The run's
     # fastest median is what the machine showed it can copy: the conservative reference.
     peak = max([memcpy, memcpy_after, *(row["memcpy_GBps"] * 1e9 for row in rows)])
-    for row in rows:
-        row["fraction_of_peak_memcpy"] = row["effective_GBps"] / (peak / 1e9)
     ceilings = []
     for layout in chosen:
         for kind in ("q8_0", "q4_0"):

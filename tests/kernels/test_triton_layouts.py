@@ -340,7 +340,6 @@ def test_all_q4_0_calls_take_their_own_launch(monkeypatch) -> None:
         ops.fused_tuning(q4)
 
 
-
 def test_positions_as_rows_only_where_every_tile_is_blocks() -> None:
     """The all-heads kernel takes its products with positions as rows only for q8_0/q4_0 tiles:
     fp16 tiles that way read out of bounds on an H100 (triton 3.6; decode_rows_slots.md,

@@ -94,11 +94,10 @@ def _unpack(w, d, FMT: tl.constexpr, N: tl.constexpr, C: tl.constexpr, SCALED: t
         if FMT == 2:
             # bytes 0 and 1 of the word into the low bytes of the halves, 0x64 above each
             x = _halves(((w & 0xFF) | ((w << 8) & 0xFF0000)) ^ 0x64806480)
-            offset: tl.constexpr = 1152.0
             if SCALED:
-                x = (x - offset) * d[:, :, None, None]
+                x = (x - 1152.0) * d[:, :, None, None]
             else:
-                x = x - offset
+                x = x - 1152.0
         else:
             byte = tl.join(w & 0xFF, (w >> 8) & 0xFF)
             # a byte's low nibble (value j) and high nibble (value j + 16) side by side

@@ -477,12 +477,11 @@ def _fused_columns(Hkv: int, keys: list[CacheView], v: CacheView, groups: int) -
     return sum(_window(x, Hkv, groups) for x in (*keys, v))
 
 
-def fused_block_n(columns: int, tuning: dict[str, Any] | None = None) -> int:
-    """Positions a loop step of the all-heads kernel: the tuning's (TUNING's by default), fewer
-    (a power of two, at least 16) where a step's tiles, `columns` values a token, would pass
-    FUSED_MAX_TILE."""
+def fused_block_n(columns: int, tuning: dict[str, Any]) -> int:
+    """Positions a loop step of the all-heads kernel: the tuning's, fewer (a power of two, at
+    least 16) where a step's tiles, `columns` values a token, would pass FUSED_MAX_TILE."""
     fit = max(16, FUSED_MAX_TILE // columns)
-    return min(int((tuning or TUNING)["fused_block_n"]), 1 << (fit.bit_length() - 1))
+    return min(int(tuning["fused_block_n"]), 1 << (fit.bit_length() - 1))
 
 
 def fused_constexprs(
@@ -518,8 +517,8 @@ def plan_fused(
     tuning: dict[str, Any] | None = None,
 ) -> DecodePlan:  # fmt: skip
     """Split-K plan of the all-heads kernel: (batch, split, head group) programs filling the GPU,
-    `fused_block_n(columns)` positions a loop step (wide heads would run out of shared memory),
-    launched as `tuning` (fused_tuning's for the call; TUNING by default) says."""
+    `fused_block_n` positions a loop step (wide heads would run out of shared memory), launched
+    as `tuning` (fused_tuning's for the call; TUNING by default) says."""
     tuning = tuning or TUNING
     block_n = fused_block_n(columns, tuning)
     target = int(tuning["fused_waves"]) * _sm_count(device)
