@@ -91,7 +91,7 @@ def default_launch(attention: str, kind: str) -> tuple[int, dict[str, int]]:
     """(positions a step, compile options) as ops.plan_fused picks them for these caches (fewer
     positions for wide tiles; q4_0 caches take TUNING's fused_q4_0 entries)."""
     heads, caches, groups = shape(attention, kind)
-    tuning = ops.fused_tuning(caches)
+    tuning = ops.fused_tuning(caches[:-1], caches[-1])
     columns = ops._fused_columns(heads["Hkv"], caches[:-1], caches[-1], groups)
     plan = ops.plan_fused(1, 4096, torch.device("cpu"), None, groups, columns, tuning)
     return plan.block_n, {"num_warps": plan.num_warps, **dict(plan.options)}

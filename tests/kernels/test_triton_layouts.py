@@ -328,16 +328,33 @@ def test_all_q4_0_calls_take_their_own_launch(monkeypatch) -> None:
     q4 = [SimpleNamespace(kind="q4_0")] * 3
     mixed = [SimpleNamespace(kind=kind) for kind in ("q4_0", "q8_0", "q4_0")]
     monkeypatch.setitem(ops.TUNING, "fused_q4_0", {"fused_block_n": 32, "fused_maxnreg": 96})
-    tuning = ops.fused_tuning(q4)
+    tuning = ops.fused_tuning(q4[:2], q4[2])
     assert tuning["fused_block_n"] == 32 and tuning["fused_maxnreg"] == 96
-    assert ops.fused_tuning(mixed)["fused_block_n"] == ops.TUNING["fused_block_n"]
-    assert ops.fused_tuning(mixed)["fused_maxnreg"] is ops.TUNING["fused_maxnreg"]
+    assert ops.fused_tuning(mixed[:2], mixed[2])["fused_block_n"] == ops.TUNING["fused_block_n"]
+    assert ops.fused_tuning(mixed[:2], mixed[2])["fused_maxnreg"] is ops.TUNING["fused_maxnreg"]
     plan = ops.plan_fused(1, 4096, torch.device("cpu"), None, 2, 192, tuning)
-    assert plan.block_n == 32 and dict(plan.options) == {"maxnreg": 96}
+    assert plan.block_n == 32 and dict(plan.options) == {"maxnreg": 96, "num_stages": 1}
     assert ops.plan_fused(1, 4096, torch.device("cpu"), None, 2, 192).options == ()
     monkeypatch.setitem(ops.TUNING, "fused_q4_0", {"block_n": 32})
     with pytest.raises(ValueError, match=r'TUNING\["fused_q4_0"\]: expected an object of keys'):
-        ops.fused_tuning(q4)
+        ops.fused_tuning(q4[:2], q4[2])
+
+
+def test_pipelining_only_for_standard_fp16() -> None:
+    """Unless TUNING sets fused_num_stages, the all-heads kernel runs without software
+    pipelining (num_stages 1) for DBA and for any q8_0/q4_0 tile, where pipelining was slower
+    on an H100, and keeps triton's default for standard fp16 attention, where it was faster."""
+    f16, q8 = SimpleNamespace(kind="f16"), SimpleNamespace(kind="q8_0")
+    assert ops.fused_tuning([f16], f16)["fused_num_stages"] is None
+    assert ops.fused_tuning([f16, f16], f16)["fused_num_stages"] == 1
+    assert ops.fused_tuning([f16], q8)["fused_num_stages"] == 1
+    assert ops.fused_tuning([q8], f16)["fused_num_stages"] == 1
+
+
+def test_a_set_num_stages_is_kept(monkeypatch) -> None:
+    monkeypatch.setitem(ops.TUNING, "fused_num_stages", 3)
+    q8 = SimpleNamespace(kind="q8_0")
+    assert ops.fused_tuning([q8, q8], q8)["fused_num_stages"] == 3
 
 
 def test_positions_as_rows_only_where_every_tile_is_blocks() -> None:

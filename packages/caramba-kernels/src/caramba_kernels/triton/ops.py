@@ -61,7 +61,7 @@ TUNING: dict[str, Any] = {
     "fused_waves": 2,
     "fused_grouped": False,
     "fused_prefetch": False,
-    "fused_num_stages": None,  # None: triton's default software pipelining
+    "fused_num_stages": None,  # None: 1 for DBA or block formats, else triton's (fused_tuning)
     "fused_maxnreg": None,  # a register cap per thread (more programs per SM), None: none
     "fused_head_groups": 2,  # programs per (batch, split), each over Hkv / this KV heads
     # fused_* entries that replace the ones above where every tensor of a call is q4_0 ({}: none).
@@ -374,14 +374,25 @@ def plan_decode(
     )
 
 
-def fused_tuning(tensors: list[Any]) -> dict[str, Any]:
-    """TUNING as the all-heads kernel's launch for these caches reads it: with the entries of
-    TUNING["fused_q4_0"] in place where every tensor is q4_0 (`kind` is all that is read)."""
+def fused_tuning(keys: list[Any], v: Any) -> dict[str, Any]:
+    """TUNING as the all-heads kernel's launch for these caches reads it (`kind` is all that is
+    read): with the entries of TUNING["fused_q4_0"] in place where every tensor is q4_0, and
+    fused_num_stages None made 1 (no software pipelining) for DBA or any block-format tile.
+
+    Pipelining copies the loads through shared memory: standard fp16 attention needs it (176
+    against 190 us on an H100, B8 x 32k), DBA fp16 loses by it (165 against 141 us), and the
+    32-bit code loads of q8_0/q4_0 tiles lose by far (q8_0 DBA 241 against 92 us; session 28 in
+    benchmarks/results/decode_rows_slots.md)."""
+    tensors = [*keys, v]
     tuning = dict(TUNING)
     if all(x.kind == "q4_0" for x in tensors):
         override = TUNING["fused_q4_0"]
         _check_launch_override(override, 'TUNING["fused_q4_0"]')
         tuning.update(override)
+    if tuning["fused_num_stages"] is None and (
+        len(keys) == 2 or any(x.kind in ("q8_0", "q4_0") for x in tensors)
+    ):
+        tuning["fused_num_stages"] = 1
     return tuning
 
 
@@ -722,7 +733,7 @@ class TritonBackend:
         if fused_applies(Hq, kviews, vview):
             groups = _head_groups(Hkv, [*kviews, vview])
             columns = _fused_columns(Hkv, kviews, vview, groups)
-            tuning = fused_tuning([*kviews, vview])
+            tuning = fused_tuning(kviews, vview)
             plan = plan_fused(B, S_max, q.device, num_splits, groups, columns, tuning)
             self._launch_fused(qs, kviews, vview, scales, lengths, plan, groups, out, lse,
                                return_lse)
