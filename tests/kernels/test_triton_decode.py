@@ -32,6 +32,8 @@ from triton_backend import DEVICE, ON_GPU, backend, ops
 # H100, cached in ~/.triton/cache for later runs), the interpreter runs it in numpy: about as slow
 # per problem, so both take the same default.
 FUZZ_CASES = int(os.environ.get("CARAMBA_TRITON_FUZZ", 10))
+# Each format set's cases split over this many tests, so pytest -n spreads a long fuzz over cores.
+FUZZ_SHARDS = int(os.environ.get("CARAMBA_TRITON_FUZZ_SHARDS", 1))
 U = 2.0**-24
 
 
@@ -126,10 +128,12 @@ STANDARD = [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")]
 DBA = [("f16", "f16", "f16"), ("q8_0", "q8_0", "q8_0"), ("q4_0", "q4_0", "q4_0")]
 
 
+@pytest.mark.parametrize("shard", range(FUZZ_SHARDS))
 @pytest.mark.parametrize("formats", STANDARD + DBA, ids="-".join)
-def test_fused_decode_matches_the_reference_on_fuzzed_shapes(formats) -> None:
-    gen = torch.Generator().manual_seed(len(formats) * 100 + STANDARD.index(formats[-2:]))
-    for case in range(FUZZ_CASES):
+def test_fused_decode_matches_the_reference_on_fuzzed_shapes(formats, shard: int) -> None:
+    seed = len(formats) * 100 + STANDARD.index(formats[-2:])
+    for case in range(shard, FUZZ_CASES, FUZZ_SHARDS):
+        gen = torch.Generator().manual_seed(seed * 100_003 + case)  # the same case in any shard
         problem = draw(gen, formats, small=not ON_GPU)
         S_max = problem[2].shape[2]
         splits = [None, 1, 2, 3, 7, S_max, S_max + 5][case % 7]
