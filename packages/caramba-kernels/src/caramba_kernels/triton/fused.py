@@ -73,7 +73,7 @@ def _load_codes(start, bmask, N: tl.constexpr, NB: tl.constexpr, W: tl.constexpr
     block reads the W / 2 aligned words from the one holding its first code on and, where the
     codes start mid-word, the next word of each too (the same cache lines), and shifts each
     pair into place. Against 16-bit reads that is fewer load instructions and registers a
-    byte, so more bytes in flight: 5-7% faster on an H100 (benchmarks/results/
+    byte, so more bytes in flight: 5-8% faster on an H100 (benchmarks/results/
     decode_rows_slots.md, session 28). The last word read holds the block's last 2 code bytes:
     an aligned word holding valid bytes, which cannot cross a page.
     """
