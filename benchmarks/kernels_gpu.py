@@ -49,7 +49,7 @@ for src in ("packages/caramba-core/src", "packages/caramba-kernels/src"):
 
 from caramba.kernels import reference  # noqa: E402
 from caramba.kernels.formats import storage_width  # noqa: E402
-from caramba_kernels.triton import backend, ops  # noqa: E402
+from caramba_kernels.triton import backend, ops, tuning  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 STD = dict(Hq=32, Hkv=8, D=64)
@@ -372,7 +372,7 @@ def autotune(l2: int) -> list:
             trials.append({**variant, "us_b1": us[0], "us_b8": us[1]})
             print("autotune", trials[-1], flush=True)
     best = min(trials, key=lambda r: r["us_b1"] + r["us_b8"])
-    picked = {k: v for k, v in best.items() if k in ops._FUSED_LAUNCH_KEYS}
+    picked = {k: v for k, v in best.items() if k in tuning._FUSED_LAUNCH_KEYS}
     ops.TUNING.update(base, **{k: v for k, v in best.items() if k.startswith("fused_")})
     ops.TUNING.update({k: base[k] for k in picked}, fused_q4_0=picked)
     print("autotune picked", best, flush=True)

@@ -2,7 +2,7 @@
 
 For the DBA cache of benchmarks/kernels_gpu.py (Llama-3.2-1B widths, keys in the token layout,
 values in the head layout), or its standard attention (`--attention std`: head layout, 32/8
-heads of 64), and the launch that ops.TUNING gives it, this compiles
+heads of 64), and the launch that tuning.TUNING gives it, this compiles
 `fused_decode_kernel` for the chosen architecture (ptxas and cuobjdump come with triton's
 wheel) and prints the registers a thread takes, the bytes it spills to its stack, and the
 SASS instructions of the main loop (one step of BLOCK_N positions, per warp), by opcode, and
@@ -38,7 +38,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from caramba_kernels.triton import fused, ops  # noqa: E402
+from caramba_kernels.triton import fused, plan  # noqa: E402
 from kernels_gpu import DBA, STD  # noqa: E402  (the benchmark's shapes)
 
 POINTERS = {"q1_ptr": "*fp16", "q2_ptr": "*fp16", "len_ptr": "*i32", "m_ptr": "*fp32",
@@ -84,23 +84,23 @@ def shape(attention: str, kind: str) -> tuple[dict[str, int], list[SimpleNamespa
         heads = dict(Hq=STD["Hq"], Hkv=STD["Hkv"])
         caches = [(STD["D"], False), (STD["D"], False)]
     views = [SimpleNamespace(kind=kind, d=d, token=token) for d, token in caches]
-    return heads, views, ops._head_groups(heads["Hkv"], views)
+    return heads, views, plan._head_groups(heads["Hkv"], views)
 
 
 def default_launch(attention: str, kind: str) -> tuple[int, dict[str, int]]:
-    """(positions a step, compile options) as ops.plan_fused picks them for these caches (fewer
+    """(positions a step, compile options) as plan.plan_fused picks them for these caches (fewer
     positions for wide tiles; q4_0 caches take TUNING's fused_q4_0 entries)."""
     heads, caches, groups = shape(attention, kind)
-    tuning = ops.fused_tuning(caches[:-1], caches[-1])
-    columns = ops._fused_columns(heads["Hkv"], caches[:-1], caches[-1], groups)
-    plan = ops.plan_fused(1, 4096, torch.device("cpu"), None, groups, columns, tuning)
-    return plan.block_n, {"num_warps": plan.num_warps, **dict(plan.options)}
+    tuning = plan.fused_tuning(caches[:-1], caches[-1])
+    columns = plan._fused_columns(heads["Hkv"], caches[:-1], caches[-1], groups)
+    launch = plan.plan_fused(1, 4096, torch.device("cpu"), None, groups, columns, tuning)
+    return launch.block_n, {"num_warps": launch.num_warps, **dict(launch.options)}
 
 
 def constexprs(attention: str, kind: str, block_n: int) -> dict[str, object]:
     """The kernel's compile-time arguments as ops._launch_fused picks them."""
     heads, caches, groups = shape(attention, kind)
-    return ops.fused_constexprs(
+    return plan.fused_constexprs(
         heads["Hq"], heads["Hkv"], caches[:-1], caches[-1], groups, block_n,
         single=False, return_lse=False, wide=False,
     )  # fmt: skip
@@ -163,7 +163,7 @@ def main() -> None:
         default="dba",
         help="the DBA cache or standard attention's (head layout, d64)",
     )
-    parser.add_argument("--format", choices=sorted(ops.FUSED_FORMATS), default="q4_0")
+    parser.add_argument("--format", choices=sorted(plan.FUSED_FORMATS), default="q4_0")
     parser.add_argument("--block-n", type=int, help="positions a step (default: as ops plans)")
     parser.add_argument("--num-warps", type=int, help="warps a program (default: as ops plans)")
     parser.add_argument("--maxnreg", type=int, help="register cap a thread (default: as ops plans)")

@@ -117,11 +117,11 @@ def check_case(formats, qs, ks, v, lengths, scales, dims, Dv, num_splits) -> Non
 
 
 def _fused_applies(formats, qs, ks, v, dims, Dv) -> bool:
-    from caramba_kernels.triton import ops
+    from caramba_kernels.triton import plan
     from caramba_kernels.triton.layout import CacheView
 
     keys = [CacheView(k, f, False, D, D) for k, f, D in zip(ks, formats, dims, strict=False)]
-    return ops.fused_applies(qs[0].shape[1], keys, CacheView(v, formats[-1], False, Dv, Dv))
+    return plan.fused_applies(qs[0].shape[1], keys, CacheView(v, formats[-1], False, Dv, Dv))
 
 
 STANDARD = [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")]
@@ -184,17 +184,17 @@ def test_llama_sized_gqa_group_with_long_split_cache() -> None:
 
 
 def test_split_plan_covers_the_cache_and_fills_the_gpu() -> None:
-    from caramba_kernels.triton.ops import plan_decode
+    from caramba_kernels.triton.plan import plan_decode
 
-    plan = plan_decode(1, 8, 4, 65536, [64, 64], torch.device("cpu"), None)
-    assert plan.n_splits == 1  # the CPU counts as one multiprocessor
-    plan = plan_decode(1, 8, 4, 1000, [64], torch.device("cpu"), 7)
-    assert plan.n_splits * plan.split_len >= 1000 and plan.n_splits <= 7
-    assert (plan.n_splits - 1) * plan.split_len < 1000
+    split = plan_decode(1, 8, 4, 65536, [64, 64], torch.device("cpu"), None)
+    assert split.n_splits == 1  # the CPU counts as one multiprocessor
+    split = plan_decode(1, 8, 4, 1000, [64], torch.device("cpu"), 7)
+    assert split.n_splits * split.split_len >= 1000 and split.n_splits <= 7
+    assert (split.n_splits - 1) * split.split_len < 1000
 
 
 def test_split_granule_keeps_the_count_near_a_full_wave() -> None:
-    from caramba_kernels.triton.ops import _splits
+    from caramba_kernels.triton.plan import _splits
 
     # The CUDA row kernel at batch 8, 32k positions: 4 warps a split, 1584 resident warps.
     # Rounded to its 128-position round the plan would fall to 43 splits (344 of 396 blocks);

@@ -18,7 +18,7 @@ import torch
 
 from caramba.kernels import reference
 from caramba.kernels.formats import FORMATS
-from triton_backend import DEVICE, ON_GPU, backend, ops
+from triton_backend import DEVICE, ON_GPU, backend, ops, plan, tuning
 
 CASES = int(os.environ.get("CARAMBA_TRITON_FUZZ", 8))  # GPU too: see test_triton_decode.FUZZ_CASES
 U = 2.0**-24
@@ -123,7 +123,7 @@ def views(formats, qs, ks, v):
 def kernels_for(formats, qs, ks, v) -> list[bool]:
     """[False] (per-KV-head kernel), plus True when the all-heads kernel takes this call."""
     kviews, vview = views(formats, qs, ks, v)
-    return [False, True] if ops.fused_applies(qs[0].shape[1], kviews, vview) else [False]
+    return [False, True] if plan.fused_applies(qs[0].shape[1], kviews, vview) else [False]
 
 
 def check(formats, problem, num_splits=None) -> None:
@@ -187,7 +187,7 @@ def test_llama_dba_layout_matches_float64(head_groups, grouped, prefetch, monkey
         qs = [torch.randn(B, Hkv * group, d, generator=gen) for d in (4, 8)]
         problem = (qs, ks, v, lengths, [0.5, 0.35], [4, 8, 32], Hkv)
         if grouped:  # the case must really take the grouped value product
-            assert ops._grouped(Hkv, views((kind, kind, kind), qs, ks, v)[1], head_groups)
+            assert plan._grouped(Hkv, views((kind, kind, kind), qs, ks, v)[1], head_groups)
         check((kind, kind, kind), problem, num_splits=None)
         check((kind, kind, kind), problem, num_splits=5)
 
@@ -266,27 +266,27 @@ def test_layout_mismatches_name_the_argument(change, message) -> None:
 def test_tuning_override_from_the_environment(monkeypatch) -> None:
     saved = dict(ops.TUNING)
     try:
-        monkeypatch.setenv(ops.TUNING_ENV, '{"fused_head_groups": 2, "fused_block_n": 32}')
-        ops._tuning_from_env()
+        monkeypatch.setenv(tuning.TUNING_ENV, '{"fused_head_groups": 2, "fused_block_n": 32}')
+        tuning._tuning_from_env()
         assert ops.TUNING["fused_head_groups"] == 2 and ops.TUNING["fused_block_n"] == 32
-        monkeypatch.setenv(ops.TUNING_ENV, '{"fused_blockn": 32}')
+        monkeypatch.setenv(tuning.TUNING_ENV, '{"fused_blockn": 32}')
         with pytest.raises(ValueError, match="CARAMBA_TRITON_TUNING: expected an object of keys"):
-            ops._tuning_from_env()
-        monkeypatch.setenv(ops.TUNING_ENV, "{not json")
+            tuning._tuning_from_env()
+        monkeypatch.setenv(tuning.TUNING_ENV, "{not json")
         with pytest.raises(ValueError, match="CARAMBA_TRITON_TUNING: not JSON"):
-            ops._tuning_from_env()
-        monkeypatch.setenv(ops.TUNING_ENV, '{"cuda_kernel": "rows"}')
-        ops._tuning_from_env()
+            tuning._tuning_from_env()
+        monkeypatch.setenv(tuning.TUNING_ENV, '{"cuda_kernel": "rows"}')
+        tuning._tuning_from_env()
         assert ops.TUNING["cuda_kernel"] == "rows"
-        monkeypatch.setenv(ops.TUNING_ENV, '{"cuda_kernel": "row"}')
+        monkeypatch.setenv(tuning.TUNING_ENV, '{"cuda_kernel": "row"}')
         with pytest.raises(ValueError, match="cuda_kernel must be one of"):
-            ops._tuning_from_env()
-        monkeypatch.setenv(ops.TUNING_ENV, '{"fused_q4_0": {"fused_block_n": 32}}')
-        ops._tuning_from_env()
+            tuning._tuning_from_env()
+        monkeypatch.setenv(tuning.TUNING_ENV, '{"fused_q4_0": {"fused_block_n": 32}}')
+        tuning._tuning_from_env()
         assert ops.TUNING["fused_q4_0"] == {"fused_block_n": 32}
-        monkeypatch.setenv(ops.TUNING_ENV, '{"fused_q4_0": {"fused_head_groups": 1}}')
+        monkeypatch.setenv(tuning.TUNING_ENV, '{"fused_q4_0": {"fused_head_groups": 1}}')
         with pytest.raises(ValueError, match="CARAMBA_TRITON_TUNING fused_q4_0: expected an"):
-            ops._tuning_from_env()
+            tuning._tuning_from_env()
     finally:
         ops.TUNING.clear()
         ops.TUNING.update(saved)
@@ -307,19 +307,19 @@ def test_head_layout_caches_take_the_fused_kernel_one_kv_head_per_program() -> N
 
     for kind in ("f16", "q8_0", "q4_0"):
         kviews, vview = views((kind, kind), 64, False)
-        assert ops._head_groups(8, [*kviews, vview]) == 8
-        assert ops.fused_applies(32, kviews, vview)
-        assert ops._fused_columns(8, kviews, vview, 8) == 128
+        assert plan._head_groups(8, [*kviews, vview]) == 8
+        assert plan.fused_applies(32, kviews, vview)
+        assert plan._fused_columns(8, kviews, vview, 8) == 128
     kviews, vview = views(("q4_0", "q4_0"), 32, True)
-    assert ops._head_groups(8, [*kviews, vview]) == ops._head_groups(8, kviews) != 8
+    assert plan._head_groups(8, [*kviews, vview]) == plan._head_groups(8, kviews) != 8
     for d, block_n in ((64, ops.TUNING["fused_block_n"]), (128, 64), (256, 32)):
         kviews, vview = views(("f16", "f16"), d, False)
-        columns = ops._fused_columns(8, kviews, vview, 8)
-        plan = ops.plan_fused(1, 4096, torch.device("cpu"), None, 8, columns)
-        assert plan.block_n == min(block_n, ops.TUNING["fused_block_n"])
-        assert plan.block_n * columns <= ops.FUSED_MAX_TILE
+        columns = plan._fused_columns(8, kviews, vview, 8)
+        launch = plan.plan_fused(1, 4096, torch.device("cpu"), None, 8, columns)
+        assert launch.block_n == min(block_n, ops.TUNING["fused_block_n"])
+        assert launch.block_n * columns <= plan.FUSED_MAX_TILE
     kviews, vview = views(("nf4", "nf4"), 64, False)
-    assert not ops.fused_applies(32, kviews, vview)  # nf4 stays on the per-KV-head kernel
+    assert not plan.fused_applies(32, kviews, vview)  # nf4 stays on the per-KV-head kernel
 
 
 def test_all_q4_0_calls_take_their_own_launch(monkeypatch) -> None:
@@ -328,16 +328,16 @@ def test_all_q4_0_calls_take_their_own_launch(monkeypatch) -> None:
     q4 = [SimpleNamespace(kind="q4_0")] * 3
     mixed = [SimpleNamespace(kind=kind) for kind in ("q4_0", "q8_0", "q4_0")]
     monkeypatch.setitem(ops.TUNING, "fused_q4_0", {"fused_block_n": 32, "fused_maxnreg": 96})
-    tuning = ops.fused_tuning(q4[:2], q4[2])
+    tuning = plan.fused_tuning(q4[:2], q4[2])
     assert tuning["fused_block_n"] == 32 and tuning["fused_maxnreg"] == 96
-    assert ops.fused_tuning(mixed[:2], mixed[2])["fused_block_n"] == ops.TUNING["fused_block_n"]
-    assert ops.fused_tuning(mixed[:2], mixed[2])["fused_maxnreg"] is ops.TUNING["fused_maxnreg"]
-    plan = ops.plan_fused(1, 4096, torch.device("cpu"), None, 2, 192, tuning)
-    assert plan.block_n == 32 and dict(plan.options) == {"maxnreg": 96, "num_stages": 1}
-    assert ops.plan_fused(1, 4096, torch.device("cpu"), None, 2, 192).options == ()
+    assert plan.fused_tuning(mixed[:2], mixed[2])["fused_block_n"] == ops.TUNING["fused_block_n"]
+    assert plan.fused_tuning(mixed[:2], mixed[2])["fused_maxnreg"] is ops.TUNING["fused_maxnreg"]
+    launch = plan.plan_fused(1, 4096, torch.device("cpu"), None, 2, 192, tuning)
+    assert launch.block_n == 32 and dict(launch.options) == {"maxnreg": 96, "num_stages": 1}
+    assert plan.plan_fused(1, 4096, torch.device("cpu"), None, 2, 192).options == ()
     monkeypatch.setitem(ops.TUNING, "fused_q4_0", {"block_n": 32})
     with pytest.raises(ValueError, match=r'TUNING\["fused_q4_0"\]: expected an object of keys'):
-        ops.fused_tuning(q4[:2], q4[2])
+        plan.fused_tuning(q4[:2], q4[2])
 
 
 def test_pipelining_only_for_standard_fp16() -> None:
@@ -345,16 +345,16 @@ def test_pipelining_only_for_standard_fp16() -> None:
     pipelining (num_stages 1) for DBA and for any q8_0/q4_0 tile, where pipelining was slower
     on an H100, and keeps triton's default for standard fp16 attention, where it was faster."""
     f16, q8 = SimpleNamespace(kind="f16"), SimpleNamespace(kind="q8_0")
-    assert ops.fused_tuning([f16], f16)["fused_num_stages"] is None
-    assert ops.fused_tuning([f16, f16], f16)["fused_num_stages"] == 1
-    assert ops.fused_tuning([f16], q8)["fused_num_stages"] == 1
-    assert ops.fused_tuning([q8], f16)["fused_num_stages"] == 1
+    assert plan.fused_tuning([f16], f16)["fused_num_stages"] is None
+    assert plan.fused_tuning([f16, f16], f16)["fused_num_stages"] == 1
+    assert plan.fused_tuning([f16], q8)["fused_num_stages"] == 1
+    assert plan.fused_tuning([q8], f16)["fused_num_stages"] == 1
 
 
 def test_a_set_num_stages_is_kept(monkeypatch) -> None:
     monkeypatch.setitem(ops.TUNING, "fused_num_stages", 3)
     q8 = SimpleNamespace(kind="q8_0")
-    assert ops.fused_tuning([q8, q8], q8)["fused_num_stages"] == 3
+    assert plan.fused_tuning([q8, q8], q8)["fused_num_stages"] == 3
 
 
 def test_positions_as_rows_only_where_every_tile_is_blocks() -> None:
@@ -364,7 +364,7 @@ def test_positions_as_rows_only_where_every_tile_is_blocks() -> None:
 
     def rows(kinds: tuple[str, ...]) -> bool:
         caches = [SimpleNamespace(kind=k, d=d) for k, d in zip(kinds, (4, 8, 32), strict=True)]
-        return ops.fused_constexprs(
+        return plan.fused_constexprs(
             32, 8, caches[:-1], caches[-1], 2, 64, single=False, return_lse=False, wide=False
         )["ROWS"]
 

@@ -17,15 +17,15 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
 try:
-    from caramba_kernels.triton import backend, ops
+    from caramba_kernels.triton import backend, ops, plan, tuning
 except ImportError:
     sys.path.insert(0, str(Path(__file__).parents[2] / "packages/caramba-kernels/src"))
     try:
-        from caramba_kernels.triton import backend, ops
+        from caramba_kernels.triton import backend, ops, plan, tuning
     except ImportError as exc:
         pytest.skip(f"caramba_kernels.triton cannot be imported: {exc}", allow_module_level=True)
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 
-__all__ = ["DEVICE", "ON_GPU", "backend", "ops"]
+__all__ = ["DEVICE", "ON_GPU", "backend", "ops", "plan", "tuning"]

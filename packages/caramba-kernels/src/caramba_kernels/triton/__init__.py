@@ -7,6 +7,7 @@ They run on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1.
 Importing this package does not import triton; the first kernel call does.
 """
 
-from caramba_kernels.triton.ops import TritonBackend, backend, plan_decode
+from caramba_kernels.triton.ops import TritonBackend, backend
+from caramba_kernels.triton.plan import plan_decode
 
 __all__ = ["TritonBackend", "backend", "plan_decode"]

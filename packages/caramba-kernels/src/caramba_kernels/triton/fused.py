@@ -193,7 +193,7 @@ def fused_decode_kernel(
     next step's raw tiles before the current step is computed (more registers, loads in
     flight). Offsets inside one sequence's cache are int32 unless WIDE.
 
-    ROWS (ops.fused_constexprs: block-format tiles, not GROUPED) takes the products with the
+    ROWS (plan.fused_constexprs: block-format tiles, not GROUPED) takes the products with the
     positions as rows: scores (N, HQ) = K @ Qbd^T and the accumulator (CV, HQ) = V^T @ P^T.
 
     GROUPED (Hkv = HKV and dv = DVP powers of two, each KV head's values a contiguous range of

@@ -2,139 +2,61 @@
 
 Importing this module needs torch only; triton is imported on the first kernel call. Under
 TRITON_INTERPRET=1 the same kernels also run on CPU tensors (that is how CI tests them).
+Arguments are checked in checks.py, launches planned in plan.py, tuned by tuning.TUNING.
 
-Checks here cost no device synchronisation: shapes, dtypes, formats, devices and strides are
-validated, but the *values* of `lengths` are not read back. Inside the kernels a length is
-clamped to [0, S_max] (0 gives a zero output row) and an append at a position outside the
-cache writes nothing. The reference in caramba-core raises for both.
+The checks cost no device synchronisation: the *values* of `lengths` are not read back.
+Inside the kernels a length is clamped to [0, S_max] (0 gives a zero output row) and an append
+at a position outside the cache writes nothing. The reference in caramba-core raises for both.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import math
-import os
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from caramba_kernels import cuda
-from caramba_kernels.triton.layout import BLOCKS, CacheView, key_heads, value_heads
+from caramba_kernels.triton.checks import (
+    FORMATS,
+    _check_cache,
+    _check_device,
+    _check_layout,
+    _check_lengths,
+    _check_query,
+    _check_rows,
+    _check_scale,
+    _check_width,
+    _format,
+    _logical_width,
+    _tensor,
+    interpreting,
+)
+from caramba_kernels.triton.layout import CacheView, key_heads, value_heads
+from caramba_kernels.triton.plan import (
+    _fused_columns,
+    _head_groups,
+    _kv_heads,
+    _pad,
+    _pow2,
+    _sm_count,
+    _splits,
+    fused_applies,
+    fused_constexprs,
+    fused_tuning,
+    plan_decode,
+    plan_fused,
+)
+from caramba_kernels.triton.tuning import TUNING, _cuda_kernel_code
 
 LOG2E = 1.4426950408889634
 
-# name -> (values per block, bytes per block, storage dtype); the table in caramba.kernels.formats.
-FORMATS: dict[str, tuple[int, int, torch.dtype]] = {
-    "f32": (1, 4, torch.float32),
-    "f16": (1, 2, torch.float16),
-    "q8_0": (32, 34, torch.uint8),
-    "q4_0": (32, 18, torch.uint8),
-    "nf4": (64, 34, torch.uint8),
-}
 NF4_CODEBOOK = (
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
     -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
     0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
 )  # fmt: skip
-
-# Launch tuning for the decode kernel, measured on an H100 (benchmarks/kernels_gpu.py --sweep).
-# packed: read block rows as fp16 scales + 16-bit words (else one byte load per value).
-# use_dot: products on tensor cores (3 x tf32, float32-accurate) instead of CUDA-core FMAs.
-# tile_elements: register budget of one loop step's (query heads x tokens x features) product
-# on the FMA path; block_n: tokens per loop step on the dot path; waves: programs per SM.
-TUNING: dict[str, Any] = {
-    "packed": True,
-    "use_dot": True,
-    "precision": "tf32x3",
-    "block_n": 64,
-    "tile_elements": 8192,
-    "num_warps": 4,
-    "waves": 4,
-    # The all-heads kernel (fused.py) for narrow caches: fp16 tensor-core products. Picked by
-    # benchmarks/kernels_gpu.py --autotune on an H100 (results/kernels_gpu.json).
-    "fused": True,
-    "fused_block_n": 128,
-    "fused_num_warps": 4,
-    "fused_waves": 2,
-    "fused_grouped": False,
-    "fused_prefetch": False,
-    "fused_num_stages": None,  # None: 1 for DBA or block formats, else triton's (fused_tuning)
-    "fused_maxnreg": None,  # a register cap per thread (more programs per SM), None: none
-    "fused_head_groups": 2,  # programs per (batch, split), each over Hkv / this KV heads
-    # fused_* entries that replace the ones above where every tensor of a call is q4_0 ({}: none).
-    # 64 positions a step under a 128-register cap fit 4 programs an SM: on an H100, DBA q4_0
-    # batch 8 x 32k 70.7 -> 66.2 us, batch 1 x 4k 18.6 -> 12.7, standard q4_0 32k 191 -> 175;
-    # q8_0 was slower that way (benchmarks/results/decode_rows_slots.md, session 27).
-    "fused_q4_0": {"fused_block_n": 64, "fused_waves": 4, "fused_maxnreg": 128},
-    # The tensor-core CUDA kernels (caramba_kernels.cuda) for q8_0/q4_0 caches they serve, where
-    # the package was built with them: the per-KV-head kernel (one warp per (batch, KV head,
-    # split)) and the row kernel (one block per (batch, split, group of KV heads), every KV
-    # head of the group per warp, or half of them per warp in the DBA cache's teams of 2).
-    "cuda": True,
-    "cuda_kernel": "auto",  # "auto", "heads" or "rows" (caramba_kernels.cuda.KERNELS)
-    "cuda_warps_per_sm": None,  # split-K target in warps per SM; None: what one SM holds
-    # The split merge as a programmatic dependent launch on sm_90+ (Hopper): it starts while the
-    # decode kernel's last blocks run and waits for their partials itself.
-    "merge_pdl": True,
-}
-TUNING_ENV = "CARAMBA_TRITON_TUNING"  # a JSON object of TUNING entries to override
-
-
-def _cuda_kernel_code(name: Any, source: str) -> int:
-    """caramba_cuda_kernel of a TUNING cuda_kernel value, or a ValueError naming `source`."""
-    code = cuda.KERNELS.get(name) if isinstance(name, str) else None
-    if code is None:
-        raise ValueError(f"{source}: cuda_kernel must be one of {sorted(cuda.KERNELS)}, "
-                         f"got {name!r}")  # fmt: skip
-    return code
-
-
-_FUSED_LAUNCH_KEYS = {"fused_block_n", "fused_num_warps", "fused_waves", "fused_num_stages",
-                      "fused_maxnreg"}  # fmt: skip
-
-
-def _check_launch_override(value: Any, source: str) -> None:
-    """A ValueError naming `source` unless `value` is an object of all-heads launch keys."""
-    if not isinstance(value, dict) or not set(value) <= _FUSED_LAUNCH_KEYS:
-        raise ValueError(f"{source}: expected an object of keys from "
-                         f"{sorted(_FUSED_LAUNCH_KEYS)}, got {value!r}")  # fmt: skip
-
-
-def _tuning_from_env() -> None:
-    """Apply CARAMBA_TRITON_TUNING (e.g. what benchmarks/kernels_gpu.py --autotune picked)."""
-    raw = os.environ.get(TUNING_ENV)
-    if not raw:
-        return
-    try:
-        given = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{TUNING_ENV}: not JSON ({exc}): {raw!r}") from exc
-    unknown = sorted(set(given) - set(TUNING)) if isinstance(given, dict) else None
-    if unknown is None or unknown:
-        raise ValueError(f"{TUNING_ENV}: expected an object of keys from {sorted(TUNING)}")
-    if "cuda_kernel" in given:
-        _cuda_kernel_code(given["cuda_kernel"], TUNING_ENV)
-    if "fused_q4_0" in given:
-        _check_launch_override(given["fused_q4_0"], f"{TUNING_ENV} fused_q4_0")
-    TUNING.update(given)
-
-
-_tuning_from_env()
-FUSED_FORMATS = ("f16", "q8_0", "q4_0")
-FUSED_MAX_HEADS = 64  # query heads of one program
-FUSED_MAX_KEY_COLUMNS = 256  # padded values of all key rows of one token
-FUSED_MAX_VALUE_COLUMNS = 256  # padded values of a token's value rows
-FUSED_MAX_ACC = 8192  # fp32 accumulator: query heads x padded value columns it keeps
-FUSED_MAX_TILE = 24576  # tokens per loop step x padded key and value columns of one program
-MAX_SPLITS = 1024
-SMEM_TOKEN_COLUMNS = 16384  # tokens per step x padded columns of all rows read (dot path)
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @functools.cache
@@ -161,13 +83,6 @@ def _tail() -> Any:
 @functools.cache
 def _codebook(device: torch.device) -> torch.Tensor:
     return torch.tensor(NF4_CODEBOOK, dtype=torch.float32, device=device)
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @functools.cache
@@ -209,355 +124,7 @@ def _dependent_launch(device: torch.device) -> dict[str, bool]:
     return {"WAIT_PRIOR": True, "launch_pdl": True}
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
-def _pad(n: int) -> int:
-    return max(16, _pow2(n))  # tl.dot needs 16 along every dimension
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _format(kind: object, argument: str) -> tuple[int, int, torch.dtype]:
-    fmt = FORMATS.get(kind) if isinstance(kind, str) else None
-    if fmt is None:
-        raise ValueError(f"{argument}: unknown cache format {kind!r}. Known: {', '.join(FORMATS)}.")
-    return fmt
-
-
-def _tensor(x: object, argument: str, dims: int | None = None) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{argument}: expected a torch.Tensor, got {type(x).__name__}")
-    if dims is not None and x.dim() != dims:
-        raise ValueError(f"{argument}: expected {dims} dimensions, got shape {tuple(x.shape)}")
-    return x
-
-
-def _check_device(x: torch.Tensor, argument: str, device: torch.device | None = None) -> None:
-    if device is not None and x.device != device:
-        raise ValueError(f"{argument}: on {x.device}, but the query is on {device}")
-    if x.device.type != "cuda" and not (x.device.type == "cpu" and interpreting()):
-        raise ValueError(
-            f"{argument}: the triton backend needs CUDA tensors (CPU only under "
-            f"TRITON_INTERPRET=1), got {x.device}"
-        )
-
-
-def _check_width(kind: str, D: int, argument: str) -> int:
-    block, block_bytes, _ = _format(kind, "kind")
-    if D <= 0 or D % block:
-        raise ValueError(
-            f"{argument}: row width {D} is not a positive multiple of the {kind} block size {block}"
-        )
-    return D if block == 1 else D // block * block_bytes
-
-
-def _logical_width(kind: str, stored: int, argument: str) -> int:
-    block, block_bytes, _ = FORMATS[kind]
-    if block == 1:
-        return stored
-    if stored <= 0 or stored % block_bytes:
-        raise ValueError(
-            f"{argument}: last dimension {stored} is not a whole number of {kind} blocks "
-            f"({block_bytes} bytes each)"
-        )
-    return stored // block_bytes * block
-
-
-def _check_cache(x: object, argument: str, kind: str, fmt_argument: str, q: torch.Tensor) -> int:
-    """Validate what one cache tensor is on its own; return the values a row holds."""
-    _, _, dtype = _format(kind, fmt_argument)
-    x = _tensor(x, argument, 4)
-    if x.dtype != dtype:
-        raise ValueError(f"{argument}: a {kind} cache holds {dtype}, got {x.dtype}")
-    _check_device(x, argument, q.device)
-    if x.shape[0] != q.shape[0]:
-        raise ValueError(f"{argument}: batch {x.shape[0]} does not match the query's {q.shape[0]}")
-    if x.shape[1] == 0:
-        raise ValueError(f"{argument}: no heads (shape {tuple(x.shape)})")
-    if x.shape[2] == 0:
-        raise ValueError(f"{argument}: the cache is empty (S_max = 0)")
-    width = _logical_width(kind, x.shape[3], argument)
-    _check_layout(x, argument, kind)
-    return width
-
-
-def _check_layout(x: torch.Tensor, argument: str, kind: str) -> None:
-    if x.shape[-1] > 1 and x.stride(-1) != 1:
-        raise ValueError(f"{argument}: rows must be contiguous (stride of the last dim is 1)")
-    if FORMATS[kind][0] > 1 and (x.data_ptr() % 2 or any(s % 2 for s in x.stride()[:-1])):
-        raise ValueError(f"{argument}: block rows must start on even byte addresses (fp16 scales)")
-
-
-def _check_lengths(lengths: object, B: int, device: torch.device) -> torch.Tensor:
-    if not isinstance(lengths, torch.Tensor):
-        raise ValueError(f"lengths: expected an int32 tensor, got {type(lengths).__name__}")
-    if lengths.dtype != torch.int32:
-        raise ValueError(f"lengths: expected dtype torch.int32, got {lengths.dtype}")
-    if tuple(lengths.shape) != (B,):
-        raise ValueError(f"lengths: expected shape ({B},), got {tuple(lengths.shape)}")
-    if lengths.device != device:
-        raise ValueError(f"lengths: on {lengths.device}, but the query is on {device}")
-    return lengths.contiguous()
-
-
-def _check_scale(scale: object, argument: str) -> float:
-    if isinstance(scale, torch.Tensor) and scale.numel() == 1:
-        scale = scale.item()
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"{argument}: expected a finite float, got {scale!r}")
-    return float(scale)
-
-
-def _check_query(q: object, argument: str, like: torch.Tensor | None = None) -> torch.Tensor:
-    q = _tensor(q, argument, 3)
-    if not q.is_floating_point():
-        raise ValueError(f"{argument}: expected a floating-point tensor, got {q.dtype}")
-    if q.shape[0] == 0 or q.shape[1] == 0:
-        raise ValueError(f"{argument}: batch and heads must be non-empty, got {tuple(q.shape)}")
-    if like is not None and q.shape[:2] != like.shape[:2]:
-        raise ValueError(
-            f"{argument}: batch and heads {tuple(q.shape[:2])} do not match {tuple(like.shape[:2])}"
-        )
-    _check_device(q, argument, None if like is None else like.device)
-    return q if q.stride(-1) == 1 else q.contiguous()
-
-
-# ----------------------------------------------------------------------------- launch plan
-
-
-@dataclass(frozen=True)
-class DecodePlan:
-    """How one decode call is cut up: tokens per loop step, tokens per split, splits."""
-
-    block_n: int
-    split_len: int
-    n_splits: int
-    num_warps: int
-    use_dot: bool
-    precision: str
-    g_pad: int
-    packed: bool
-    options: tuple[tuple[str, int], ...] = ()  # triton compile options (num_stages, maxnreg)
-
-
-def plan_decode(
-    B: int, Hkv: int, group: int, S_max: int, widths: list[int], device: torch.device,
-    num_splits: int | None,
-) -> DecodePlan:  # fmt: skip
-    """Split-K plan: enough (batch, KV head, split) programs to fill the GPU several times."""
-    use_dot = bool(TUNING["use_dot"])
-    if use_dot:
-        g_pad = max(16, _pow2(group))  # tl.dot needs at least 16 rows
-        # The software pipeline keeps a few steps of K/V tiles in shared memory (227 KiB on
-        # Hopper): wide rows get fewer tokens per step.
-        fit = SMEM_TOKEN_COLUMNS // sum(_pad(w) for w in widths)
-        block_n = max(16, min(int(TUNING["block_n"]), 1 << max(0, fit.bit_length() - 1)))
-    else:
-        g_pad = _pow2(group)
-        widest = max(_pow2(w) for w in widths)
-        budget = int(TUNING["tile_elements"]) // (g_pad * widest)
-        block_n = max(16, min(128, 1 << max(0, budget.bit_length() - 1)))  # a power of two
-    target = int(TUNING["waves"]) * _sm_count(device)
-    split_len, n_splits = _splits(B * Hkv, S_max, block_n, target, num_splits)
-    return DecodePlan(
-        block_n=block_n,
-        split_len=split_len,
-        n_splits=n_splits,
-        num_warps=int(TUNING["num_warps"]),
-        use_dot=use_dot,
-        precision=str(TUNING["precision"]),
-        g_pad=g_pad,
-        packed=bool(TUNING["packed"]),
-    )
-
-
-def fused_tuning(keys: list[Any], v: Any) -> dict[str, Any]:
-    """TUNING as the all-heads kernel's launch for these caches reads it (`kind` is all that is
-    read): with the entries of TUNING["fused_q4_0"] in place where every tensor is q4_0, and
-    fused_num_stages None made 1 (no software pipelining) for DBA or any block-format tile.
-
-    Pipelining copies the loads through shared memory: standard fp16 attention needs it (176
-    against 190 us on an H100, B8 x 32k), DBA fp16 loses by it (165 against 141 us), and the
-    32-bit code loads of q8_0/q4_0 tiles lose by far (q8_0 DBA 241 against 92 us; session 28 in
-    benchmarks/results/decode_rows_slots.md)."""
-    tensors = [*keys, v]
-    tuning = dict(TUNING)
-    if all(x.kind == "q4_0" for x in tensors):
-        override = TUNING["fused_q4_0"]
-        _check_launch_override(override, 'TUNING["fused_q4_0"]')
-        tuning.update(override)
-    if tuning["fused_num_stages"] is None and (
-        len(keys) == 2 or any(x.kind in ("q8_0", "q4_0") for x in tensors)
-    ):
-        tuning["fused_num_stages"] = 1
-    return tuning
-
-
-def _launch_options(tuning: dict[str, Any]) -> tuple[tuple[str, int], ...]:
-    """The fused kernel's optional compile options that the tuning sets (none by default)."""
-    names = {"fused_num_stages": "num_stages", "fused_maxnreg": "maxnreg"}
-    return tuple((opt, int(tuning[key])) for key, opt in names.items() if tuning[key] is not None)
-
-
-def _kv_heads(key: CacheView) -> int:
-    return key.row_elems // key.d if key.token else key.x.shape[1]
-
-
-def _head_groups(Hkv: int, tensors: list[CacheView]) -> int:
-    """KV-head groups of the fused kernel's grid (programs per batch and split).
-
-    Head-layout caches alone: one KV head per program (its rows share no block with another
-    head's, so grouping heads only widens the tiles and wastes products on the other heads'
-    values). A token-layout cache keeps TUNING's groups, where they divide Hkv (else 1): its
-    heads share rows, and a program reads each shared row once for all its heads.
-    """
-    if not any(t.token for t in tensors):
-        return Hkv
-    groups = int(TUNING["fused_head_groups"])
-    return groups if groups >= 1 and Hkv % groups == 0 else 1
-
-
-def _window(view: CacheView, Hkv: int, groups: int) -> int:
-    """Padded tile width that holds the blocks of any one group's KV heads."""
-    block = 32 if view.kind in ("q8_0", "q4_0") else 1
-    per = Hkv // groups
-    widest = max(
-        -(-(g + 1) * per * view.d // block) * block - g * per * view.d // block * block
-        for g in range(groups)
-    )
-    return _pad(widest)
-
-
-def _grouped(Hkv: int, v: CacheView, groups: int) -> bool:
-    """Whether the fused kernel can view the value tile as one row per (token, KV head)."""
-    pow2 = Hkv == _pow2(Hkv) and v.d == _pow2(v.d)
-    return (
-        bool(TUNING["fused_grouped"])
-        and groups == 1
-        and pow2
-        and v.d >= 16
-        and (v.kind != "q4_0" or v.d % 32 == 0)
-    )
-
-
-def fused_applies(Hq: int, keys: list[CacheView], v: CacheView) -> bool:
-    """Whether the all-heads kernel serves this call: f16/q8_0/q4_0 rows whose tiles (one
-    group of KV heads wide) fit its register budget."""
-    if not TUNING["fused"] or any(x.kind not in FUSED_FORMATS for x in (*keys, v)):
-        return False
-    Hkv = _kv_heads(keys[0])
-    groups = _head_groups(Hkv, [*keys, v])
-    key_columns = sum(_window(k, Hkv, groups) for k in keys)
-    value_columns = _window(v, Hkv, groups)
-    acc = _pad(Hq // groups) * (_pow2(v.d) if _grouped(Hkv, v, groups) else value_columns)
-    return (
-        _pad(Hq // groups) <= FUSED_MAX_HEADS
-        and key_columns <= FUSED_MAX_KEY_COLUMNS
-        and value_columns <= FUSED_MAX_VALUE_COLUMNS
-        and acc <= FUSED_MAX_ACC
-    )
-
-
-def _splits(programs_per_split: int, S_max: int, block_n: int, target: int,
-            num_splits: int | None, granule: int | None = None) -> tuple[int, int]:  # fmt: skip
-    """(split_len, n_splits): at most `target` programs in all (one wave of resident
-    programs), each split a few loop steps (`block_n` positions) long and a multiple of
-    `granule` positions (default block_n). Rounding the split count down matters: one
-    program past a full wave starts a second wave, and the step then takes two programs'
-    time instead of one slightly longer program's; a fine granule keeps the count near the
-    wave (the CUDA row kernel at batch 8, 32k: 49 splits of 672, not 43 of 768)."""
-    if num_splits is None:
-        wanted = max(1, target // programs_per_split)
-        most = max(1, S_max // (4 * block_n))  # shorter splits cost more in partials
-        splits = max(1, min(wanted, most, MAX_SPLITS))
-        split_len = -(-S_max // splits)
-        granule = granule or block_n
-        split_len = -(-split_len // granule) * granule
-    else:
-        if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1:
-            raise ValueError(f"num_splits: expected an int >= 1 or None, got {num_splits!r}")
-        split_len = -(-S_max // min(num_splits, MAX_SPLITS))
-    return split_len, -(-S_max // split_len)
-
-
-def _fused_columns(Hkv: int, keys: list[CacheView], v: CacheView, groups: int) -> int:
-    """Padded values of one token that a program of the all-heads kernel reads (keys + values)."""
-    return sum(_window(x, Hkv, groups) for x in (*keys, v))
-
-
-def fused_block_n(columns: int, tuning: dict[str, Any]) -> int:
-    """Positions a loop step of the all-heads kernel: the tuning's, fewer (a power of two, at
-    least 16) where a step's tiles, `columns` values a token, would pass FUSED_MAX_TILE."""
-    fit = max(16, FUSED_MAX_TILE // columns)
-    return min(int(tuning["fused_block_n"]), 1 << (fit.bit_length() - 1))
-
-
-def fused_constexprs(
-    Hq: int, Hkv: int, keys: list[CacheView], v: CacheView, groups: int, block_n: int, *,
-    single: bool, return_lse: bool, wide: bool,
-) -> dict[str, object]:  # fmt: skip
-    """The all-heads kernel's compile-time arguments for these caches and launch.
-
-    One place for them: the launch and benchmarks/triton_sass.py (which compiles the kernel for
-    a GPU it does not have) must build the same instance. Only `kind` and `d` of the views are
-    read, so the benchmark passes stand-ins without tensors; `wide` (a row stride past int32
-    element offsets) needs the tensors and so comes from the caller.
-    """
-    codes = _kernels().FORMAT_CODES
-    grouped = _grouped(Hkv, v, groups)
-    # Positions as the products' rows where every tile is unpacked from blocks: 4-6% faster on
-    # an H100. fp16 tiles keep the heads as rows: they gained nothing, and with odd head widths
-    # (dv 45, 65) that instance read out of bounds on the H100 under triton 3.6 (cause not
-    # found; benchmarks/results/decode_rows_slots.md, session 27).
-    rows = not grouped and all(x.kind in ("q8_0", "q4_0") for x in (*keys, v))
-    return dict(
-        HQ=_pad(Hq // groups), C1=_window(keys[0], Hkv, groups), C2=_window(keys[-1], Hkv, groups),
-        CV=_window(v, Hkv, groups),
-        K1_FMT=codes[keys[0].kind], K2_FMT=codes[keys[-1].kind], V_FMT=codes[v.kind],
-        HKV=Hkv, DVP=_pow2(v.d), GROUPED=grouped, PREFETCH=bool(TUNING["fused_prefetch"]),
-        WIDE=wide, FOLDV=grouped and v.kind != "f16" and v.d == BLOCKS[v.kind][0],
-        DBA=len(keys) == 2, ROWS=rows, BLOCK_N=block_n, SINGLE=single, RETURN_LSE=return_lse,
-    )  # fmt: skip
-
-
-def plan_fused(
-    B: int, S_max: int, device: torch.device, num_splits: int | None, groups: int, columns: int,
-    tuning: dict[str, Any] | None = None,
-) -> DecodePlan:  # fmt: skip
-    """Split-K plan of the all-heads kernel: (batch, split, head group) programs filling the GPU,
-    `fused_block_n` positions a loop step (wide heads would run out of shared memory), launched
-    as `tuning` (fused_tuning's for the call; TUNING by default) says."""
-    tuning = tuning or TUNING
-    block_n = fused_block_n(columns, tuning)
-    target = int(tuning["fused_waves"]) * _sm_count(device)
-    split_len, n_splits = _splits(B * groups, S_max, block_n, target, num_splits)
-    return DecodePlan(
-        block_n=block_n, split_len=split_len, n_splits=n_splits,
-        num_warps=int(tuning["fused_num_warps"]), use_dot=True, precision="fp16", g_pad=0,
-        packed=True, options=_launch_options(tuning),
-    )  # fmt: skip
-
-
 # ----------------------------------------------------------------------------- the backend
-
-
-def _check_rows(x: object, argument: str, dtype: torch.dtype | None, dims: int,
-                shape: tuple[int, ...] | None = None, device: torch.device | None = None
-                ) -> torch.Tensor:
-    """A contiguous floating tensor of `dims` dims (of `dtype` and `shape` where given)."""
-    x = _tensor(x, argument, dims)
-    if not x.is_floating_point() or (dtype is not None and x.dtype != dtype):
-        raise ValueError(f"{argument}: expected {dtype or 'a floating'} tensor, got {x.dtype}")
-    if shape is not None and tuple(x.shape) != shape:
-        raise ValueError(f"{argument}: expected shape {shape}, got {tuple(x.shape)}")
-    if not x.is_contiguous():
-        raise ValueError(f"{argument}: must be contiguous (call .contiguous())")
-    if device is not None:
-        _check_device(x, argument, device)
-    return x
 
 
 class TritonBackend:
