@@ -3,8 +3,8 @@
 Blocks start at any even byte address, so their codes sit 0 or 2 bytes past a 32-bit word
 boundary. The kernel reads aligned 32-bit words and takes the 16-bit halves across neighbouring
 words; this checks the halves against the 16-bit words read directly, for blocks of both
-phases side by side, masked rows, and a block ending the buffer (whose last word is read by
-the aligned word that holds it, never past it).
+phases side by side, masked rows, and a block ending the buffer (its last code bytes come in
+through the aligned word holding them, which may reach 2 bytes past the end, never a page).
 """
 
 from __future__ import annotations
