@@ -29,14 +29,12 @@ from typing import Any
 import numpy as np
 
 from caramba_kernels import _ext
+from caramba_kernels.blocks import BLOCKS, row_values
 
 # name -> (values per block, bytes per block, storage dtype of a cache in that format)
+_DTYPES = {"f32": np.float32, "f16": np.float16}
 FORMATS: dict[str, tuple[int, int, Any]] = {
-    "f32": (1, 4, np.float32),
-    "f16": (1, 2, np.float16),
-    "q8_0": (32, 34, np.uint8),
-    "q4_0": (32, 18, np.uint8),
-    "nf4": (64, 34, np.uint8),
+    kind: (*shape, _DTYPES.get(kind, np.uint8)) for kind, shape in BLOCKS.items()
 }
 PATHS = ("auto", "scalar", "simd", "avx2", "avx512", "neon")
 
@@ -122,28 +120,16 @@ def _scale(value: object, name: str) -> float:
         raise TypeError(f"{name}: expected a float, got {type(value).__name__}") from None
 
 
-def _row_width(kind: str, stored: int, name: str) -> int:
-    block, block_bytes, _ = FORMATS[kind]
-    if block == 1:
-        return stored
-    if stored <= 0 or stored % block_bytes:
-        raise ValueError(
-            f"{name}: last dimension {stored} is not a whole number of {kind} blocks "
-            f"({block_bytes} bytes each)"
-        )
-    return stored // block_bytes * block
-
-
 def _value_width(v_format: str, v: Any, k_format: str, k: Any, k_name: str, D: int) -> int:
     """Dv of the value cache: its row width (head layout) or row / Hkv (token layout), with Hkv
     read off the first key cache (k) and its query's head dim D. Inconsistent shapes are left
     to the extension, which names the argument."""
-    row_v = _row_width(v_format, _shape(v, "v", 4, "(B, Hkv, S_max, width)")[-1], "v")
+    row_v = row_values(v_format, _shape(v, "v", 4, "(B, Hkv, S_max, width)")[-1], "v")
     hkv = int(_shape(k, k_name, 4, "(B, Hkv, S_max, width)")[1])
     if int(v.shape[1]) != 1:
         return row_v
     if hkv == 1 and D > 0:
-        row_k = _row_width(k_format, int(k.shape[-1]), k_name)
+        row_k = row_values(k_format, int(k.shape[-1]), k_name)
         hkv = row_k // D if row_k % D == 0 else 1
     return row_v // hkv if row_v % hkv == 0 else row_v
 

@@ -12,13 +12,12 @@ import os
 
 import torch
 
+from caramba_kernels.blocks import BLOCKS, row_values
+
 # name -> (values per block, bytes per block, storage dtype); the table in caramba.kernels.formats.
+_DTYPES = {"f32": torch.float32, "f16": torch.float16}
 FORMATS: dict[str, tuple[int, int, torch.dtype]] = {
-    "f32": (1, 4, torch.float32),
-    "f16": (1, 2, torch.float16),
-    "q8_0": (32, 34, torch.uint8),
-    "q4_0": (32, 18, torch.uint8),
-    "nf4": (64, 34, torch.uint8),
+    kind: (*shape, _DTYPES.get(kind, torch.uint8)) for kind, shape in BLOCKS.items()
 }
 
 
@@ -61,18 +60,6 @@ def _check_width(kind: str, D: int, argument: str) -> int:
     return D if block == 1 else D // block * block_bytes
 
 
-def _logical_width(kind: str, stored: int, argument: str) -> int:
-    block, block_bytes, _ = FORMATS[kind]
-    if block == 1:
-        return stored
-    if stored <= 0 or stored % block_bytes:
-        raise ValueError(
-            f"{argument}: last dimension {stored} is not a whole number of {kind} blocks "
-            f"({block_bytes} bytes each)"
-        )
-    return stored // block_bytes * block
-
-
 def _check_cache(x: object, argument: str, kind: str, fmt_argument: str, q: torch.Tensor) -> int:
     """Validate what one cache tensor is on its own; return the values a row holds."""
     _, _, dtype = _format(kind, fmt_argument)
@@ -86,7 +73,7 @@ def _check_cache(x: object, argument: str, kind: str, fmt_argument: str, q: torc
         raise ValueError(f"{argument}: no heads (shape {tuple(x.shape)})")
     if x.shape[2] == 0:
         raise ValueError(f"{argument}: the cache is empty (S_max = 0)")
-    width = _logical_width(kind, x.shape[3], argument)
+    width = row_values(kind, x.shape[3], argument)
     _check_layout(x, argument, kind)
     return width
 

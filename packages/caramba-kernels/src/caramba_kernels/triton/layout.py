@@ -16,14 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-# name -> (values per block, bytes per block); the table in caramba.kernels.formats.
-BLOCKS: dict[str, tuple[int, int]] = {
-    "f32": (1, 4),
-    "f16": (1, 2),
-    "q8_0": (32, 34),
-    "q4_0": (32, 18),
-    "nf4": (64, 34),
-}
+from caramba_kernels.blocks import BLOCKS
 
 
 @dataclass(frozen=True)

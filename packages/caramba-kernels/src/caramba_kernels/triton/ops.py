@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from caramba_kernels import cuda
+from caramba_kernels.blocks import row_values
 from caramba_kernels.triton.checks import (
     FORMATS,
     _check_cache,
@@ -28,7 +29,6 @@ from caramba_kernels.triton.checks import (
     _check_scale,
     _check_width,
     _format,
-    _logical_width,
     _tensor,
     interpreting,
 )
@@ -213,7 +213,7 @@ class TritonBackend:
         if blocks.dim() < 1:
             raise ValueError("blocks: expected at least one dimension (the row), got a scalar")
         _check_width(kind, D, "D")
-        if _logical_width(kind, blocks.shape[-1], "blocks") != D:
+        if row_values(kind, blocks.shape[-1], "blocks") != D:
             raise ValueError(f"D: {D} does not match blocks of width {blocks.shape[-1]}")
         _check_device(blocks, "blocks")
         if FORMATS[kind][0] == 1:

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from caramba_kernels.triton.layout import BLOCKS, CacheView
+from caramba_kernels.blocks import BLOCKS
+from caramba_kernels.triton.layout import CacheView
 from caramba_kernels.triton.tuning import TUNING, _check_launch_override
 
 FUSED_FORMATS = ("f16", "q8_0", "q4_0")
