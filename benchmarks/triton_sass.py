@@ -164,9 +164,9 @@ def main() -> None:
         help="the DBA cache or standard attention's (head layout, d64)",
     )
     parser.add_argument("--format", choices=sorted(plan.FUSED_FORMATS), default="q4_0")
-    parser.add_argument("--block-n", type=int, help="positions a step (default: as ops plans)")
-    parser.add_argument("--num-warps", type=int, help="warps a program (default: as ops plans)")
-    parser.add_argument("--maxnreg", type=int, help="register cap a thread (default: as ops plans)")
+    parser.add_argument("--block-n", type=int, help="positions a step (default: as planned)")
+    parser.add_argument("--num-warps", type=int, help="warps a program (default: as planned)")
+    parser.add_argument("--maxnreg", type=int, help="register cap a thread (default: as planned)")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, 90: H100/H200")
     parser.add_argument("--sass", type=Path, help="also write the whole SASS listing here")
     args = parser.parse_args()

@@ -328,11 +328,11 @@ def test_all_q4_0_calls_take_their_own_launch(monkeypatch) -> None:
     q4 = [SimpleNamespace(kind="q4_0")] * 3
     mixed = [SimpleNamespace(kind=kind) for kind in ("q4_0", "q8_0", "q4_0")]
     monkeypatch.setitem(ops.TUNING, "fused_q4_0", {"fused_block_n": 32, "fused_maxnreg": 96})
-    tuning = plan.fused_tuning(q4[:2], q4[2])
-    assert tuning["fused_block_n"] == 32 and tuning["fused_maxnreg"] == 96
+    q4_tuning = plan.fused_tuning(q4[:2], q4[2])
+    assert q4_tuning["fused_block_n"] == 32 and q4_tuning["fused_maxnreg"] == 96
     assert plan.fused_tuning(mixed[:2], mixed[2])["fused_block_n"] == ops.TUNING["fused_block_n"]
     assert plan.fused_tuning(mixed[:2], mixed[2])["fused_maxnreg"] is ops.TUNING["fused_maxnreg"]
-    launch = plan.plan_fused(1, 4096, torch.device("cpu"), None, 2, 192, tuning)
+    launch = plan.plan_fused(1, 4096, torch.device("cpu"), None, 2, 192, q4_tuning)
     assert launch.block_n == 32 and dict(launch.options) == {"maxnreg": 96, "num_stages": 1}
     assert plan.plan_fused(1, 4096, torch.device("cpu"), None, 2, 192).options == ()
     monkeypatch.setitem(ops.TUNING, "fused_q4_0", {"block_n": 32})

@@ -41,7 +41,7 @@ def _cmap(FMT: tl.constexpr, C: tl.constexpr):
 def _load_raw(base, t_off, tmask, s_h, DSUB, NVAL, col0, FMT: tl.constexpr, N: tl.constexpr,
               C: tl.constexpr):  # fmt: skip
     """Raw storage of N tokens from value `col0` (a block start) on: f16 values (N, C), or
-    (int16 words (N, NB, W), scales (N, NB))."""
+    (16-bit words in int32 (N, NB, W), scales (N, NB))."""
     if FMT == 1:
         p = col0 + tl.arange(0, C)
         addr = (p // DSUB) * s_h + p % DSUB
@@ -110,7 +110,7 @@ def _unpack(w, d, FMT: tl.constexpr, N: tl.constexpr, C: tl.constexpr, SCALED: t
     if FMT == 1:
         return w
     else:
-        w = w.to(tl.int32)  # sign-extended
+        w = w.to(tl.int32)  # int16 words or 16-bit words in int32: only the low 16 bits count
         if FMT == 2:
             # bytes 0 and 1 of the word into the low bytes of the halves, 0x64 above each
             x = _halves(((w & 0xFF) | ((w << 8) & 0xFF0000)) ^ 0x64806480)
